@@ -1,0 +1,59 @@
+# frozen_string_literal: true
+
+# One push measurement in a fresh process: `ruby bench/ruby/push.rb LIBRARY KIND N`.
+#   LIBRARY: rustq | sidekiq
+#   KIND:    single (perform_async) | bulk (Client.push_bulk) |
+#            perform_later (ActiveJob) | perform_all_later (rustq's enqueue_all)
+# Prints {"jobs": N, "seconds": S} on stdout. REDIS_URL names the Redis to push to.
+require "json"
+require "redis"
+Redis.sadd_returns_boolean = false if Redis.respond_to?(:sadd_returns_boolean=)
+
+library, kind, count = ARGV[0], ARGV[1], Integer(ARGV[2])
+WARMUP = 200
+
+active_job = kind.start_with?("perform_")
+if active_job
+  require_relative "active_job_app"
+end
+
+case library
+when "rustq"
+  $LOAD_PATH.unshift(File.expand_path("../../lib", __dir__))
+  require "rustq"
+  require "active_job/queue_adapters/rustq_adapter" if active_job
+  job_module = Rustq::Job
+  client = Rustq::Client
+when "sidekiq"
+  require "sidekiq"
+  job_module = Sidekiq::Job
+  client = Sidekiq::Client
+else
+  abort "unknown library #{library}"
+end
+ActiveJob::Base.queue_adapter = library.to_sym if active_job
+
+job_class = Class.new { define_method(:perform) { |*| } }
+Object.const_set(:NoopJob, job_class)
+job_class.include(job_module)
+
+push = case kind
+       when "single"
+         ->(n) { n.times { |i| NoopJob.perform_async(i, "bench") } }
+       when "bulk"
+         ->(n) { client.push_bulk("class" => NoopJob, "args" => Array.new(n) { |i| [i, "bench"] }) }
+       when "perform_later"
+         ->(n) { n.times { |i| NoopActiveJob.perform_later(i, "bench") } }
+       when "perform_all_later"
+         abort "perform_all_later is rustq's" unless library == "rustq"
+         ->(n) { Rustq.perform_all_later(Array.new(n) { |i| NoopActiveJob.new(i, "bench") }) }
+       else
+         abort "unknown kind #{kind}"
+       end
+
+push.call(WARMUP) # connections, method caches
+GC.start
+started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+push.call(count)
+seconds = Process.clock_gettime(Process::CLOCK_MONOTONIC) - started
+puts JSON.generate("jobs" => count, "seconds" => seconds)

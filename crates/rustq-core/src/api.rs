@@ -1,0 +1,239 @@
+//! Reading Sidekiq's data for humans and tests: the same questions `Sidekiq::Queue`,
+//! `Sidekiq::ScheduledSet`/`RetrySet`/`DeadSet` and `Sidekiq::Stats` answer.
+
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+
+use crate::client::Client;
+use crate::error::{PayloadError, Result};
+use crate::job::Job;
+use crate::wire::{self, keys};
+
+/// A queue (`queue:<name>`). Jobs are LPUSHed and taken from the right, so the oldest is last.
+pub struct Queue<'a> {
+    client: &'a Client,
+    name: String,
+}
+
+impl Client {
+    pub fn queue(&self, name: &str) -> Queue<'_> {
+        Queue {
+            client: self,
+            name: name.to_string(),
+        }
+    }
+
+    /// Names in the `queues` set, sorted.
+    pub async fn queue_names(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .connection()
+            .smembers(keys::QUEUES)
+            .await
+            .map_err(self.redis_error("SMEMBERS queues"))?;
+        names.sort();
+        Ok(names)
+    }
+
+    pub fn scheduled_set(&self) -> JobSet<'_> {
+        JobSet::new(self, keys::SCHEDULE)
+    }
+
+    pub fn retry_set(&self) -> JobSet<'_> {
+        JobSet::new(self, keys::RETRY)
+    }
+
+    pub fn dead_set(&self) -> JobSet<'_> {
+        JobSet::new(self, keys::DEAD)
+    }
+
+    /// Totals like `Sidekiq::Stats`.
+    pub async fn stats(&self) -> Result<Stats> {
+        let mut conn = self.connection();
+        let names = self.queue_names().await?;
+        let mut pipe = redis::pipe();
+        pipe.get(keys::STAT_PROCESSED)
+            .get(keys::STAT_FAILED)
+            .zcard(keys::SCHEDULE)
+            .zcard(keys::RETRY)
+            .zcard(keys::DEAD)
+            .scard(keys::PROCESSES);
+        for name in &names {
+            pipe.llen(keys::queue(name));
+        }
+        let values: Vec<redis::Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(self.redis_error("stats"))?;
+        let int = |v: &redis::Value| -> u64 {
+            redis::from_redis_value_ref::<Option<u64>>(v)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        };
+        let queue_sizes: Vec<(String, u64)> =
+            names.into_iter().zip(values[6..].iter().map(int)).collect();
+        Ok(Stats {
+            processed: int(&values[0]),
+            failed: int(&values[1]),
+            scheduled_size: int(&values[2]),
+            retry_size: int(&values[3]),
+            dead_size: int(&values[4]),
+            processes_size: int(&values[5]),
+            enqueued: queue_sizes.iter().map(|(_, n)| n).sum(),
+            queues: queue_sizes,
+        })
+    }
+}
+
+/// What `Sidekiq::Stats` reports.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    pub processed: u64,
+    pub failed: u64,
+    pub scheduled_size: u64,
+    pub retry_size: u64,
+    pub dead_size: u64,
+    pub processes_size: u64,
+    pub enqueued: u64,
+    /// `(queue name, size)` for every queue in the `queues` set.
+    pub queues: Vec<(String, u64)>,
+}
+
+impl Queue<'_> {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.client.connection()
+    }
+
+    pub async fn size(&self) -> Result<u64> {
+        self.conn()
+            .llen(keys::queue(&self.name))
+            .await
+            .map_err(self.client.redis_error("LLEN"))
+    }
+
+    /// Seconds the oldest job has waited (0 when empty), from its `enqueued_at`.
+    pub async fn latency(&self) -> Result<f64> {
+        let oldest: Vec<String> = self
+            .conn()
+            .lrange(keys::queue(&self.name), -1, -1)
+            .await
+            .map_err(self.client.redis_error("LRANGE"))?;
+        let enqueued = oldest
+            .first()
+            .and_then(|raw| Job::from_json(raw).ok())
+            .and_then(|job| job.enqueued_at_secs());
+        Ok(enqueued.map_or(0.0, |at| (wire::now_secs() - at).max(0.0)))
+    }
+
+    /// Raw payloads, oldest first.
+    pub async fn raw_jobs(&self) -> Result<Vec<String>> {
+        let mut raw: Vec<String> = self
+            .conn()
+            .lrange(keys::queue(&self.name), 0, -1)
+            .await
+            .map_err(self.client.redis_error("LRANGE"))?;
+        raw.reverse();
+        Ok(raw)
+    }
+
+    /// Parsed jobs, oldest first; payloads that do not parse are reported as errors in place.
+    pub async fn jobs(&self) -> Result<Vec<Result<Job, PayloadError>>> {
+        Ok(self
+            .raw_jobs()
+            .await?
+            .iter()
+            .map(|r| Job::from_json(r))
+            .collect())
+    }
+
+    pub async fn find_job(&self, jid: &str) -> Result<Option<Job>> {
+        Ok(self
+            .jobs()
+            .await?
+            .into_iter()
+            .flatten()
+            .find(|job| job.jid() == Some(jid)))
+    }
+
+    /// Deletes the queue and removes it from `queues`.
+    pub async fn clear(&self) -> Result<()> {
+        redis::pipe()
+            .del(keys::queue(&self.name))
+            .ignore()
+            .srem(keys::QUEUES, &self.name)
+            .ignore()
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(self.client.redis_error("clear queue"))
+    }
+}
+
+/// One member of a sorted set of jobs, with its score (epoch seconds).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SetEntry {
+    pub score: f64,
+    pub raw: String,
+}
+
+impl SetEntry {
+    pub fn job(&self) -> Result<Job, PayloadError> {
+        Job::from_json(&self.raw)
+    }
+}
+
+/// `schedule`, `retry` or `dead`: jobs scored by time.
+pub struct JobSet<'a> {
+    client: &'a Client,
+    key: &'static str,
+}
+
+impl<'a> JobSet<'a> {
+    fn new(client: &'a Client, key: &'static str) -> JobSet<'a> {
+        JobSet { client, key }
+    }
+
+    pub fn key(&self) -> &'static str {
+        self.key
+    }
+
+    pub async fn size(&self) -> Result<u64> {
+        self.client
+            .connection()
+            .zcard(self.key)
+            .await
+            .map_err(self.client.redis_error("ZCARD"))
+    }
+
+    /// Every entry, lowest score (soonest) first.
+    pub async fn entries(&self) -> Result<Vec<SetEntry>> {
+        let pairs: Vec<(String, f64)> = self
+            .client
+            .connection()
+            .zrange_withscores(self.key, 0, -1)
+            .await
+            .map_err(self.client.redis_error("ZRANGE"))?;
+        Ok(pairs
+            .into_iter()
+            .map(|(raw, score)| SetEntry { score, raw })
+            .collect())
+    }
+
+    pub async fn find_job(&self, jid: &str) -> Result<Option<(SetEntry, Job)>> {
+        Ok(self.entries().await?.into_iter().find_map(|entry| {
+            let job = entry.job().ok()?;
+            (job.jid() == Some(jid)).then_some((entry, job))
+        }))
+    }
+
+    pub async fn clear(&self) -> Result<()> {
+        self.client
+            .connection()
+            .del::<_, ()>(self.key)
+            .await
+            .map_err(self.client.redis_error("DEL"))
+    }
+}

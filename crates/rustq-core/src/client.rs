@@ -1,0 +1,594 @@
+//! Pushing jobs: Sidekiq's `Sidekiq::Client#push` and `#push_bulk`, with the same checks, the
+//! same normalisation (defaults first, then the caller's keys, then `jid` and `created_at`) and
+//! exactly the same Redis commands: a pipelined `SADD queues` + `LPUSH queue:<q>`, or
+//! `ZADD schedule` for jobs with an `at`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use redis::aio::ConnectionManager;
+use serde_json::Value;
+
+use crate::error::{Error, JobError, Result};
+use crate::job::{generate_jid, Fields, Job};
+use crate::wire::{self, keys, WireVersion};
+
+/// Where the current time comes from (tests pin it; everything else uses the system clock).
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> f64 + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock(Arc::new(wire::now_secs))
+    }
+
+    /// A clock that always answers `epoch_secs`.
+    pub fn fixed(epoch_secs: f64) -> Clock {
+        Clock(Arc::new(move || epoch_secs))
+    }
+
+    pub fn now(&self) -> f64 {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+/// How a [`Client`] fills in what a push leaves out.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub wire: WireVersion,
+    /// Merged under every job, like `Sidekiq.default_job_options` (`retry: true, queue: "default"`).
+    pub default_job_options: Fields,
+    pub clock: Clock,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        let mut defaults = Fields::new();
+        defaults.insert("retry".into(), Value::Bool(true));
+        defaults.insert("queue".into(), Value::from("default"));
+        ClientOptions {
+            wire: WireVersion::default(),
+            default_job_options: defaults,
+            clock: Clock::system(),
+        }
+    }
+}
+
+/// Jobs ready to be written: their jids and payloads, in push order.
+///
+/// `enqueued_at` is not set yet: like Sidekiq's `raw_push`, [`Client::write`] stamps it on the
+/// jobs that go straight to a queue at the moment they are written.
+pub struct PreparedPush {
+    pub jids: Vec<String>,
+    queue: String,
+    /// The normalised job; for a bulk push, every job's fields but its `args` and `jid`.
+    template: Job,
+    /// One per job: its `args` (bulk pushes only) and its `at`.
+    entries: Vec<Entry>,
+}
+
+struct Entry {
+    args: Option<Value>,
+    at: Option<f64>,
+}
+
+/// One normalised job of a [`PreparedPush`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreparedJob {
+    /// The payload as it will be stored (without `at` and `enqueued_at`).
+    pub job: Job,
+    /// When it is scheduled to run (epoch seconds), or `None` to enqueue it now.
+    pub at: Option<f64>,
+}
+
+/// A piece of a job's JSON: fixed text, or a value that differs from job to job.
+enum Piece {
+    Text(String),
+    Args,
+    Jid,
+    EnqueuedAt,
+}
+
+impl PreparedPush {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The normalised jobs, in push order. Test doubles (fake queues) keep these instead of
+    /// writing them.
+    pub fn jobs(&self) -> Vec<PreparedJob> {
+        self.entries
+            .iter()
+            .zip(&self.jids)
+            .map(|(entry, jid)| {
+                let mut job = self.template.clone();
+                if let Some(args) = &entry.args {
+                    job.set("args", args.clone());
+                    job.set("jid", jid.as_str());
+                }
+                PreparedJob { job, at: entry.at }
+            })
+            .collect()
+    }
+
+    /// The queue every job of this push goes to.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The template's JSON cut into fixed text and per-job holes, so each job of a bulk push is
+    /// written straight into one buffer instead of cloning and serialising a map per job. The
+    /// bytes are exactly `Job::to_json` of the job with `enqueued_at` set (in place if the
+    /// template has one, else last, as Ruby's `Hash#[]=` would put it).
+    fn pieces(&self, immediate: bool) -> Vec<Piece> {
+        let bulk = self.entries.first().is_some_and(|e| e.args.is_some());
+        let mut pieces = Vec::new();
+        let mut text = String::from("{");
+        let mut has_enqueued_at = false;
+        for (i, (key, value)) in self.template.fields().iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(&serde_json::to_string(key).expect("a string serializes"));
+            text.push(':');
+            let hole = match key.as_str() {
+                "args" if bulk => Some(Piece::Args),
+                "jid" if bulk => Some(Piece::Jid),
+                "enqueued_at" if immediate => {
+                    has_enqueued_at = true;
+                    Some(Piece::EnqueuedAt)
+                }
+                _ => None,
+            };
+            match hole {
+                Some(hole) => {
+                    pieces.push(Piece::Text(std::mem::take(&mut text)));
+                    pieces.push(hole);
+                }
+                None => text.push_str(&value.to_string()),
+            }
+        }
+        if immediate && !has_enqueued_at {
+            text.push_str(if self.template.fields().is_empty() {
+                "\"enqueued_at\":"
+            } else {
+                ",\"enqueued_at\":"
+            });
+            pieces.push(Piece::Text(std::mem::take(&mut text)));
+            pieces.push(Piece::EnqueuedAt);
+        }
+        text.push('}');
+        pieces.push(Piece::Text(text));
+        pieces
+    }
+
+    fn render(pieces: &[Piece], entry: &Entry, jid: &str, enqueued_at: &str, out: &mut String) {
+        for piece in pieces {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Args => out.push_str(
+                    &entry
+                        .args
+                        .as_ref()
+                        .map(Value::to_string)
+                        .unwrap_or_default(),
+                ),
+                Piece::Jid => {
+                    out.push('"');
+                    out.push_str(jid);
+                    out.push('"');
+                }
+                Piece::EnqueuedAt => out.push_str(enqueued_at),
+            }
+        }
+    }
+
+    /// Sidekiq's `atomic_push`, slice by slice: `ZADD schedule` for scheduled jobs, else
+    /// `SADD queues` + `LPUSH queue:<q>` with `enqueued_at` stamped now. Ten slices of
+    /// 1,000 jobs go per round trip, which keeps memory bounded on huge bulk pushes.
+    fn pipelines(&self, now: f64, wire: WireVersion) -> Vec<redis::Pipeline> {
+        let immediate_pieces = self.pieces(true);
+        let scheduled_pieces = self.pieces(false);
+        let enqueued_at = wire.timestamp(now).to_string();
+        let mut pipelines = Vec::new();
+        let mut pipe = redis::pipe();
+        let jobs: Vec<(&Entry, &String)> = self.entries.iter().zip(&self.jids).collect();
+        for (slice_no, slice) in jobs.chunks(wire::BULK_SLICE).enumerate() {
+            let mut payloads = Vec::new();
+            let mut scored = Vec::new();
+            for (entry, jid) in slice {
+                let mut json = String::with_capacity(256);
+                match entry.at {
+                    Some(at) => {
+                        Self::render(&scheduled_pieces, entry, jid, &enqueued_at, &mut json);
+                        scored.push((wire::format_float(at), json));
+                    }
+                    None => {
+                        Self::render(&immediate_pieces, entry, jid, &enqueued_at, &mut json);
+                        payloads.push(json);
+                    }
+                }
+            }
+            if !scored.is_empty() {
+                pipe.zadd_multiple(keys::SCHEDULE, &scored).ignore();
+            }
+            if !payloads.is_empty() {
+                pipe.sadd(keys::QUEUES, &self.queue)
+                    .ignore()
+                    .lpush(keys::queue(&self.queue), payloads)
+                    .ignore();
+            }
+            if slice_no % 10 == 9 {
+                pipelines.push(std::mem::replace(&mut pipe, redis::pipe()));
+            }
+        }
+        if pipe.cmd_iter().next().is_some() {
+            pipelines.push(pipe);
+        }
+        pipelines
+    }
+}
+
+/// Pushes jobs to Redis. Cheap to clone; clones share one self-reconnecting connection.
+#[derive(Clone)]
+pub struct Client {
+    conn: ConnectionManager,
+    url: String,
+    options: ClientOptions,
+}
+
+impl Client {
+    /// Connects with default options.
+    pub async fn connect(config: &crate::RedisConfig) -> Result<Client> {
+        Client::connect_with(config, ClientOptions::default()).await
+    }
+
+    pub async fn connect_with(
+        config: &crate::RedisConfig,
+        options: ClientOptions,
+    ) -> Result<Client> {
+        let conn = config.connection_manager().await?;
+        Ok(Client {
+            conn,
+            url: config.redacted_url(),
+            options,
+        })
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// The connection, for the read API and the worker engine.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The Redis URL with its password redacted.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Wraps a Redis failure with what we were doing and where.
+    pub fn redis_error(&self, op: &'static str) -> impl FnOnce(redis::RedisError) -> Error + '_ {
+        move |source| Error::Redis {
+            op,
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    /// Pushes one job (Sidekiq's hash shape: `class`, `args`, optional `queue`, `at`, `retry`,
+    /// `jid` and any other option) and returns its jid.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: rustq_core::Client) -> rustq_core::Result<()> {
+    /// let item = serde_json::json!({"class": "HardJob", "args": [1, "two"], "queue": "critical"});
+    /// let jid = client.push(item.as_object().unwrap().clone()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn push(&self, item: Fields) -> Result<String> {
+        let mut prepared = self.prepare_push(item)?;
+        self.write(&prepared).await?;
+        Ok(prepared.jids.remove(0))
+    }
+
+    /// Pushes many jobs of one class: `args` is an Array of Arrays (one per job) and `at`, if
+    /// given, is one timestamp or one per job. Returns the jids in order.
+    pub async fn push_bulk(&self, items: Fields) -> Result<Vec<String>> {
+        let prepared = self.prepare_bulk(items)?;
+        self.write(&prepared).await?;
+        Ok(prepared.jids)
+    }
+
+    /// Writes prepared jobs.
+    pub async fn write(&self, prepared: &PreparedPush) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let pipelines = prepared.pipelines(self.options.clock.now(), self.options.wire);
+        for pipe in &pipelines {
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(self.redis_error("push"))?;
+        }
+        Ok(())
+    }
+
+    /// Validates and normalises one job, touching no network (see [`ClientOptions::prepare_push`]).
+    pub fn prepare_push(&self, item: Fields) -> Result<PreparedPush, JobError> {
+        self.options.prepare_push(item)
+    }
+
+    /// Validates and normalises a bulk push, touching no network (see [`ClientOptions::prepare_bulk`]).
+    pub fn prepare_bulk(&self, items: Fields) -> Result<PreparedPush, JobError> {
+        self.options.prepare_bulk(items)
+    }
+}
+
+/// Preparing pushes needs only the options, not a connection, so test doubles can normalise
+/// jobs exactly as a real push would.
+impl ClientOptions {
+    /// Validates and normalises one job (Sidekiq's hash shape), touching no network.
+    pub fn prepare_push(&self, item: Fields) -> Result<PreparedPush, JobError> {
+        validate(&item)?;
+        let mut job = self.normalize(item)?;
+        let jid = job.jid().unwrap_or_default().to_string();
+        let queue = job.queue().unwrap_or_default().to_string();
+        let at = match job.remove("at") {
+            Some(at) => Some(at.as_f64().ok_or(JobError::BadAt)?),
+            None => None,
+        };
+        Ok(PreparedPush {
+            jids: vec![jid],
+            queue,
+            template: job,
+            entries: vec![Entry { args: None, at }],
+        })
+    }
+
+    /// Validates and normalises a bulk push: `args` is an Array of Arrays, one per job, and
+    /// `at`, if given, one timestamp or one per job. Touches no network.
+    pub fn prepare_bulk(&self, mut items: Fields) -> Result<PreparedPush, JobError> {
+        // Take the jobs' args out, leaving `[]` in place: the template cloned per job below must
+        // not carry every job's arguments (that made bulk pushes quadratic).
+        let all_args: Vec<Value> = match items.get_mut("args") {
+            Some(Value::Array(list)) if list.iter().all(Value::is_array) => std::mem::take(list),
+            _ => return Err(JobError::BulkArgs),
+        };
+        if all_args.is_empty() {
+            return Ok(PreparedPush {
+                jids: Vec::new(),
+                queue: String::new(),
+                template: Job::from_fields(Fields::new()),
+                entries: Vec::new(),
+            });
+        }
+        let at = items.shift_remove("at");
+        let at: Option<Vec<f64>> = match at {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => {
+                Some(vec![n.as_f64().ok_or(JobError::BulkAt)?; all_args.len()])
+            }
+            Some(Value::Array(list)) => {
+                let times = list
+                    .iter()
+                    .map(Value::as_f64)
+                    .collect::<Option<Vec<f64>>>()
+                    .filter(|t| !t.is_empty())
+                    .ok_or(JobError::BulkAt)?;
+                if times.len() != all_args.len() {
+                    return Err(JobError::BulkAtSize);
+                }
+                Some(times)
+            }
+            Some(_) => return Err(JobError::BulkAt),
+        };
+        validate(&items)?;
+        let template = self.normalize(items)?;
+        let queue = template.queue().unwrap_or_default().to_string();
+        let jids: Vec<String> = (0..all_args.len()).map(|_| generate_jid()).collect();
+        let entries = all_args
+            .into_iter()
+            .enumerate()
+            .map(|(index, args)| Entry {
+                args: Some(args),
+                at: at.as_ref().map(|times| times[index]),
+            })
+            .collect();
+        Ok(PreparedPush {
+            jids,
+            queue,
+            template,
+            entries,
+        })
+    }
+
+    /// Sidekiq's `normalize_item`: defaults first, then the caller's keys, class and queue as
+    /// strings, and `jid`/`created_at` filled in when absent.
+    fn normalize(&self, item: Fields) -> Result<Job, JobError> {
+        let mut fields = self.default_job_options.clone();
+        for (k, v) in item {
+            fields.insert(k, v);
+        }
+        let queue = match fields.get("queue") {
+            None | Some(Value::Null) => return Err(JobError::MissingQueue),
+            Some(Value::String(s)) if s.is_empty() => return Err(JobError::MissingQueue),
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(other) => return Err(JobError::BadQueueName(other.to_string())),
+        };
+        check_queue_name(&queue)?;
+        fields.insert("queue".into(), Value::String(queue));
+        let mut job = Job::from_fields(fields);
+        if matches!(
+            job.get("jid"),
+            None | Some(Value::Null) | Some(Value::Bool(false))
+        ) {
+            job.set("jid", generate_jid());
+        }
+        if matches!(
+            job.get("created_at"),
+            None | Some(Value::Null) | Some(Value::Bool(false))
+        ) {
+            job.set_time("created_at", self.clock.now(), self.wire);
+        }
+        Ok(job)
+    }
+}
+
+/// Sidekiq's `validate`: the checks run before anything else, with Sidekiq's messages.
+pub fn validate(item: &Fields) -> Result<(), JobError> {
+    if !item.contains_key("class") || !item.contains_key("args") {
+        return Err(JobError::NotAJob);
+    }
+    if !item["args"].is_array() {
+        return Err(JobError::ArgsNotArray);
+    }
+    match &item["class"] {
+        Value::String(s) if !s.trim().is_empty() => {}
+        _ => return Err(JobError::BadClass),
+    }
+    if let Some(at) = item.get("at") {
+        if !at.is_number() {
+            return Err(JobError::BadAt);
+        }
+    }
+    if let Some(tags) = item.get("tags") {
+        if !tags.is_null() && !tags.is_array() {
+            return Err(JobError::BadTags);
+        }
+    }
+    Ok(())
+}
+
+/// Queue names the Web UI can show: letters, digits, `_`, `:`, `.`, `-`.
+pub fn check_queue_name(name: &str) -> Result<(), JobError> {
+    if name.is_empty() {
+        return Err(JobError::MissingQueue);
+    }
+    let ok = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(JobError::BadQueueName(name.to_string()))
+    }
+}
+
+/// `perform_in`'s rule: values below 1,000,000,000 are an interval from `now`, larger ones an
+/// epoch time. Returns `None` when the time is not in the future (push immediately).
+pub fn schedule_time(interval_or_epoch: f64, now: f64) -> Option<f64> {
+    let ts = if interval_or_epoch < wire::RELATIVE_INTERVAL_LIMIT {
+        now + interval_or_epoch
+    } else {
+        interval_or_epoch
+    };
+    (ts > now).then_some(ts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(v: Value) -> Fields {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn validation_uses_sidekiqs_messages() {
+        let e = |v: Value| validate(&fields(v)).unwrap_err().to_string();
+        assert_eq!(
+            e(json!({"args": []})),
+            "Job must be a Hash with 'class' and 'args' keys"
+        );
+        assert_eq!(
+            e(json!({"class": "A", "args": 1})),
+            "Job args must be an Array"
+        );
+        assert_eq!(
+            e(json!({"class": 5, "args": []})),
+            "Job class must be either a Class or String representation of the class name"
+        );
+        assert_eq!(
+            e(json!({"class": "A", "args": [], "at": "soon"})),
+            "Job 'at' must be a Numeric timestamp"
+        );
+        assert_eq!(
+            e(json!({"class": "A", "args": [], "tags": "x"})),
+            "Job tags must be an Array"
+        );
+    }
+
+    #[test]
+    fn bulk_payloads_are_the_bytes_of_the_jobs() {
+        let options = ClientOptions {
+            clock: Clock::fixed(1_700_000_000.5),
+            ..ClientOptions::default()
+        };
+        let cases = [
+            json!({"class": "A", "args": [[1, {"x": [1.0e20, null]}], ["é\"\n"]], "bid": "b", "tags": ["t"]}),
+            json!({"class": "A", "args": [[1], [2]], "enqueued_at": 1.0, "jid": "given"}),
+            json!({"class": "A", "args": [[1], [2]], "at": [1_800_000_000.25, 1_800_000_001.0]}),
+        ];
+        for item in cases {
+            let prepared = options.prepare_bulk(fields(item.clone())).unwrap();
+            let packed = String::from_utf8(
+                prepared
+                    .pipelines(1_700_000_001.5, WireVersion::V7)
+                    .iter()
+                    .flat_map(|p| p.get_packed_pipeline())
+                    .collect(),
+            )
+            .unwrap();
+            for expected in prepared.jobs() {
+                let mut job = expected.job.clone();
+                if expected.at.is_none() {
+                    job.set_time("enqueued_at", 1_700_000_001.5, WireVersion::V7);
+                }
+                assert!(
+                    packed.contains(&job.to_json()),
+                    "{item}: {} not in {packed}",
+                    job.to_json()
+                );
+            }
+        }
+        let single = options
+            .prepare_push(fields(json!({"class": "A", "args": [1], "x": {"y": 2}})))
+            .unwrap();
+        let packed =
+            String::from_utf8(single.pipelines(1.5, WireVersion::V8)[0].get_packed_pipeline())
+                .unwrap();
+        let mut job = single.jobs().remove(0).job;
+        job.set_time("enqueued_at", 1.5, WireVersion::V8);
+        assert!(packed.contains(&job.to_json()), "{packed}");
+    }
+
+    #[test]
+    fn queue_names_are_checked() {
+        check_queue_name("critical").unwrap();
+        check_queue_name("a:b.c-d_1").unwrap();
+        assert_eq!(check_queue_name(""), Err(JobError::MissingQueue));
+        assert!(matches!(
+            check_queue_name("bad queue"),
+            Err(JobError::BadQueueName(_))
+        ));
+    }
+
+    #[test]
+    fn schedule_time_follows_perform_in() {
+        assert_eq!(schedule_time(10.0, 1_700_000_000.0), Some(1_700_000_010.0));
+        assert_eq!(
+            schedule_time(1_800_000_000.0, 1_700_000_000.0),
+            Some(1_800_000_000.0)
+        );
+        assert_eq!(schedule_time(1_600_000_000.0, 1_700_000_000.0), None);
+        assert_eq!(schedule_time(0.0, 1_700_000_000.0), None);
+    }
+}

@@ -1,0 +1,184 @@
+//! Where Redis is and how long to wait for it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, IntoConnectionInfo};
+
+use crate::error::{Error, Result};
+
+/// The URL used when neither the caller nor `REDIS_URL` gives one.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
+/// How to reach Redis: `redis://`, `rediss://` (TLS), `unix:///path/to.sock`, with optional
+/// `user:password@` (ACL) and a db number (`/2`, or `?db=2` for sockets).
+///
+/// ```
+/// let config = rustq_core::RedisConfig::new("redis://app:s3cret@cache.internal:6380/2");
+/// assert_eq!(config.redacted_url(), "redis://app:REDACTED@cache.internal:6380/2");
+/// ```
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    pub url: String,
+    /// How long to wait for a connection to open.
+    pub connect_timeout: Duration,
+    /// How long to wait for a reply. `None` waits forever (only for blocking commands, which
+    /// rustq runs on connections of their own).
+    pub response_timeout: Option<Duration>,
+    /// PEM file of the CA that signed the server's certificate (for `rediss://` with a private CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig::from_env()
+    }
+}
+
+impl RedisConfig {
+    pub fn new(url: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Some(Duration::from_secs(5)),
+            ca_file: None,
+        }
+    }
+
+    /// `REDIS_URL` if set and not blank, else `redis://127.0.0.1:6379/0`.
+    pub fn from_env() -> RedisConfig {
+        let url = std::env::var("REDIS_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_REDIS_URL.to_string());
+        RedisConfig::new(url)
+    }
+
+    /// The URL with any password replaced by `REDACTED`, fit for logs and error messages.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    /// A `redis::Client` for this URL (and CA, if given).
+    pub fn client(&self) -> Result<redis::Client> {
+        let bad = |reason: String| Error::Config {
+            url: self.redacted_url(),
+            reason,
+        };
+        let info = self
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| bad(e.to_string()))?;
+        match &self.ca_file {
+            None => redis::Client::open(info).map_err(|e| bad(e.to_string())),
+            Some(path) => {
+                let root = std::fs::read(path)
+                    .map_err(|e| bad(format!("cannot read CA file {}: {e}", path.display())))?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root),
+                };
+                redis::Client::build_with_tls(info, certs).map_err(|e| bad(e.to_string()))
+            }
+        }
+    }
+
+    /// A shared, self-reconnecting connection for ordinary commands.
+    pub async fn connection_manager(&self) -> Result<ConnectionManager> {
+        let client = self.client()?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(self.response_timeout)
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(|source| Error::Connect {
+                url: self.redacted_url(),
+                source,
+            })
+    }
+
+    /// A dedicated connection whose replies may take `block` longer than usual: for `BRPOP`,
+    /// `BLMOVE` and friends, which must not share a multiplexed connection or time out early.
+    pub async fn blocking_connection(&self, block: Duration) -> Result<MultiplexedConnection> {
+        let client = self.client()?;
+        let response = self.response_timeout.map(|t| t + block);
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(response);
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|source| Error::Connect {
+                url: self.redacted_url(),
+                source,
+            })
+    }
+}
+
+/// Replaces the password in a Redis URL with `REDACTED`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &authority[..at];
+    let redacted = match userinfo.find(':') {
+        Some(colon) => format!("{}:REDACTED", &userinfo[..colon]),
+        None if userinfo.is_empty() => String::new(),
+        // redis://password@host: a bare userinfo is a password in redis-rb and redis-rs.
+        None => "REDACTED".to_string(),
+    };
+    format!(
+        "{}{}@{}",
+        &url[..scheme_end + 3],
+        redacted,
+        &rest[at..].trim_start_matches('@')
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://:REDACTED@h:1/0");
+        assert_eq!(
+            redact_url("rediss://u:p%40ss@h/3"),
+            "rediss://u:REDACTED@h/3"
+        );
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact_url("unix:///tmp/r.sock"), "unix:///tmp/r.sock");
+    }
+
+    #[test]
+    fn bad_urls_are_config_errors() {
+        let err = RedisConfig::new("http://nope").client().unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{err}");
+        assert!(err.to_string().contains("http://nope"));
+    }
+
+    #[test]
+    fn accepts_every_scheme() {
+        for url in [
+            "redis://127.0.0.1:6379/2",
+            "redis://user:pw@127.0.0.1:6379",
+            "rediss://127.0.0.1:6380/0",
+            "unix:///tmp/redis.sock",
+        ] {
+            RedisConfig::new(url)
+                .client()
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+    }
+}

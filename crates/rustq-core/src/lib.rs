@@ -1,0 +1,21 @@
+//! rustq-core: Sidekiq's Redis wire format in Rust.
+//!
+//! - [`Job`]: the payload, every field kept in order.
+//! - [`Client`]: `push`/`push_bulk`, exactly as `Sidekiq::Client` writes.
+//! - [`api`]: read queues, scheduled/retry/dead sets and stats, like `Sidekiq::Stats` & co.
+//! - [`wire`]: key names, timestamps, backoff, backtrace encoding.
+//!
+//! Nothing here knows about Ruby, threads of Ruby, or command lines.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod job;
+pub mod wire;
+
+pub use client::{Client, ClientOptions, Clock, PreparedJob, PreparedPush};
+pub use config::RedisConfig;
+pub use error::{Error, JobError, PayloadError, Result};
+pub use job::{generate_jid, Fields, Job, Retry};
+pub use wire::WireVersion;

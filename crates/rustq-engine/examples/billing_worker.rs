@@ -1,0 +1,80 @@
+//! A worker with Rust handlers, run with the full `rustq-worker` command line:
+//!
+//! ```sh
+//! cargo run --release -p rustq-engine --example billing_worker -- -c 20 -q critical,2 -q default
+//! ```
+//!
+//! Ruby pushes the jobs as usual (`Billing::ChargeJob.perform_async(42, 1999)` with `Rustq::Job`
+//! or `Sidekiq::Job`); these handlers run them.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use rustq_core::Retry;
+use rustq_engine::{Backoff, Failure, JobContext, Registry};
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+
+static REDIS: OnceCell<redis::aio::ConnectionManager> = OnceCell::const_new();
+
+async fn redis() -> Result<redis::aio::ConnectionManager, Failure> {
+    let conn = REDIS
+        .get_or_try_init(|| async {
+            rustq_core::RedisConfig::from_env()
+                .connection_manager()
+                .await
+        })
+        .await
+        .map_err(|e| Failure::retry("Redis::CannotConnectError", e.to_string()))?;
+    Ok(conn.clone())
+}
+
+/// Arguments can be any serde type that reads a JSON array: a tuple, or a struct like this one
+/// (`[account_id, cents]` or `[{"account_id": 1, "cents": 2}]` would need a different shape).
+#[derive(Deserialize)]
+struct Charge(u64, i64);
+
+fn main() -> std::process::ExitCode {
+    let mut registry = Registry::new();
+
+    registry
+        .handle_args(
+            "Billing::ChargeJob",
+            |ctx: JobContext, Charge(account, cents)| async move {
+                if cents <= 0 {
+                    // Bad input will not get better: straight to the dead set.
+                    return Err(Failure::kill(
+                        "ArgumentError",
+                        format!("cannot charge {cents} cents"),
+                    ));
+                }
+                let mut conn = redis().await?;
+                let total: i64 = conn.hincr("billing:charged", account, cents).await?;
+                tracing::info!(jid = ctx.jid(), account, cents, total, "charged");
+                Ok(())
+            },
+        )
+        .retry(Retry::Times(5))
+        .timeout(Duration::from_secs(30));
+
+    // A flaky job with its own backoff (Sidekiq's `sidekiq_retry_in`): a few seconds, then give up.
+    registry
+        .handle("Billing::FlakyGatewayJob", |ctx: JobContext| async move {
+            Err(Failure::retry(
+                "Billing::GatewayDown",
+                format!(
+                    "gateway unreachable (attempt {})",
+                    ctx.retry_count().map_or(1, |c| c + 2)
+                ),
+            ))
+        })
+        .retry_in(|count, _failure| {
+            if count < 2 {
+                Backoff::In(Duration::from_secs(5))
+            } else {
+                Backoff::Kill
+            }
+        });
+
+    rustq_engine::cli::main(registry)
+}

@@ -1,0 +1,94 @@
+//! Writes finished jobs back in batches: each job's removal from the in-progress list goes in
+//! the same MULTI as whatever else its outcome needs (a retry, a dead-set entry, a requeue).
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use rustq_core::wire::{self, keys};
+use tokio::sync::mpsc;
+
+use crate::fetch::UnitOfWork;
+use crate::job_retry::Action;
+use crate::keys as rkeys;
+
+/// A finished job and what to write for it.
+#[derive(Debug)]
+pub struct Completion {
+    pub unit: UnitOfWork,
+    pub action: Action,
+}
+
+/// Most completions written in one round trip.
+const BATCH: usize = 512;
+
+/// Adds the commands for one completion to an atomic pipeline.
+pub fn add_commands(pipe: &mut redis::Pipeline, identity: &str, c: &Completion, now: f64) {
+    let inprogress = rkeys::inprogress(identity, &c.unit.queue);
+    match &c.action {
+        Action::Acknowledge => {}
+        Action::Retry { at, payload } => {
+            pipe.zadd(keys::RETRY, payload, wire::format_float(*at))
+                .ignore();
+        }
+        Action::Dead { payload } => add_dead(pipe, payload, now),
+        Action::Requeue => {
+            pipe.rpush(keys::queue(&c.unit.queue), &c.unit.raw).ignore();
+        }
+    }
+    pipe.lrem(inprogress, -1, &c.unit.raw).ignore();
+}
+
+/// `DeadSet#kill`: add, then drop entries older than 180 days and all but the newest 10,000.
+pub fn add_dead(pipe: &mut redis::Pipeline, payload: &str, now: f64) {
+    pipe.zadd(keys::DEAD, payload, wire::format_float(now))
+        .ignore()
+        .cmd("ZREMRANGEBYSCORE")
+        .arg(keys::DEAD)
+        .arg("-inf")
+        .arg(wire::format_float(now - wire::DEAD_TIMEOUT_SECS))
+        .ignore()
+        .cmd("ZREMRANGEBYRANK")
+        .arg(keys::DEAD)
+        .arg(0)
+        .arg(-wire::DEAD_MAX_JOBS)
+        .ignore();
+}
+
+/// Drains `rx` until every sender is gone, writing completions in batches. A failed write is
+/// retried with backoff until Redis answers: an unwritten acknowledgement would only make the
+/// job run again, but an unwritten retry or dead entry must not be dropped.
+pub async fn run(
+    conn: ConnectionManager,
+    identity: String,
+    mut rx: mpsc::UnboundedReceiver<Completion>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let now = wire::now_secs();
+        for c in &batch {
+            add_commands(&mut pipe, &identity, c, now);
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let mut c = conn.clone();
+            match pipe.query_async::<()>(&mut c).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, jobs = batch.len(), "cannot write finished jobs; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        batch.clear();
+    }
+}

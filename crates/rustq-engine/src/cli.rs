@@ -1,0 +1,248 @@
+//! The `rustq-worker` command line, reusable: a Rust application registers its handlers and
+//! hands over to [`main`], and gets the same flags, config file, logging and signals.
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     let mut registry = rustq_engine::Registry::new();
+//!     registry.handle("Ping", |_ctx| async { Ok(()) });
+//!     rustq_engine::cli::main(registry)
+//! }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::{HandlerConfig, HandlerSpec, QueueWeight, Registry, Worker, WorkerOptions};
+use clap::{Parser, ValueEnum};
+use rustq_core::WireVersion;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A Sidekiq-compatible job server in Rust.
+///
+/// Flags and the config file take the shapes `sidekiq` does. Flags override the file.
+#[derive(Parser, Debug)]
+#[command(name = "rustq-worker", version, about, long_about = None)]
+struct Cli {
+    /// Config file in sidekiq.yml shape (default: config/rustq.yml, else config/sidekiq.yml).
+    #[arg(short = 'C', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Jobs to run at once.
+    #[arg(short, long, value_name = "N")]
+    concurrency: Option<usize>,
+    /// A queue to fetch from, optionally weighted: `-q critical,3 -q default`. Repeatable.
+    /// Without weights queues are checked strictly in order; with weights, randomly by weight.
+    #[arg(short, long = "queue", value_name = "NAME[,WEIGHT]")]
+    queues: Vec<String>,
+    /// Seconds a graceful stop waits for running jobs before pushing them back.
+    #[arg(short, long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Time limit for each job whose handler sets none (seconds).
+    #[arg(long, value_name = "SECS")]
+    job_timeout: Option<f64>,
+    /// Tag shown in the Web UI's process list.
+    #[arg(short = 'g', long)]
+    tag: Option<String>,
+    /// Label shown in the Web UI. Repeatable.
+    #[arg(long = "label", value_name = "LABEL")]
+    labels: Vec<String>,
+    /// Environment section of the config file to apply (default: $RAILS_ENV, $RACK_ENV, $APP_ENV).
+    #[arg(short, long)]
+    environment: Option<String>,
+    /// Redis to use: redis://, rediss://, unix:// (user:password@ for ACLs).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// PEM file of the CA that signed a TLS server's certificate.
+    #[arg(long, value_name = "FILE")]
+    redis_ca_file: Option<PathBuf>,
+    /// Timestamp format to write: 7 (Float seconds, for Sidekiq 6/7/8) or 8 (Integer ms).
+    #[arg(long, value_name = "7|8")]
+    wire_version: Option<i64>,
+    /// Register a handler that succeeds at once for this class (smoke tests, benchmarks). Repeatable.
+    #[arg(long = "noop", value_name = "CLASS")]
+    noop: Vec<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level or filter (`info`, `warn`, `rustq_engine=debug`). `RUST_LOG` also works.
+    #[arg(long, short = 'l', default_value = "info")]
+    log_level: String,
+    /// Shorthand for --log-level debug.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Ruby host only (`bundle exec rustq-worker`): a file to require, or an app directory to boot.
+    #[arg(short = 'r', long = "require", value_name = "PATH|DIR")]
+    pub require: Option<String>,
+}
+
+/// Parsed command-line settings: the worker's options and how to log.
+#[derive(Debug)]
+pub struct Parsed {
+    pub options: WorkerOptions,
+    /// `-r`: what a Ruby host should load (the standalone binary refuses it).
+    pub require: Option<String>,
+    /// `-e`: the environment asked for on the command line (a Ruby host sets `RAILS_ENV`).
+    pub environment: Option<String>,
+    cli: Cli,
+}
+
+impl Parsed {
+    /// Sets up `tracing` as the flags ask (text or JSON, level) for the whole process.
+    pub fn init_logging(&self) {
+        init_logging(&self.cli);
+    }
+}
+
+/// Parses `rustq-worker` arguments (`args[0]` is the program name) and applies the config file.
+/// `--help` and `--version` come back as errors whose `exit_code()` is 0.
+pub fn parse_from<I, T>(args: I) -> Result<Parsed, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args)?;
+    let options = build_options(&cli)
+        .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{e}\n")))?;
+    Ok(Parsed {
+        options,
+        require: cli.require.clone(),
+        environment: cli.environment.clone(),
+        cli,
+    })
+}
+
+/// Parses the command line, runs a worker with `registry` plus the handlers the config file
+/// declares, and returns the process's exit code (0 after a graceful stop, 2 for bad options).
+pub fn main(registry: Registry) -> ExitCode {
+    let parsed = match parse_from(std::env::args_os()) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.exit_code() == 0 { 0 } else { 2 });
+        }
+    };
+    if parsed.require.is_some() {
+        eprintln!("rustq-worker: -r/--require runs Ruby jobs: start the gem's `bundle exec rustq-worker` in your app instead");
+        return ExitCode::from(2);
+    }
+    parsed.init_logging();
+    let options = parsed.options;
+    let mut registry = registry;
+    registry.add_configured(&options.handlers);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rustq-worker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let worker = Worker::new(options, registry);
+        if let Err(e) = worker.control().listen_for_signals() {
+            eprintln!("rustq-worker: cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+        match worker.run().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "rustq-worker failed");
+                eprintln!("rustq-worker: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn build_options(cli: &Cli) -> Result<WorkerOptions, String> {
+    let mut options = WorkerOptions::default();
+    let environment = cli.environment.clone().or_else(|| {
+        ["RAILS_ENV", "RACK_ENV", "APP_ENV"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok())
+    });
+    let config = cli.config.clone().or_else(|| {
+        ["config/rustq.yml", "config/sidekiq.yml"]
+            .iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .map(Path::to_path_buf)
+    });
+    if let Some(path) = &config {
+        options
+            .apply_file(path, environment.as_deref())
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(url) = &cli.redis_url {
+        options.redis.url = url.clone();
+    }
+    if let Some(ca) = &cli.redis_ca_file {
+        options.redis.ca_file = Some(ca.clone());
+    }
+    if let Some(c) = cli.concurrency {
+        if c == 0 {
+            return Err("--concurrency must be at least 1".into());
+        }
+        options.concurrency = c;
+    }
+    if !cli.queues.is_empty() {
+        options.queues = cli
+            .queues
+            .iter()
+            .map(|q| QueueWeight::parse(q).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(t) = cli.timeout {
+        options.shutdown_timeout = Duration::from_secs_f64(t.max(0.0));
+    }
+    if let Some(t) = cli.job_timeout {
+        options.job_timeout = Some(Duration::from_secs_f64(t.max(0.001)));
+    }
+    if let Some(tag) = &cli.tag {
+        options.tag = Some(tag.clone());
+    }
+    if !cli.labels.is_empty() {
+        options.labels = cli.labels.clone();
+    }
+    if let Some(v) = cli.wire_version {
+        options.wire = WireVersion::from_number(v).ok_or("--wire-version must be 7 or 8")?;
+    }
+    for class in &cli.noop {
+        options.handlers.insert(
+            class.clone(),
+            HandlerConfig {
+                spec: HandlerSpec::Noop,
+                timeout: None,
+                retry: None,
+            },
+        );
+    }
+    Ok(options)
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let level = if cli.verbose {
+        "debug"
+    } else {
+        cli.log_level.as_str()
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_target(false).init(),
+    }
+}

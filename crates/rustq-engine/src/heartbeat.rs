@@ -1,0 +1,226 @@
+//! The process entry that makes a worker visible in Sidekiq's Web UI and `Sidekiq::ProcessSet`,
+//! the busy-work hash `Sidekiq::Workers` reads, the stat counters, and the Web UI's signals.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use redis::aio::ConnectionManager;
+use rustq_core::wire::{self, keys, WireVersion};
+use serde_json::json;
+
+use crate::fetch::UnitOfWork;
+use crate::options::WorkerOptions;
+use crate::stats::Counters;
+
+/// Jobs running now, by task id (Sidekiq's `tid`).
+#[derive(Default)]
+pub struct Busy {
+    next: AtomicU64,
+    running: Mutex<HashMap<u64, (Arc<UnitOfWork>, i64)>>,
+}
+
+impl Busy {
+    pub fn start(&self, unit: Arc<UnitOfWork>) -> u64 {
+        let tid = self.next.fetch_add(1, Ordering::Relaxed);
+        let run_at = wire::now_secs() as i64;
+        self.lock().insert(tid, (unit, run_at));
+        tid
+    }
+
+    pub fn finish(&self, tid: u64) {
+        self.lock().remove(&tid);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes every job still marked running (after their tasks were stopped).
+    pub fn drain(&self) -> Vec<Arc<UnitOfWork>> {
+        self.lock().drain().map(|(_, (u, _))| u).collect()
+    }
+
+    pub fn snapshot(&self) -> Vec<(u64, Arc<UnitOfWork>, i64)> {
+        self.lock()
+            .iter()
+            .map(|(t, (u, r))| (*t, u.clone(), *r))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Arc<UnitOfWork>, i64)>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A command from the Web UI's `<identity>-signals` list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Quiet,
+    Stop,
+    Dump,
+}
+
+impl Signal {
+    pub fn parse(s: &str) -> Option<Signal> {
+        match s {
+            "TSTP" | "USR1" => Some(Signal::Quiet),
+            "TERM" => Some(Signal::Stop),
+            "TTIN" => Some(Signal::Dump),
+            _ => None,
+        }
+    }
+}
+
+/// Writes this process's heartbeat.
+pub struct Heartbeat {
+    pub identity: String,
+    info: String,
+    concurrency: usize,
+    wire: WireVersion,
+    conn: ConnectionManager,
+    pub counters: Arc<Counters>,
+    pub busy: Arc<Busy>,
+}
+
+/// `hostname:pid:<12 hex>`, as Sidekiq names processes.
+pub fn identity() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let nonce: [u8; 6] = rand::random();
+    let hex: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{host}:{}:{hex}", std::process::id())
+}
+
+impl Heartbeat {
+    pub fn new(
+        options: &WorkerOptions,
+        identity: String,
+        conn: ConnectionManager,
+        counters: Arc<Counters>,
+        busy: Arc<Busy>,
+    ) -> Heartbeat {
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        let queues: Vec<&str> = options.queues.iter().map(|q| q.name.as_str()).collect();
+        let weights: Vec<serde_json::Value> = options
+            .queues
+            .iter()
+            .map(|q| json!({ q.name.clone(): q.weight }))
+            .collect();
+        let info = json!({
+            "hostname": host,
+            "started_at": wire::float_value(wire::now_secs()),
+            "pid": std::process::id(),
+            "tag": options.tag.clone().unwrap_or_default(),
+            "concurrency": options.concurrency,
+            "queues": queues,
+            "weights": weights,
+            "labels": options.labels,
+            "identity": identity,
+            "version": concat!("rustq ", env!("CARGO_PKG_VERSION")),
+            "embedded": false,
+        });
+        Heartbeat {
+            identity,
+            info: info.to_string(),
+            concurrency: options.concurrency,
+            wire: options.wire,
+            conn,
+            counters,
+            busy,
+        }
+    }
+
+    /// One beat: the process entry, busy jobs and counters in one MULTI, and at most one signal
+    /// from the Web UI. Counts that could not be written are kept for the next beat.
+    pub async fn beat(&self, quiet: bool) -> redis::RedisResult<Option<Signal>> {
+        let mut conn = self.conn.clone();
+        let t0 = Instant::now();
+        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        let rtt_us = t0.elapsed().as_micros() as u64;
+        let id = &self.identity;
+        // Sidekiq 7+ reads `<id>:work`, Sidekiq 6 `<id>:workers`: write both.
+        let work_keys = [keys::work(id), keys::workers_v6(id)];
+        let flush = self.counters.take();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.sadd(keys::PROCESSES, id).ignore();
+        pipe.hset_multiple(
+            id,
+            &[
+                ("info", self.info.clone()),
+                ("busy", self.busy.len().to_string()),
+                ("beat", wire::format_float(wire::now_secs())),
+                ("quiet", quiet.to_string()),
+                ("rss", rss_kb().to_string()),
+                ("rtt_us", rtt_us.to_string()),
+                ("concurrency", self.concurrency.to_string()),
+            ],
+        )
+        .ignore();
+        pipe.expire(id, wire::PROCESS_TTL_SECS).ignore();
+        pipe.unlink(&work_keys).ignore();
+        let busy = self.busy.snapshot();
+        if !busy.is_empty() {
+            let entries: Vec<(String, String)> = busy
+                .iter()
+                .map(|(tid, unit, run_at)| {
+                    let work = json!({
+                        "queue": unit.queue,
+                        "payload": String::from_utf8_lossy(&unit.raw),
+                        "run_at": run_at,
+                    });
+                    (format!("{tid:x}"), work.to_string())
+                })
+                .collect();
+            for key in &work_keys {
+                pipe.hset_multiple(key, &entries).ignore();
+                pipe.expire(key, wire::PROCESS_TTL_SECS).ignore();
+            }
+        }
+        flush.write(&mut pipe, chrono::Utc::now(), self.wire);
+        pipe.rpop(keys::signals(id), None);
+        match pipe.query_async::<(Option<String>,)>(&mut conn).await {
+            Ok((signal,)) => Ok(signal.as_deref().and_then(Signal::parse)),
+            Err(e) => {
+                self.counters.restore(flush);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the process from `processes` and its busy hash, after flushing the counters.
+    pub async fn clear(&self) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let flush = self.counters.take();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        flush.write(&mut pipe, chrono::Utc::now(), self.wire);
+        pipe.srem(keys::PROCESSES, &self.identity)
+            .ignore()
+            .unlink(&[
+                self.identity.clone(),
+                keys::work(&self.identity),
+                keys::workers_v6(&self.identity),
+            ])
+            .ignore();
+        pipe.query_async::<()>(&mut conn).await
+    }
+}
+
+/// Resident set size in KB, from /proc (0 where there is none).
+pub fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,442 @@
+//! How a worker is configured: Sidekiq's options (`sidekiq.yml` shape) plus rustq's own.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rustq_core::{RedisConfig, Retry, WireVersion};
+use serde_norway::Value as Yaml;
+
+/// A queue and its weight, as in `-q critical,3`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueWeight {
+    pub name: String,
+    /// 0 when no weight was given.
+    pub weight: u32,
+}
+
+impl QueueWeight {
+    /// Parses `name` or `name,weight`.
+    pub fn parse(spec: &str) -> Result<QueueWeight, ConfigError> {
+        let (name, weight) = match spec.split_once(',') {
+            Some((n, w)) => (
+                n.trim(),
+                w.trim().parse().map_err(|_| {
+                    ConfigError::Invalid(format!("queue weight in {spec:?} is not a number"))
+                })?,
+            ),
+            None => (spec.trim(), 0),
+        };
+        rustq_core::client::check_queue_name(name)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(QueueWeight {
+            name: name.to_string(),
+            weight,
+        })
+    }
+}
+
+/// A handler declared in the config file rather than in Rust.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HandlerSpec {
+    /// Run a program (no shell): job JSON on stdin, exit status 0 is success.
+    Exec { argv: Vec<String> },
+    /// Succeed without doing anything (benchmarks, smoke tests).
+    Noop,
+}
+
+/// A per-class entry of the config file's `handlers:` map.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HandlerConfig {
+    pub spec: HandlerSpec,
+    pub timeout: Option<Duration>,
+    pub retry: Option<Retry>,
+}
+
+/// Everything a worker process needs to know.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub redis: RedisConfig,
+    /// Jobs run at once (`-c`).
+    pub concurrency: usize,
+    /// Queues in the order given, with weights (`-q`).
+    pub queues: Vec<QueueWeight>,
+    /// Graceful shutdown waits this long for running jobs before pushing them back (`-t`).
+    pub shutdown_timeout: Duration,
+    /// A per-job time limit for jobs whose handler sets none.
+    pub job_timeout: Option<Duration>,
+    pub tag: Option<String>,
+    pub labels: Vec<String>,
+    pub wire: WireVersion,
+    /// Retries for `retry: true`.
+    pub max_retries: u32,
+    /// Scheduled poller: average seconds between polls for one process (Sidekiq: 5).
+    pub average_scheduled_poll_interval: f64,
+    /// Fixed average poll interval, overriding the process-count scaling.
+    pub poll_interval_average: Option<f64>,
+    /// Seconds between heartbeats.
+    pub heartbeat_interval: Duration,
+    /// A job in flight on processes that died this many times goes to the dead set.
+    pub max_recoveries: u32,
+    /// Most jobs taken from Redis in one fetch round trip.
+    pub fetch_batch: usize,
+    /// Jobs that may be taken beyond `concurrency` while jobs are short (under 5 ms on
+    /// average), so a fast worker is never waiting on a round trip. Long jobs are never taken
+    /// ahead: they spread over all processes, as with Sidekiq.
+    pub prefetch: usize,
+    pub handlers: BTreeMap<String, HandlerConfig>,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            redis: RedisConfig::from_env(),
+            concurrency: 10,
+            queues: vec![QueueWeight {
+                name: "default".into(),
+                weight: 0,
+            }],
+            shutdown_timeout: Duration::from_secs(25),
+            job_timeout: None,
+            tag: None,
+            labels: Vec::new(),
+            wire: WireVersion::V7,
+            max_retries: rustq_core::wire::DEFAULT_MAX_RETRIES,
+            average_scheduled_poll_interval: 5.0,
+            poll_interval_average: None,
+            heartbeat_interval: Duration::from_secs(10),
+            max_recoveries: 3,
+            fetch_batch: 100,
+            prefetch: 100,
+            handlers: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl WorkerOptions {
+    /// True when queues are checked in the order given (no weights), as `sidekiq -q a -q b`.
+    pub fn strict_order(&self) -> bool {
+        self.queues.iter().all(|q| q.weight == 0)
+    }
+
+    /// Applies a `sidekiq.yml`-shaped file: `concurrency`, `queues` (names or `[name, weight]`),
+    /// `timeout`, `tag`, `labels`, `max_retries`, keys with or without Sidekiq's leading colon,
+    /// an environment section (`production:`) overriding the top level, and rustq's own keys
+    /// (`wire_version`, `job_timeout`, `heartbeat_interval`, `max_recoveries`, `fetch_batch`, `prefetch`,
+    /// `redis_url`, `handlers`) at the top level or under `rustq:`.
+    pub fn apply_file(
+        &mut self,
+        path: &Path,
+        environment: Option<&str>,
+    ) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        self.apply_yaml(&text, environment)
+    }
+
+    pub fn apply_yaml(&mut self, text: &str, environment: Option<&str>) -> Result<(), ConfigError> {
+        let doc: Yaml = serde_norway::from_str(text)
+            .map_err(|e| ConfigError::Invalid(format!("config is not valid YAML: {e}")))?;
+        let root = normalize_keys(doc);
+        let mut layers = vec![root.clone()];
+        if let Some(section) = root.get("rustq") {
+            layers.push(section.clone());
+        }
+        if let Some(env) = environment.and_then(|e| root.get(e)) {
+            layers.push(env.clone());
+            if let Some(section) = env.get("rustq") {
+                layers.push(section.clone());
+            }
+        }
+        for layer in layers {
+            self.apply_layer(&layer)?;
+        }
+        Ok(())
+    }
+
+    fn apply_layer(&mut self, map: &Yaml) -> Result<(), ConfigError> {
+        let invalid =
+            |key: &str, what: &str| ConfigError::Invalid(format!("`{key}` must be {what}"));
+        let uint = |key: &str| -> Result<Option<u64>, ConfigError> {
+            match map.get(key) {
+                None | Some(Yaml::Null) => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .map(Some)
+                    .ok_or_else(|| invalid(key, "a whole number")),
+            }
+        };
+        let secs = |key: &str| -> Result<Option<Duration>, ConfigError> {
+            match map.get(key) {
+                None | Some(Yaml::Null) => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .filter(|s| *s >= 0.0)
+                    .map(|s| Some(Duration::from_secs_f64(s)))
+                    .ok_or_else(|| invalid(key, "a number of seconds")),
+            }
+        };
+        if let Some(n) = uint("concurrency")? {
+            if n == 0 {
+                return Err(invalid("concurrency", "at least 1"));
+            }
+            self.concurrency = n as usize;
+        }
+        if let Some(t) = secs("timeout")? {
+            self.shutdown_timeout = t;
+        }
+        if let Some(t) = secs("job_timeout")? {
+            self.job_timeout = Some(t);
+        }
+        if let Some(t) = secs("heartbeat_interval")? {
+            self.heartbeat_interval = t.max(Duration::from_millis(100));
+        }
+        if let Some(n) = uint("max_retries")? {
+            self.max_retries = n as u32;
+        }
+        if let Some(n) = uint("max_recoveries")? {
+            self.max_recoveries = n as u32;
+        }
+        if let Some(n) = uint("prefetch")? {
+            self.prefetch = n as usize;
+        }
+        if let Some(n) = uint("fetch_batch")? {
+            self.fetch_batch = (n as usize).max(1);
+        }
+        if let Some(n) = map.get("poll_interval_average").and_then(Yaml::as_f64) {
+            self.poll_interval_average = Some(n);
+        }
+        if let Some(n) = map
+            .get("average_scheduled_poll_interval")
+            .and_then(Yaml::as_f64)
+        {
+            self.average_scheduled_poll_interval = n;
+        }
+        if let Some(v) = uint("wire_version")? {
+            self.wire = WireVersion::from_number(v as i64)
+                .ok_or_else(|| invalid("wire_version", "7 or 8"))?;
+        }
+        if let Some(tag) = map.get("tag") {
+            self.tag = tag.as_str().map(str::to_string);
+        }
+        if let Some(url) = map.get("redis_url").and_then(Yaml::as_str) {
+            self.redis.url = url.to_string();
+        }
+        if let Some(labels) = map.get("labels") {
+            self.labels = labels
+                .as_sequence()
+                .ok_or_else(|| invalid("labels", "a list"))?
+                .iter()
+                .map(|l| yaml_scalar(l).ok_or_else(|| invalid("labels", "a list of strings")))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(queues) = map.get("queues") {
+            let list = queues
+                .as_sequence()
+                .ok_or_else(|| invalid("queues", "a list"))?;
+            let mut parsed = Vec::new();
+            for entry in list {
+                let q = match entry {
+                    Yaml::Sequence(pair) => {
+                        let name = pair
+                            .first()
+                            .and_then(yaml_scalar)
+                            .ok_or_else(|| invalid("queues", "names or [name, weight] pairs"))?;
+                        let weight = pair.get(1).and_then(Yaml::as_u64).unwrap_or(0);
+                        QueueWeight::parse(&format!("{name},{weight}"))?
+                    }
+                    other => QueueWeight::parse(
+                        &yaml_scalar(other)
+                            .ok_or_else(|| invalid("queues", "names or [name, weight] pairs"))?,
+                    )?,
+                };
+                parsed.push(q);
+            }
+            if parsed.is_empty() {
+                return Err(invalid("queues", "a non-empty list"));
+            }
+            self.queues = parsed;
+        }
+        if let Some(handlers) = map.get("handlers") {
+            let handlers = handlers
+                .as_mapping()
+                .ok_or_else(|| invalid("handlers", "a map of class name to handler"))?;
+            for (class, spec) in handlers {
+                let class =
+                    yaml_scalar(class).ok_or_else(|| invalid("handlers", "keyed by class name"))?;
+                self.handlers
+                    .insert(class.clone(), parse_handler(&class, spec)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_handler(class: &str, spec: &Yaml) -> Result<HandlerConfig, ConfigError> {
+    let bad = |what: &str| ConfigError::Invalid(format!("handler for {class}: {what}"));
+    let spec_kind = if let Some(exec) = spec.get("exec") {
+        let argv: Vec<String> = match exec {
+            Yaml::Sequence(items) => items.iter().filter_map(yaml_scalar).collect(),
+            // A string is split on whitespace; it is never given to a shell.
+            Yaml::String(s) => s.split_whitespace().map(str::to_string).collect(),
+            _ => return Err(bad("`exec` must be a command as a list or a string")),
+        };
+        if argv.is_empty() {
+            return Err(bad("`exec` names no program"));
+        }
+        HandlerSpec::Exec { argv }
+    } else if spec.get("noop").and_then(Yaml::as_bool) == Some(true) {
+        HandlerSpec::Noop
+    } else {
+        return Err(bad("needs `exec: [program, args…]` or `noop: true`"));
+    };
+    let timeout = match spec.get("timeout") {
+        None => None,
+        Some(v) => Some(Duration::from_secs_f64(
+            v.as_f64()
+                .filter(|s| *s > 0.0)
+                .ok_or_else(|| bad("`timeout` must be seconds"))?,
+        )),
+    };
+    let retry = match spec.get("retry") {
+        None => None,
+        Some(Yaml::Bool(b)) => Some(if *b { Retry::Default } else { Retry::Disabled }),
+        Some(v) => Some(Retry::Times(
+            v.as_u64()
+                .ok_or_else(|| bad("`retry` must be true, false or a number"))? as u32,
+        )),
+    };
+    Ok(HandlerConfig {
+        spec: spec_kind,
+        timeout,
+        retry,
+    })
+}
+
+fn yaml_scalar(v: &Yaml) -> Option<String> {
+    match v {
+        Yaml::String(s) => Some(s.clone()),
+        Yaml::Number(n) => Some(n.to_string()),
+        Yaml::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// `:concurrency:` and `concurrency:` mean the same (Sidekiq's files use symbol keys).
+fn normalize_keys(v: Yaml) -> Yaml {
+    match v {
+        Yaml::Mapping(map) => Yaml::Mapping(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let k = match k {
+                        Yaml::String(s) => Yaml::String(s.trim_start_matches(':').to_string()),
+                        other => other,
+                    };
+                    (k, normalize_keys(v))
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_sidekiq_yml() {
+        let mut o = WorkerOptions::default();
+        o.apply_yaml(
+            r#"
+:concurrency: 5
+:timeout: 8
+:queues:
+  - [critical, 3]
+  - default
+  - low
+:tag: billing
+:labels: [a, b]
+production:
+  :concurrency: 20
+rustq:
+  wire_version: 8
+  handlers:
+    ReportJob:
+      exec: [bin/report, "--fast"]
+      timeout: 30
+      retry: 2
+    NoopJob: { noop: true }
+"#,
+            Some("production"),
+        )
+        .unwrap();
+        assert_eq!(o.concurrency, 20);
+        assert_eq!(o.shutdown_timeout, Duration::from_secs(8));
+        assert_eq!(
+            o.queues[0],
+            QueueWeight {
+                name: "critical".into(),
+                weight: 3
+            }
+        );
+        assert_eq!(
+            o.queues[1],
+            QueueWeight {
+                name: "default".into(),
+                weight: 0
+            }
+        );
+        assert!(!o.strict_order());
+        assert_eq!(o.tag.as_deref(), Some("billing"));
+        assert_eq!(o.labels, vec!["a", "b"]);
+        assert_eq!(o.wire, WireVersion::V8);
+        let report = &o.handlers["ReportJob"];
+        assert_eq!(
+            report.spec,
+            HandlerSpec::Exec {
+                argv: vec!["bin/report".into(), "--fast".into()]
+            }
+        );
+        assert_eq!(report.timeout, Some(Duration::from_secs(30)));
+        assert_eq!(report.retry, Some(Retry::Times(2)));
+        assert_eq!(o.handlers["NoopJob"].spec, HandlerSpec::Noop);
+    }
+
+    #[test]
+    fn bad_config_is_explained() {
+        let mut o = WorkerOptions::default();
+        let err = o
+            .apply_yaml("concurrency: lots", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("concurrency"), "{err}");
+        let err = o
+            .apply_yaml("queues: [\"bad name\"]", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("queue name"), "{err}");
+        let err = o
+            .apply_yaml("handlers: {X: {run: y}}", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exec"), "{err}");
+    }
+
+    #[test]
+    fn queue_flags_parse() {
+        assert_eq!(QueueWeight::parse("critical,3").unwrap().weight, 3);
+        assert_eq!(QueueWeight::parse("default").unwrap().weight, 0);
+        assert!(QueueWeight::parse("x,y").is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! The scheduled poller: due jobs in `retry` and `schedule` go to their queues.
+//!
+//! A Lua script moves due jobs atomically from the sorted set into this process's `scheduling`
+//! list; each is then pushed with a fresh `enqueued_at` in the same MULTI that removes it from
+//! that list. A process that dies in between leaves them to be recovered, never lost.
+
+use std::time::Duration;
+
+use rand::Rng;
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use rustq_core::wire::{self, keys, WireVersion};
+use rustq_core::Job;
+
+use crate::ack::add_dead;
+use crate::keys as rkeys;
+use crate::processor::poison_payload;
+
+const TAKE_DUE: &str = r#"
+-- KEYS[1] = sorted set, KEYS[2] = this process's scheduling list; ARGV[1] = now, ARGV[2] = limit
+local jobs = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2])
+for _, job in ipairs(jobs) do
+  redis.call('ZREM', KEYS[1], job)
+  redis.call('LPUSH', KEYS[2], job)
+end
+return jobs
+"#;
+
+/// Jobs moved per script call.
+const LIMIT: usize = 100;
+
+pub struct Poller {
+    conn: ConnectionManager,
+    scheduling: String,
+    wire: WireVersion,
+    script: redis::Script,
+}
+
+impl Poller {
+    pub fn new(conn: ConnectionManager, identity: &str, wire: WireVersion) -> Poller {
+        Poller {
+            conn,
+            scheduling: rkeys::scheduling(identity),
+            wire,
+            script: redis::Script::new(TAKE_DUE),
+        }
+    }
+
+    /// Moves every due job of `retry` then `schedule` to its queue. Returns how many moved.
+    pub async fn enqueue_due(&self) -> redis::RedisResult<usize> {
+        let mut moved = 0;
+        for set in [keys::RETRY, keys::SCHEDULE] {
+            loop {
+                let mut conn = self.conn.clone();
+                let now = wire::now_secs();
+                let due: Vec<Vec<u8>> = self
+                    .script
+                    .key(set)
+                    .key(&self.scheduling)
+                    .arg(wire::format_float(now))
+                    .arg(LIMIT)
+                    .invoke_async(&mut conn)
+                    .await?;
+                if due.is_empty() {
+                    break;
+                }
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                for raw in &due {
+                    self.push_due(&mut pipe, raw, now);
+                }
+                pipe.query_async::<()>(&mut conn).await?;
+                moved += due.len();
+                if due.len() < LIMIT {
+                    break;
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    fn push_due(&self, pipe: &mut redis::Pipeline, raw: &[u8], now: f64) {
+        let parsed = std::str::from_utf8(raw)
+            .map_err(|e| rustq_core::PayloadError::InvalidJson(e.to_string()))
+            .and_then(Job::from_json);
+        match parsed {
+            Ok(mut job) => {
+                let queue = job.queue().unwrap_or("default").to_string();
+                job.set_time("enqueued_at", now, self.wire);
+                pipe.sadd(keys::QUEUES, &queue)
+                    .ignore()
+                    .lpush(keys::queue(&queue), job.to_json())
+                    .ignore();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "unreadable job in a scheduled set sent to the dead set");
+                add_dead(
+                    pipe,
+                    &poison_payload(raw, "default", &e, self.wire, now),
+                    now,
+                );
+            }
+        }
+        pipe.lrem(&self.scheduling, -1, raw).ignore();
+    }
+
+    /// Seconds until the next poll: `avg * rand + avg / 2` (Sidekiq's spread), where `avg` is
+    /// the fixed `poll_interval_average`, or `average × processes` so the cluster as a whole
+    /// polls about every `average` seconds.
+    pub async fn next_interval(&self, fixed: Option<f64>, average: f64) -> Duration {
+        let avg = match fixed {
+            Some(f) => f,
+            None => {
+                let mut conn = self.conn.clone();
+                let processes: u64 = conn.scard(keys::PROCESSES).await.unwrap_or(1);
+                average * processes.max(1) as f64
+            }
+        };
+        let secs = avg * rand::rng().random::<f64>() + avg / 2.0;
+        Duration::from_secs_f64(secs.max(0.05))
+    }
+}

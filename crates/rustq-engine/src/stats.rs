@@ -1,0 +1,215 @@
+//! Counters a process keeps between heartbeats: `stat:processed`/`stat:failed` and the
+//! per-class metrics Sidekiq 7's Web UI charts.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use rustq_core::wire::{self, keys, WireVersion};
+
+/// Histogram bucket upper bounds in ms (Sidekiq 7's `Histogram::BUCKET_INTERVALS`); the last
+/// bucket takes everything slower.
+pub const HISTOGRAM_BOUNDS_MS: [u64; 25] = [
+    20, 30, 45, 65, 100, 150, 225, 335, 500, 750, 1100, 1700, 2500, 3800, 5750, 8500, 13000, 20000,
+    30000, 45000, 65000, 100000, 150000, 225000, 335000,
+];
+
+/// Metrics hashes and histograms live eight hours (Sidekiq's `SHORT_TERM`/`HISTOGRAM_TTL`).
+pub const METRICS_TTL_SECS: i64 = 8 * 3600;
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClassMetrics {
+    /// Sum of the run times of successful executions, in ms.
+    pub ms: u64,
+    pub processed: u64,
+    pub failed: u64,
+    pub histogram: [u64; 26],
+}
+
+/// What happened since the last flush.
+#[derive(Default)]
+pub struct Counters {
+    processed: AtomicU64,
+    failed: AtomicU64,
+    classes: Mutex<HashMap<String, ClassMetrics>>,
+}
+
+/// A drained set of counters, ready to write (or to put back if writing failed).
+#[derive(Debug, Default, PartialEq)]
+pub struct Flush {
+    pub processed: u64,
+    pub failed: u64,
+    pub classes: HashMap<String, ClassMetrics>,
+}
+
+impl Counters {
+    /// Counts one execution of `class` that took `ms`.
+    pub fn record(&self, class: &str, ms: u64, failed: bool) {
+        self.processed.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut classes = self.classes.lock().unwrap_or_else(|e| e.into_inner());
+        let m = match classes.get_mut(class) {
+            Some(m) => m,
+            None => classes.entry(class.to_string()).or_default(),
+        };
+        m.processed += 1;
+        if failed {
+            m.failed += 1;
+        } else {
+            m.ms += ms;
+            let bucket = HISTOGRAM_BOUNDS_MS
+                .iter()
+                .position(|b| ms < *b)
+                .unwrap_or(25);
+            m.histogram[bucket] += 1;
+        }
+    }
+
+    pub fn processed(&self) -> u64 {
+        self.processed.load(Ordering::Relaxed)
+    }
+
+    pub fn take(&self) -> Flush {
+        let classes = std::mem::take(&mut *self.classes.lock().unwrap_or_else(|e| e.into_inner()));
+        Flush {
+            processed: self.processed.swap(0, Ordering::Relaxed),
+            failed: self.failed.swap(0, Ordering::Relaxed),
+            classes,
+        }
+    }
+
+    /// Puts counts back after a failed write, so none are lost.
+    pub fn restore(&self, flush: Flush) {
+        self.processed.fetch_add(flush.processed, Ordering::Relaxed);
+        self.failed.fetch_add(flush.failed, Ordering::Relaxed);
+        let mut classes = self.classes.lock().unwrap_or_else(|e| e.into_inner());
+        for (class, m) in flush.classes {
+            let into = classes.entry(class).or_default();
+            into.ms += m.ms;
+            into.processed += m.processed;
+            into.failed += m.failed;
+            for (a, b) in into.histogram.iter_mut().zip(m.histogram) {
+                *a += b;
+            }
+        }
+    }
+}
+
+impl Flush {
+    /// Adds the commands that write these counts to `pipe` (inside the heartbeat's MULTI).
+    pub fn write(&self, pipe: &mut redis::Pipeline, now: DateTime<Utc>, version: WireVersion) {
+        let date = now.format("%Y-%m-%d").to_string();
+        for (stat, n) in [
+            (keys::STAT_PROCESSED, self.processed),
+            (keys::STAT_FAILED, self.failed),
+        ] {
+            if n == 0 {
+                continue;
+            }
+            let daily = keys::daily_stat(stat, &date);
+            pipe.incr(stat, n)
+                .ignore()
+                .incr(&daily, n)
+                .ignore()
+                .expire(&daily, wire::DAILY_STAT_TTL_SECS)
+                .ignore();
+        }
+        if self.classes.is_empty() {
+            return;
+        }
+        // 7.x: one-minute buckets; 8.x: one-minute and ten-minute buckets, two-digit years.
+        let minute = now.format("%y%m%d|%-H:%M").to_string();
+        let buckets: Vec<(String, i64)> = match version {
+            WireVersion::V7 => vec![(now.format("j|%Y%m%d|%-H:%-M").to_string(), METRICS_TTL_SECS)],
+            WireVersion::V8 => vec![
+                (format!("j|{}", &minute[..minute.len() - 1]), 3 * 24 * 3600),
+                (format!("j|{minute}"), METRICS_TTL_SECS),
+            ],
+        };
+        for (key, ttl) in &buckets {
+            for (class, m) in &self.classes {
+                for (suffix, n) in [("ms", m.ms), ("p", m.processed), ("f", m.failed)] {
+                    if n > 0 {
+                        pipe.hincr(key, format!("{class}|{suffix}"), n).ignore();
+                    }
+                }
+            }
+            pipe.expire(key, *ttl).ignore();
+        }
+        for (class, m) in &self.classes {
+            if m.histogram.iter().all(|n| *n == 0) {
+                continue;
+            }
+            let hist_key = match version {
+                WireVersion::V7 => format!("{class}-{}", now.format("%d-%H:%-M")),
+                WireVersion::V8 => format!("h|{class}-{}", now.format("%-d-%-H:%-M")),
+            };
+            let mut cmd = redis::cmd("BITFIELD");
+            cmd.arg(&hist_key).arg("OVERFLOW").arg("SAT");
+            for (i, n) in m.histogram.iter().enumerate() {
+                if *n > 0 {
+                    cmd.arg("INCRBY").arg("u16").arg(format!("#{i}")).arg(*n);
+                }
+            }
+            pipe.add_command(cmd).ignore();
+            pipe.expire(&hist_key, METRICS_TTL_SECS).ignore();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_buckets() {
+        let c = Counters::default();
+        c.record("A", 10, false);
+        c.record("A", 40, false);
+        c.record("A", 5, true);
+        c.record("B", 999_999, false);
+        let f = c.take();
+        assert_eq!((f.processed, f.failed), (4, 1));
+        let a = &f.classes["A"];
+        assert_eq!((a.ms, a.processed, a.failed), (50, 3, 1));
+        assert_eq!(a.histogram[0], 1);
+        assert_eq!(a.histogram[2], 1);
+        assert_eq!(f.classes["B"].histogram[25], 1);
+        assert_eq!(c.take(), Flush::default());
+        c.restore(f);
+        assert_eq!(c.take().processed, 4);
+    }
+
+    #[test]
+    fn metrics_keys_follow_each_generation() {
+        let c = Counters::default();
+        c.record("HardJob", 12, false);
+        let flush = c.take();
+        let now = chrono::DateTime::parse_from_rfc3339("2025-02-14T08:43:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let keys_of = |version| {
+            let mut pipe = redis::pipe();
+            flush.write(&mut pipe, now, version);
+            let text = String::from_utf8_lossy(&pipe.get_packed_pipeline()).into_owned();
+            text
+        };
+        let v7 = keys_of(WireVersion::V7);
+        assert!(
+            v7.contains("j|20250214|8:43")
+                && v7.contains("HardJob|p")
+                && v7.contains("HardJob-14-08:43"),
+            "{v7}"
+        );
+        let v8 = keys_of(WireVersion::V8);
+        assert!(
+            v8.contains("j|250214|8:43")
+                && v8.contains("j|250214|8:4\r")
+                && v8.contains("h|HardJob-14-8:43"),
+            "{v8:?}"
+        );
+    }
+}

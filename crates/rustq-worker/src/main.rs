@@ -1,0 +1,7 @@
+//! `rustq-worker`: a Sidekiq-compatible job server. On its own it runs the handlers its config
+//! file declares (`exec` programs, `noop`); Rust applications call `rustq_engine::cli::main`
+//! with their own registry to run Rust handlers with the same command line.
+
+fn main() -> std::process::ExitCode {
+    rustq_engine::cli::main(rustq_engine::Registry::new())
+}

@@ -1,0 +1,14 @@
+# The demo's job classes, as a Rails app would declare them. Their handlers are written in Rust
+# (crates/rustq-engine/examples/billing_worker.rs); Ruby only enqueues.
+require "rustq"
+
+module Billing
+  class ChargeJob
+    include Rustq::Job
+    rustq_options queue: "critical", retry: 5
+  end
+
+  class FlakyGatewayJob
+    include Rustq::Job
+  end
+end

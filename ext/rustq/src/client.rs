@@ -1,0 +1,266 @@
+//! The settings and runtime of this process, and each Ruby thread's connection: built lazily
+//! and rebuilt in a forked child.
+//!
+//! Puma, Unicorn and Sidekiq fork after the app has booted. A tokio runtime's threads do not
+//! survive `fork`, and a connection's socket would be shared with the parent, so both remember
+//! the pid that built them: a child that finds a foreign pid forgets (leaks, never drops) the
+//! parent's and builds its own.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use magnus::{prelude::*, Error, RHash, RString, Ruby, Value};
+use rustq_core::{Client, ClientOptions, RedisConfig, WireVersion};
+use tokio::runtime::Runtime;
+use tokio::sync::Notify;
+
+use crate::{convert, errors, gvl};
+
+/// Where Redis is and how jobs are filled in, as last given to `Rustq::Native.configure`.
+pub struct Settings {
+    pub redis: RedisConfig,
+    pub options: ClientOptions,
+}
+
+/// What this process has built: the runtime the worker engine runs on.
+struct Process {
+    pid: u32,
+    runtime: Arc<Runtime>,
+}
+
+struct State {
+    settings: Arc<Settings>,
+    process: Option<Process>,
+}
+
+// Locked only briefly by threads holding the GVL, and never across a wait, so a `fork` (which
+// also needs the GVL) can never inherit it locked.
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+fn lock() -> MutexGuard<'static, Option<State>> {
+    // A panic while holding the lock leaves the state valid (every write is a single store).
+    STATE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `Rustq::Native.configure(settings)`: replaces the settings. Validates them now (URL, CA
+/// file, wire version) so a typo fails at boot, not at the first push. The next push connects
+/// with the new settings.
+pub fn configure(ruby: &Ruby, settings: RHash) -> Result<(), Error> {
+    let settings = Arc::new(parse_settings(ruby, settings)?);
+    settings
+        .redis
+        .client()
+        .map_err(|e| errors::from_core(ruby, e))?;
+    let mut state = lock();
+    match state.as_mut() {
+        Some(state) => {
+            state.settings = settings;
+        }
+        None => {
+            *state = Some(State {
+                settings,
+                process: None,
+            })
+        }
+    }
+    Ok(())
+}
+
+/// `Rustq::Native.runtime_pid`: the pid that built the current runtime, nil before the first
+/// push. Lets the fork-safety spec see that a child built its own.
+pub fn runtime_pid() -> Option<u32> {
+    lock().as_ref()?.process.as_ref().map(|p| p.pid)
+}
+
+fn parse_settings(ruby: &Ruby, hash: RHash) -> Result<Settings, Error> {
+    let get = |key: &str| hash.get(key).filter(|v| !v.is_nil());
+    let mut redis = match get("url") {
+        Some(url) => RedisConfig::new(RString::try_convert(url)?.to_string()?),
+        None => RedisConfig::from_env(),
+    };
+    if let Some(secs) = get("connect_timeout") {
+        redis.connect_timeout = duration(ruby, "connect_timeout", secs)?;
+    }
+    // An explicit nil response_timeout means "wait forever"; absent keeps the default.
+    if hash.get("response_timeout").is_some() {
+        redis.response_timeout = match get("response_timeout") {
+            Some(secs) => Some(duration(ruby, "response_timeout", secs)?),
+            None => None,
+        };
+    }
+    if let Some(path) = get("ca_file") {
+        redis.ca_file = Some(RString::try_convert(path)?.to_string()?.into());
+    }
+    let mut options = ClientOptions::default();
+    if let Some(wire) = get("wire") {
+        let number = i64::try_convert(wire)?;
+        options.wire = WireVersion::from_number(number).ok_or_else(|| {
+            errors::configuration(ruby, format!("wire version must be 7 or 8, not {number}"))
+        })?;
+    }
+    if let Some(defaults) = get("default_job_options") {
+        let defaults = RHash::try_convert(defaults)?;
+        for (key, value) in convert::options(ruby, defaults)? {
+            options.default_job_options.insert(key, value);
+        }
+    }
+    Ok(Settings { redis, options })
+}
+
+fn duration(ruby: &Ruby, name: &str, secs: Value) -> Result<Duration, Error> {
+    let secs = f64::try_convert(secs)?;
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        errors::configuration(
+            ruby,
+            format!("{name} must be a positive number of seconds, not {secs}"),
+        )
+    })
+}
+
+/// The runtime and settings for one call, taken from the shared state under the GVL.
+pub struct Session {
+    runtime: Arc<Runtime>,
+    pub settings: Arc<Settings>,
+}
+
+/// The current session, building the runtime on first use and again after a fork.
+pub fn session(ruby: &Ruby) -> Result<Session, Error> {
+    let mut guard = lock();
+    let state = guard.get_or_insert_with(|| State {
+        settings: Arc::new(Settings {
+            redis: RedisConfig::from_env(),
+            options: ClientOptions::default(),
+        }),
+        process: None,
+    });
+    let pid = std::process::id();
+    if state.process.as_ref().is_some_and(|p| p.pid != pid) {
+        // Built by our parent: its threads are gone and its socket is the parent's. Dropping
+        // either would wait on threads that do not exist here, so leak them.
+        std::mem::forget(state.process.take());
+    }
+    if state.process.is_none() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("rustq-runtime")
+            .enable_all()
+            .build()
+            .map_err(|e| errors::internal(ruby, &format!("cannot start rustq's runtime: {e}")))?;
+        state.process = Some(Process {
+            pid,
+            runtime: Arc::new(runtime),
+        });
+    }
+    let process = state.process.as_ref().expect("built above");
+    Ok(Session {
+        runtime: process.runtime.clone(),
+        settings: state.settings.clone(),
+    })
+}
+
+impl Session {
+    /// The runtime, for work that outlives one call (the worker engine).
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.clone()
+    }
+
+    /// Runs `work` with this thread's client (connecting on first use) with the GVL released.
+    /// An interrupt of the Ruby thread cancels the wait.
+    ///
+    /// Each Ruby thread drives its own connection on its own single-threaded runtime, so a
+    /// push is a write and a read on the calling thread: no hand-off to a runtime thread and
+    /// back, which cost more than the round trip itself. (redis-rb, too, gives each thread of a
+    /// pool its own connection.)
+    pub fn run<F, Fut, T>(&self, ruby: &Ruby, work: F) -> Result<T, Error>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = rustq_core::Result<T>>,
+    {
+        let cancel = Notify::new();
+        let outcome = gvl::without_gvl(
+            ruby,
+            || -> Result<Option<rustq_core::Result<T>>, String> {
+                THREAD_CLIENT.with(|cell| {
+                    let mut slot = cell.borrow_mut();
+                    let local = ThreadClient::current(&mut slot, &self.settings)?;
+                    let runtime = &local.runtime;
+                    let client = &mut local.client;
+                    let settings = &self.settings;
+                    Ok(runtime.block_on(async {
+                        let call = async {
+                            if client.is_none() {
+                                *client = Some(
+                                    Client::connect_with(&settings.redis, settings.options.clone())
+                                        .await?,
+                                );
+                            }
+                            work(client.clone().expect("connected above")).await
+                        };
+                        tokio::select! {
+                            biased;
+                            // notify_one stores a permit, so an interrupt that arrives before
+                            // this point still cancels.
+                            () = cancel.notified() => None,
+                            result = call => Some(result),
+                        }
+                    }))
+                })
+            },
+            || cancel.notify_one(),
+        )?;
+        match outcome {
+            Ok(Some(Ok(value))) => Ok(value),
+            Ok(Some(Err(e))) => Err(errors::from_core(ruby, e)),
+            Ok(None) => Err(errors::interrupted(ruby)),
+            Err(message) => Err(errors::internal(ruby, &message)),
+        }
+    }
+}
+
+/// One Ruby thread's runtime and connection, rebuilt after a fork or a new `configure`.
+struct ThreadClient {
+    pid: u32,
+    settings: Arc<Settings>,
+    runtime: tokio::runtime::Runtime,
+    client: Option<Client>,
+}
+
+thread_local! {
+    static THREAD_CLIENT: std::cell::RefCell<Option<ThreadClient>> = const { std::cell::RefCell::new(None) };
+}
+
+impl ThreadClient {
+    fn current<'a>(
+        slot: &'a mut Option<ThreadClient>,
+        settings: &Arc<Settings>,
+    ) -> Result<&'a mut ThreadClient, String> {
+        let pid = std::process::id();
+        if slot.as_ref().is_some_and(|c| c.pid != pid) {
+            // The parent's connection: its socket is shared with the parent, so never touch
+            // (or close) it here.
+            std::mem::forget(slot.take());
+        }
+        if slot
+            .as_ref()
+            .is_some_and(|c| !Arc::ptr_eq(&c.settings, settings))
+        {
+            *slot = None;
+        }
+        if slot.is_none() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start rustq's runtime: {e}"))?;
+            *slot = Some(ThreadClient {
+                pid,
+                settings: settings.clone(),
+                runtime,
+                client: None,
+            });
+        }
+        Ok(slot.as_mut().expect("built above"))
+    }
+}

@@ -1,0 +1,76 @@
+//! Releasing Ruby's global VM lock around work that waits (Redis round trips), so other Ruby
+//! threads (Puma's, Sidekiq's) run meanwhile.
+
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use magnus::{Error, Ruby};
+
+use crate::errors;
+
+/// Runs `work` without the GVL and returns its result.
+///
+/// `work` must not touch any Ruby value: convert arguments before calling and results after.
+/// `unblock` is Ruby's unblock function: Ruby calls it from another thread when this one is
+/// interrupted (`Thread#kill`, `Thread#raise`, Ctrl-C), and it must make `work` return soon.
+/// A panic in either closure is caught here and raised as `Rustq::Error`, never unwound into
+/// Ruby's C frames. A pending interrupt is raised (as a Ruby exception) after `work` returns.
+pub fn without_gvl<W, R, U>(ruby: &Ruby, work: W, unblock: U) -> Result<R, Error>
+where
+    W: FnOnce() -> R,
+    U: Fn() + Sync,
+{
+    struct Call<W, R> {
+        work: Option<W>,
+        result: Option<std::thread::Result<R>>,
+    }
+
+    unsafe extern "C" fn call<W: FnOnce() -> R, R>(data: *mut c_void) -> *mut c_void {
+        // SAFETY: `data` is the `Call` below, alive for the whole rb_thread_call_without_gvl.
+        let call = unsafe { &mut *data.cast::<Call<W, R>>() };
+        if let Some(work) = call.work.take() {
+            call.result = Some(catch_unwind(AssertUnwindSafe(work)));
+        }
+        std::ptr::null_mut()
+    }
+
+    unsafe extern "C" fn unblock_fn<U: Fn()>(data: *mut c_void) {
+        // SAFETY: `data` is `unblock` below, borrowed for the whole call; `U: Sync` makes the
+        // call from Ruby's interrupting thread sound.
+        let unblock = unsafe { &*data.cast_const().cast::<U>() };
+        // Unwinding out of an `extern "C"` fn aborts; a failed unblock only means a slower stop.
+        let _ = catch_unwind(AssertUnwindSafe(unblock));
+    }
+
+    let mut state = Call::<W, R> {
+        work: Some(work),
+        result: None,
+    };
+    let data = std::ptr::addr_of_mut!(state).cast::<c_void>();
+    let unblock_data = std::ptr::addr_of!(unblock).cast_mut().cast::<c_void>();
+    // rb_thread_call_without_gvl raises pending interrupts once `call` returns; `protect`
+    // turns that into an `Err` instead of a longjmp across these Rust frames.
+    magnus::rb_sys::protect(|| unsafe {
+        rb_sys::rb_thread_call_without_gvl(
+            Some(call::<W, R>),
+            data,
+            Some(unblock_fn::<U>),
+            unblock_data,
+        );
+        rb_sys::Qnil as rb_sys::VALUE
+    })?;
+    match state.result {
+        Some(Ok(value)) => Ok(value),
+        Some(Err(panic)) => Err(errors::internal(ruby, &panic_message(&panic))),
+        None => Err(errors::interrupted(ruby)),
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    format!("rustq internal error: {detail}")
+}

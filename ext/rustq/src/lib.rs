@@ -1,0 +1,51 @@
+//! The rustq gem's native extension: a thin bridge from Ruby to `rustq-core`.
+//!
+//! Everything Ruby-shaped (the `Rustq::Job` mixin, `Rustq::Client`, the ActiveJob adapter,
+//! testing modes) lives in the gem's `lib/`; this crate only converts values and calls the
+//! core. Its methods hang off the private `Rustq::Native` module:
+//!
+//! | method | does |
+//! |---|---|
+//! | `configure(settings)` | replaces the Redis/client settings; the next push reconnects |
+//! | `push(item)` | pushes one job, returns its jid |
+//! | `push_bulk(items)` | pushes many jobs of one class, returns their jids |
+//! | `prepare(item, bulk)` | validates and normalises without Redis, returns payload JSON (testing) |
+//! | `runtime_pid` | the pid that built the current runtime, or nil |
+//!
+//! and `Rustq::Native::Worker` (with `Rustq::Native::Reply`) runs the worker engine for
+//! `rustq-worker` (see [`worker`]).
+
+use magnus::{function, method, prelude::*, Error, Ruby};
+
+mod client;
+mod convert;
+mod errors;
+mod gvl;
+mod push;
+mod worker;
+
+#[magnus::init(name = "rustq")]
+fn init(ruby: &Ruby) -> Result<(), Error> {
+    let native = ruby.define_module("Rustq")?.define_module("Native")?;
+    native.define_singleton_method("configure", function!(client::configure, 1))?;
+    native.define_singleton_method("runtime_pid", function!(client::runtime_pid, 0))?;
+    native.define_singleton_method("push", function!(push::push, 1))?;
+    native.define_singleton_method("push_bulk", function!(push::push_bulk, 1))?;
+    native.define_singleton_method("prepare", function!(push::prepare, 2))?;
+
+    let worker = native.define_class("Worker", ruby.class_object())?;
+    worker.define_singleton_method("new", function!(worker::Worker::new, 1))?;
+    worker.define_method("require_path", method!(worker::Worker::require_path, 0))?;
+    worker.define_method("environment", method!(worker::Worker::environment, 0))?;
+    worker.define_method("concurrency", method!(worker::Worker::concurrency, 0))?;
+    worker.define_method("identity", method!(worker::Worker::identity, 0))?;
+    worker.define_method("start", method!(worker::Worker::start, 0))?;
+    worker.define_method("next_job", method!(worker::Worker::next_job, 0))?;
+    worker.define_method("signal", method!(worker::Worker::signal, 1))?;
+    worker.define_method("stopping?", method!(worker::Worker::stopping, 0))?;
+    worker.define_method("wait", method!(worker::Worker::wait, 1))?;
+    let reply = native.define_class("Reply", ruby.class_object())?;
+    reply.define_method("complete", method!(worker::Reply::complete, 1))?;
+    reply.define_method("abandoned?", method!(worker::Reply::abandoned, 0))?;
+    Ok(())
+}

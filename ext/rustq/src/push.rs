@@ -1,0 +1,85 @@
+//! `Rustq::Native.push`, `.push_bulk` and `.prepare`: convert the Ruby hash (GVL held), let
+//! `rustq-core` validate and normalise it (no network), then write it with the GVL released.
+
+use magnus::{Error, RHash, Ruby};
+use rustq_core::{wire, Client, PreparedPush};
+
+use crate::client::{self, Session};
+use crate::{convert, errors};
+
+/// Converts and prepares a push; refuses it (writing nothing) with Sidekiq's message.
+fn prepared(
+    ruby: &Ruby,
+    session: &Session,
+    item: RHash,
+    bulk: bool,
+) -> Result<PreparedPush, Error> {
+    let item = convert::job_item(ruby, item)?;
+    let options = &session.settings.options;
+    let prepared = if bulk {
+        options.prepare_bulk(item.fields)
+    } else {
+        options.prepare_push(item.fields)
+    }
+    .map_err(|e| errors::invalid_job(ruby, &e))?;
+    match item.bad_args {
+        Some(message) => Err(errors::invalid_job_message(ruby, message)),
+        None => Ok(prepared),
+    }
+}
+
+/// Writes the jobs, once more if the connection had been dropped (a Redis restart, a killed
+/// client, a failover): the shared connection reconnects in the background, and like redis-rb
+/// (which Sidekiq uses) we retry once rather than fail the first push after every reconnect.
+/// Timeouts are not retried: the first write may have landed.
+async fn write(client: Client, prepared: &PreparedPush) -> rustq_core::Result<()> {
+    match client.write(prepared).await {
+        Err(rustq_core::Error::Redis { source, .. })
+            if source.is_connection_dropped() || source.is_connection_refusal() =>
+        {
+            client.write(prepared).await
+        }
+        other => other,
+    }
+}
+
+/// `push(item) → jid`
+pub fn push(ruby: &Ruby, item: RHash) -> Result<String, Error> {
+    let session = client::session(ruby)?;
+    let mut prepared = prepared(ruby, &session, item, false)?;
+    session.run(ruby, |client| write(client, &prepared))?;
+    Ok(prepared.jids.remove(0))
+}
+
+/// `push_bulk(items) → [jid, …]`
+pub fn push_bulk(ruby: &Ruby, items: RHash) -> Result<Vec<String>, Error> {
+    let session = client::session(ruby)?;
+    let prepared = prepared(ruby, &session, items, true)?;
+    if prepared.is_empty() {
+        return Ok(Vec::new());
+    }
+    session.run(ruby, |client| write(client, &prepared))?;
+    Ok(prepared.jids)
+}
+
+/// `prepare(item, bulk) → [payload_json, …]`: exactly what a push would write, without Redis,
+/// for `Rustq::Testing.fake!`. Like Sidekiq's fake queues, a scheduled job keeps its `at` and an
+/// immediate one gets its `enqueued_at`.
+pub fn prepare(ruby: &Ruby, item: RHash, bulk: bool) -> Result<Vec<String>, Error> {
+    let session = client::session(ruby)?;
+    let prepared = prepared(ruby, &session, item, bulk)?;
+    let options = &session.settings.options;
+    let now = options.clock.now();
+    Ok(prepared
+        .jobs()
+        .iter()
+        .map(|entry| {
+            let mut job = entry.job.clone();
+            match entry.at {
+                Some(at) => job.set("at", wire::float_value(at)),
+                None => job.set_time("enqueued_at", now, options.wire),
+            }
+            job.to_json()
+        })
+        .collect())
+}

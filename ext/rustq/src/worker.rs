@@ -1,0 +1,404 @@
+//! `Rustq::Native::Worker`: the engine of `crates/rustq-engine` running inside a Ruby process,
+//! for `bundle exec rustq-worker`.
+//!
+//! Rust does everything but run the job: fetch, retries, scheduling, heartbeat, stats, shutdown.
+//! Every job goes to the engine's fallback handler, which hands it over a channel to the Ruby
+//! threads of `Rustq::CLI` and waits for their answer:
+//!
+//! ```text
+//! engine task ── Dispatch{payload, queue, outlook, reply} ──▶ channel ──▶ Ruby thread: next_job
+//!      ▲                                                                         │ runs the job
+//!      └──────────────── oneshot: Ok(()) / Err(Failure) ◀──── Reply#complete ◀───┘
+//! ```
+//!
+//! Ruby threads wait for the channel, and the main thread for the engine, with the GVL released.
+//! No Ruby value ever reaches a tokio thread: payloads cross as JSON strings, answers as
+//! `Failure`s built under the GVL.
+
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use magnus::{prelude::*, Error, RArray, RHash, RString, Ruby, Symbol, Value};
+use rustq_engine::cli::{self, Parsed};
+use rustq_engine::job_retry::{self, Outlook, RetryPolicy};
+use rustq_engine::{
+    Backoff, Control, Failure, FailureKind, JobContext, JobResult, Registry, Worker as Engine,
+};
+use tokio::runtime::Runtime;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::{client, errors, gvl};
+
+/// One job on its way to a Ruby thread.
+struct Dispatch {
+    payload: String,
+    queue: String,
+    outlook: Outlook,
+    /// Told when a Ruby thread takes the job: its time limit starts then.
+    taken: Option<oneshot::Sender<()>>,
+    reply: oneshot::Sender<JobResult>,
+}
+
+/// The fallback handler: every job class is resolved and run by Ruby.
+struct RubyHandler {
+    jobs: mpsc::UnboundedSender<Dispatch>,
+    policy: RetryPolicy,
+    /// `--job-timeout`, counted from when a Ruby thread takes the job (not while it waits for a
+    /// thread still busy with a job that went over its own limit).
+    time_limit: Option<Duration>,
+}
+
+impl rustq_engine::Handler for RubyHandler {
+    fn perform(&self, ctx: JobContext) -> rustq_engine::handler::BoxFuture<JobResult> {
+        let (reply, answer) = oneshot::channel();
+        let (taken, taken_rx) = oneshot::channel();
+        let dispatch = Dispatch {
+            payload: ctx.job().to_json(),
+            queue: ctx.queue().to_string(),
+            outlook: job_retry::outlook(ctx.job(), None, self.policy, rustq_core::wire::now_secs()),
+            taken: Some(taken),
+            reply,
+        };
+        let sent = self.jobs.send(dispatch);
+        let time_limit = self.time_limit;
+        Box::pin(async move {
+            let stopped = || {
+                Failure::retry(
+                    "Rustq::WorkerStopped",
+                    "the Ruby threads of this worker are gone",
+                )
+            };
+            if sent.is_err() || taken_rx.await.is_err() {
+                return Err(stopped());
+            }
+            // A reply dropped unanswered means the Ruby thread died with the job.
+            let answered = async {
+                answer.await.unwrap_or_else(|_| {
+                    Err(Failure::retry(
+                        "Rustq::JobAbandoned",
+                        "the Ruby thread running this job ended without reporting back",
+                    ))
+                })
+            };
+            match time_limit {
+                None => answered.await,
+                // Dropping `answer` tells Ruby (Reply#abandoned?) to stop the job's thread.
+                Some(limit) => tokio::time::timeout(limit, answered)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Failure::retry(
+                            "Rustq::TimeoutError",
+                            format!(
+                                "job exceeded its time limit of {:.1} s",
+                                limit.as_secs_f64()
+                            ),
+                        ))
+                    }),
+            }
+        })
+    }
+}
+
+/// How `Worker::run` ended, once it has.
+type Outcome = Option<Result<(), String>>;
+
+/// `Rustq::Native::Worker`: the engine and the channel its jobs come through.
+#[magnus::wrap(class = "Rustq::Native::Worker", free_immediately, size)]
+pub struct Worker {
+    runtime: Arc<Runtime>,
+    control: Control,
+    identity: String,
+    concurrency: usize,
+    require: Option<String>,
+    environment: Option<String>,
+    /// Taken by `start`.
+    pending: Mutex<Option<(Engine, Parsed)>>,
+    jobs: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Dispatch>>>,
+    outcome: watch::Receiver<Outcome>,
+    finish: Mutex<Option<watch::Sender<Outcome>>>,
+}
+
+/// `Rustq::Native::Reply`: answers one job; dropped unanswered, the job is retried.
+#[magnus::wrap(class = "Rustq::Native::Reply", free_immediately, size)]
+pub struct Reply(Mutex<Option<oneshot::Sender<JobResult>>>);
+
+impl Worker {
+    /// `Worker.new(argv)`: parses `rustq-worker` arguments (`argv[0]` is the program name) and
+    /// the config file exactly as the standalone binary does. `--help`, `--version` and bad
+    /// options raise `Rustq::UsageError` whose `status` is the exit code (0 or 2).
+    pub fn new(ruby: &Ruby, argv: Vec<String>) -> Result<Worker, Error> {
+        let parsed = cli::parse_from(argv).map_err(|e| {
+            let status = if e.exit_code() == 0 { 0 } else { 2 };
+            errors::usage(ruby, e.render().to_string(), status)
+        })?;
+        let mut options = parsed.options.clone();
+        // The Ruby handler applies `--job-timeout` itself (see `RubyHandler::time_limit`); the
+        // config file's handlers (`noop`, `exec`) keep it as their default and keep working.
+        let time_limit = options.job_timeout.take();
+        for handler in options.handlers.values_mut() {
+            handler.timeout = handler.timeout.or(time_limit);
+        }
+        let mut registry = Registry::new();
+        registry.add_configured(&options.handlers);
+        let (tx, rx) = mpsc::unbounded_channel();
+        registry.fallback(RubyHandler {
+            jobs: tx,
+            policy: RetryPolicy {
+                wire: options.wire,
+                max_retries: options.max_retries,
+            },
+            time_limit,
+        });
+        let engine = Engine::new(options, registry);
+        let (finish, outcome) = watch::channel(None);
+        Ok(Worker {
+            runtime: client::session(ruby)?.runtime(),
+            control: engine.control(),
+            identity: engine.identity().to_string(),
+            concurrency: parsed.options.concurrency,
+            require: parsed.require.clone(),
+            environment: parsed.environment.clone(),
+            pending: Mutex::new(Some((engine, parsed))),
+            jobs: Arc::new(tokio::sync::Mutex::new(rx)),
+            outcome,
+            finish: Mutex::new(Some(finish)),
+        })
+    }
+
+    /// `-r`: the file or app directory to load, nil for the current directory.
+    pub fn require_path(&self) -> Option<String> {
+        self.require.clone()
+    }
+
+    /// `-e`, when given.
+    pub fn environment(&self) -> Option<String> {
+        self.environment.clone()
+    }
+
+    /// How many jobs run at once, so how many Ruby threads to start.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    /// `hostname:pid:<12 hex>`, as in `Sidekiq::ProcessSet`.
+    pub fn identity(&self) -> String {
+        self.identity.clone()
+    }
+
+    /// Sets up logging as the flags ask and starts the engine on rustq's runtime. Once.
+    pub fn start(ruby: &Ruby, rb_self: &Worker) -> Result<(), Error> {
+        let Some((engine, parsed)) = rb_self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return Err(errors::internal(
+                ruby,
+                "this worker has already been started",
+            ));
+        };
+        let finish = rb_self
+            .finish
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .expect("taken together with pending");
+        // tracing has one subscriber per process; a second worker in one process logs to it too.
+        static LOGGING: Once = Once::new();
+        LOGGING.call_once(|| parsed.init_logging());
+        rb_self.runtime.spawn(async move {
+            let outcome = engine.run().await.map_err(|e| e.to_string());
+            let _ = finish.send(Some(outcome));
+        });
+        Ok(())
+    }
+
+    /// The next job as `[reply, queue, payload_json, outlook]` (outlook: "retry", "exhausted" or
+    /// "no_retry": what a failure will lead to), or nil once the engine has stopped. Waits
+    /// without the GVL; `Thread#kill`/`#raise` interrupt the wait.
+    pub fn next_job(
+        ruby: &Ruby,
+        rb_self: &Worker,
+    ) -> Result<Option<(Reply, String, String, &'static str)>, Error> {
+        let jobs = rb_self.jobs.clone();
+        let cancel = Notify::new();
+        let dispatch = gvl::without_gvl(
+            ruby,
+            || {
+                rb_self.runtime.block_on(async {
+                    let mut jobs = tokio::select! {
+                        biased;
+                        () = cancel.notified() => return None,
+                        jobs = jobs.lock() => jobs,
+                    };
+                    loop {
+                        let next = tokio::select! {
+                            biased;
+                            () = cancel.notified() => return None,
+                            next = jobs.recv() => next,
+                        };
+                        match next {
+                            // Its engine task gave up on it (shutdown): it has been or will be
+                            // pushed back, so it must not run here.
+                            Some(dispatch) if dispatch.reply.is_closed() => continue,
+                            Some(mut dispatch) => {
+                                let taken = dispatch.taken.take().map(|t| t.send(()));
+                                if matches!(taken, Some(Err(_))) {
+                                    continue;
+                                }
+                                return Some(Some(dispatch));
+                            }
+                            None => return Some(None),
+                        }
+                    }
+                })
+            },
+            || cancel.notify_one(),
+        )?;
+        match dispatch {
+            None => Err(errors::interrupted_wait(ruby)),
+            Some(None) => Ok(None),
+            Some(Some(d)) => Ok(Some((
+                Reply(Mutex::new(Some(d.reply))),
+                d.queue,
+                d.payload,
+                match d.outlook {
+                    Outlook::Retry => "retry",
+                    Outlook::Exhausted => "exhausted",
+                    Outlook::NoRetry => "no_retry",
+                },
+            ))),
+        }
+    }
+
+    /// `signal(name)`: "TERM"/"INT" stop, "TSTP" quiet, "TTIN" logs the running jobs.
+    pub fn signal(ruby: &Ruby, rb_self: &Worker, name: String) -> Result<(), Error> {
+        match name.trim_start_matches("SIG") {
+            "TERM" | "INT" => rb_self.control.stop(),
+            "TSTP" => rb_self.control.quiet(),
+            "TTIN" => rb_self.control.dump(),
+            other => {
+                return Err(Error::new(
+                    ruby.exception_arg_error(),
+                    format!("rustq-worker does not handle SIG{other}"),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.control.is_stopping()
+    }
+
+    /// `wait(seconds)`: true once the engine has stopped (raising `Rustq::Error` if it failed),
+    /// false after `seconds` or when interrupted (a signal trap runs meanwhile). No GVL held.
+    pub fn wait(ruby: &Ruby, rb_self: &Worker, seconds: f64) -> Result<bool, Error> {
+        let mut outcome = rb_self.outcome.clone();
+        let cancel = Notify::new();
+        let limit = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::ZERO);
+        let done = gvl::without_gvl(
+            ruby,
+            || {
+                rb_self.runtime.block_on(async {
+                    tokio::select! {
+                        biased;
+                        () = cancel.notified() => None,
+                        () = tokio::time::sleep(limit) => None,
+                        done = outcome.wait_for(Option::is_some) => match done {
+                            Ok(done) => (*done).clone(),
+                            Err(_) => Some(Err("the engine's task ended without a result".to_string())),
+                        },
+                    }
+                })
+            },
+            || cancel.notify_one(),
+        )?;
+        match done {
+            None => Ok(false),
+            Some(Ok(())) => Ok(true),
+            Some(Err(e)) => Err(errors::internal(ruby, &format!("rustq-worker failed: {e}"))),
+        }
+    }
+}
+
+impl Reply {
+    /// `complete(nil)` for success, or `complete({"error_class" =>, "message" =>, "backtrace" =>
+    /// [lines], "retry_in" => seconds | "kill" | "discard" | nil})`. False when the engine no
+    /// longer waits for this job (time limit, shutdown: it has been pushed back).
+    pub fn complete(ruby: &Ruby, rb_self: &Reply, result: Option<RHash>) -> Result<bool, Error> {
+        let result = match result {
+            None => Ok(()),
+            Some(hash) => Err(failure(ruby, hash)?),
+        };
+        let sender = rb_self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        Ok(sender.is_some_and(|s| s.send(result).is_ok()))
+    }
+
+    /// True once the engine no longer waits for this job: it went over its time limit (it is
+    /// retried) or the shutdown timeout passed (it is back on its queue).
+    pub fn abandoned(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|s| s.is_closed())
+    }
+}
+
+fn failure(ruby: &Ruby, hash: RHash) -> Result<Failure, Error> {
+    let text = |key: &str| -> Result<String, Error> {
+        match hash.get(key).filter(|v| !v.is_nil()) {
+            Some(v) => RString::try_convert(v)?.to_string(),
+            None => Ok(String::new()),
+        }
+    };
+    let backtrace = match hash.get("backtrace").filter(|v| !v.is_nil()) {
+        Some(lines) => RArray::try_convert(lines)?
+            .into_iter()
+            .map(|line| RString::try_convert(line)?.to_string())
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    let failure = Failure::retry(text("error_class")?, text("message")?).with_backtrace(backtrace);
+    Ok(match hash.get("retry_in").filter(|v| !v.is_nil()) {
+        None => failure,
+        Some(value) => apply_retry_in(ruby, failure, value)?,
+    })
+}
+
+/// `retry_in`: seconds (Integer/Float), or "kill"/:kill (dead set now), "discard"/:discard.
+fn apply_retry_in(ruby: &Ruby, failure: Failure, value: Value) -> Result<Failure, Error> {
+    let word = if let Some(symbol) = Symbol::from_value(value) {
+        Some(symbol.name()?.to_string())
+    } else {
+        RString::from_value(value)
+            .map(|s| s.to_string())
+            .transpose()?
+    };
+    match word.as_deref() {
+        Some("kill") => Ok(Failure {
+            kind: FailureKind::Kill,
+            ..failure
+        }),
+        Some("discard") => Ok(Failure {
+            kind: FailureKind::Discard,
+            ..failure
+        }),
+        Some(other) => Err(Error::new(
+            ruby.exception_arg_error(),
+            format!("retry_in must be seconds, \"kill\" or \"discard\", not {other:?}"),
+        )),
+        None => {
+            let secs = f64::try_convert(value)?;
+            let delay = Duration::try_from_secs_f64(secs).map_err(|_| {
+                Error::new(
+                    ruby.exception_arg_error(),
+                    format!("retry_in must be a positive number of seconds, not {secs}"),
+                )
+            })?;
+            Ok(failure.with_backoff(Backoff::In(delay)))
+        }
+    }
+}

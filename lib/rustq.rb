@@ -1,0 +1,38 @@
+# frozen_string_literal: true
+
+# rustq: Sidekiq-compatible job pushing from Ruby through a Rust core.
+#
+#   require "rustq"
+#   Rustq.configure { |c| c.redis_url = ENV["REDIS_URL"] }
+#   class HardJob
+#     include Rustq::Job
+#   end
+#   HardJob.perform_async(1, "two")
+#
+# Errors: Rustq::InvalidJob (an ArgumentError) for pushes Sidekiq would refuse; Rustq::Error and
+# its subclasses ConfigurationError, ConnectionError and CommandError for everything else.
+
+require "json"
+require_relative "rustq/version"
+require_relative "rustq/errors"
+
+require_relative "rustq/native"
+
+module Rustq
+  # The native extension's methods: used by this library only.
+  private_constant :Native
+end
+
+require_relative "rustq/configuration"
+require_relative "rustq/client"
+require_relative "rustq/job"
+require_relative "rustq/processor"
+
+# The ActiveJob adapter must exist before `queue_adapter = :rustq` is looked up: now if ActiveJob
+# is already loaded (Rails loads it before the app's gems), else as soon as it loads.
+if defined?(::ActiveJob)
+  require "active_job/queue_adapters/rustq_adapter"
+elsif defined?(::ActiveSupport) && ::ActiveSupport.respond_to?(:on_load)
+  ::ActiveSupport.on_load(:active_job) { require "active_job/queue_adapters/rustq_adapter" }
+end
+require_relative "rustq/railtie" if defined?(::Rails::Railtie)

@@ -1,0 +1,210 @@
+# frozen_string_literal: true
+
+require_relative "version"
+require_relative "errors"
+require_relative "native"
+
+module Rustq
+  # `rustq-worker`: boots the app (a Rails root's config/environment.rb, or `-r FILE`) and runs
+  # the rustq engine in this process. Rust fetches, retries, schedules, beats and shuts down;
+  # `-c N` Ruby threads run the jobs (Rustq::Processor). Flags and config file are the
+  # standalone binary's, parsed by the same Rust code.
+  #
+  #   bundle exec rustq-worker -c 5 -q critical,2 -q default
+  #   rustq-worker -r ./app.rb -C config/rustq.yml
+  #
+  # Signals, as Sidekiq: TERM/INT stop (running jobs get `-t` seconds, then go back to their
+  # queue), TSTP stops fetching, TTIN logs the running jobs and every thread's backtrace.
+  class CLI
+    SIGNALS = %w[TERM INT TSTP TTIN].freeze
+
+    # Runs a worker until it is stopped; returns the exit code.
+    def self.start(argv = ARGV)
+      new.run(argv)
+    end
+
+    def initialize
+      # thread => the Reply of the job it runs; the main thread stops jobs the engine gave up on.
+      @busy = {}
+      @busy_lock = Mutex.new
+    end
+
+    def run(argv)
+      @worker = Native::Worker.new(["rustq-worker", *argv])
+      $stdout.sync = true
+      boot_application
+      @processor = Processor.new
+      Rustq.stopping = false
+      @self_read, @self_write = IO.pipe
+      trap_signals
+      @worker.start
+      logger.info { "rustq-worker #{VERSION} running #{@worker.concurrency} Ruby threads as #{@worker.identity}" }
+      threads = Array.new(@worker.concurrency) { |i| start_thread(i) }
+      watch_engine
+      handle_events
+      finish(threads)
+      0
+    rescue UsageError => e
+      (e.status.zero? ? $stdout : $stderr).print(e.message)
+      e.status
+    rescue Rustq::Error => e
+      # The engine could not run at all (a malformed Redis URL, ...); it has logged why.
+      warn "rustq-worker: #{e.message}"
+      1
+    end
+
+    private
+
+    # Sidekiq's rules: a directory (the default: the current one) is a Rails app root whose
+    # config/environment.rb boots it; anything else is a Ruby file to require.
+    def boot_application
+      if (environment = @worker.environment)
+        ENV["RAILS_ENV"] = ENV["RACK_ENV"] = environment
+      end
+      path = @worker.require_path || "."
+      if File.directory?(path)
+        unless File.exist?(File.join(path, "config", "application.rb"))
+          raise UsageError, "rustq-worker: #{File.expand_path(path)} is not a Rails app; " \
+            "point -r at a Rails app's root or at a Ruby file that loads your job classes\n"
+        end
+        # config/environment.rb initializes the app: eager loading follows config.eager_load
+        # (on in production), and the Railtie sets the ActiveJob adapter up.
+        require File.expand_path(File.join(path, "config", "environment.rb"))
+      elsif File.exist?(path)
+        require File.expand_path(path)
+      else
+        raise UsageError, "rustq-worker: no such file or directory to require: #{path}\n"
+      end
+      # An app that does not require rustq itself (a plain -r file) still gets all of it.
+      require_relative "../rustq"
+    end
+
+    # Like Sidekiq's: trap handlers may not lock anything (not even to log), so they only write
+    # the signal's name to a pipe that the main thread reads.
+    def trap_signals
+      SIGNALS.each do |signal|
+        trap(signal) { @self_write.write_nonblock("#{signal}\n", exception: false) }
+      end
+    end
+
+    # The engine's end, waited for without the GVL in a thread of its own, arrives on the same pipe.
+    def watch_engine
+      Thread.new do
+        Thread.current.name = "rustq-engine"
+        nil until @worker.wait(60.0)
+      rescue Exception => e # rubocop:disable Lint/RescueException
+        @engine_error = e
+      ensure
+        @self_write.write("STOPPED\n")
+      end
+    end
+
+    # The main thread sleeps on the pipe, where Ruby runs trap handlers at once (inside a native
+    # wait it would run them only once the wait ends), and wakes twice a second to stop jobs the
+    # engine no longer waits for.
+    def handle_events
+      loop do
+        if IO.select([@self_read], nil, nil, 0.5)
+          case (event = @self_read.gets&.chomp)
+          when "STOPPED"
+            raise @engine_error if @engine_error
+
+            return
+          when "TERM", "INT"
+            logger.info { "rustq-worker: SIG#{event}: stopping; running jobs get the shutdown timeout" }
+            Rustq.stopping = true
+            @worker.signal(event)
+          when "TSTP"
+            logger.info { "rustq-worker: SIGTSTP: quiet, no new jobs" }
+            @worker.signal(event)
+          when "TTIN"
+            @worker.signal(event)
+            dump_threads
+          end
+        end
+        stop_abandoned_jobs
+      end
+    end
+
+    # Jobs over their time limit (the engine retries them) or past the shutdown timeout (back on
+    # their queue) get Rustq::JobTimeout raised in their thread, which then takes the next job.
+    def stop_abandoned_jobs
+      @busy_lock.synchronize do
+        @busy.select { |_thread, reply| reply.abandoned? }.each_key do |thread|
+          @busy.delete(thread)
+          thread.raise(JobTimeout, "the worker stopped waiting for this job (time limit or shutdown)")
+        end
+      end
+    end
+
+    def start_thread(index)
+      Thread.new do
+        Thread.current.name = "rustq-#{index}"
+        run_jobs
+      end
+    end
+
+    # One Ruby thread: take a job, run it, answer; until the engine has stopped. Rustq::JobTimeout
+    # may only interrupt the job itself, never the bookkeeping around it.
+    def run_jobs
+      Thread.handle_interrupt(JobTimeout => :never) do
+        while (job = next_job)
+          reply, queue, json, outlook = job
+          begin
+            @busy_lock.synchronize { @busy[Thread.current] = reply }
+            answer = Thread.handle_interrupt(JobTimeout => :immediate) { @processor.process(json, queue, outlook) }
+            report(reply, answer)
+          ensure
+            @busy_lock.synchronize { @busy.delete(Thread.current) }
+            # Thread#kill or Thread.exit inside the job: fail it now rather than leave the engine
+            # waiting for it until shutdown (a no-op when it was answered, or at shutdown).
+            reply.complete("error_class" => "Rustq::JobAbandoned", "message" => "the job's Ruby thread was killed")
+          end
+          discard_late_timeout
+        end
+      end
+    end
+
+    # A JobTimeout raised just as its job ended is pending now: let it fire here, not in the next job.
+    def discard_late_timeout
+      Thread.handle_interrupt(JobTimeout => :immediate) { nil }
+    rescue JobTimeout
+      nil
+    end
+
+    def report(reply, answer)
+      reply.complete(answer)
+    rescue => e
+      # An answer the engine cannot take (a bug): still fail the job rather than lose the thread.
+      logger.error { "rustq-worker: cannot report a job's outcome: #{e.class}: #{e.message}" }
+      reply.complete("error_class" => e.class.name, "message" => e.message.to_s)
+    end
+
+    def next_job
+      @worker.next_job
+    rescue Rustq::Error => e
+      # A wait cut short without an exception of Ruby's own: wait again.
+      logger.debug { "rustq-worker: #{e.message}" }
+      retry
+    end
+
+    # The engine has stopped and pushed back what did not finish: threads still running a job get
+    # Rustq::JobTimeout (their job is back on its queue), then end like the idle ones; a thread
+    # whose job ignores it is killed.
+    def finish(threads)
+      stop_abandoned_jobs
+      threads.each { |thread| thread.join(2) || thread.kill }
+      logger.info { "rustq-worker stopped" }
+    end
+
+    def dump_threads
+      Thread.list.each do |thread|
+        logger.info { "thread #{thread.name || thread.object_id} (#{thread.status}):\n#{Array(thread.backtrace).join("\n")}" }
+      end
+    end
+
+    def logger
+      Rustq.logger
+    end
+  end
+end

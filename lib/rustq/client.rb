@@ -1,0 +1,55 @@
+# frozen_string_literal: true
+
+module Rustq
+  # Pushes jobs in Sidekiq's hash shape:
+  #
+  #   Rustq::Client.push("class" => HardJob, "args" => [1, "two"], "queue" => "critical")
+  #   Rustq::Client.push_bulk(class: "HardJob", args: [[1], [2]], at: [t1, t2])
+  #
+  # Keys may be Strings or Symbols; "class" a Class or a String. Any other key ("retry", "tags",
+  # "bid", ...) is written as given. Arguments must be native JSON types (Sidekiq 7's rule): a
+  # bad push raises Rustq::InvalidJob (an ArgumentError) with Sidekiq's message and writes nothing.
+  module Client
+    class << self
+      # Pushes one job and returns its jid.
+      def push(item)
+        raw_push(normalize(item), false).first
+      end
+
+      # Pushes many jobs of one class: "args" is an Array of Arrays, "at" (optional) one time or
+      # one per job. Returns the jids in order.
+      def push_bulk(items)
+        raw_push(normalize(items), true)
+      end
+
+      private
+
+      # The one place a push leaves Ruby; Rustq::Testing replaces it with in-memory queues.
+      def raw_push(item, bulk)
+        jids = bulk ? Native.push_bulk(item) : [Native.push(item)]
+        Rustq.logger.debug { "rustq: pushed #{jids.size} #{item["class"]} job(s) to #{item["queue"] || "default"}" }
+        jids
+      end
+
+      # Sidekiq's normalize_item, Ruby half: the job class's options (and the ActiveJob class's,
+      # when "wrapped" has any) go first, then the caller's keys. The native half validates and
+      # fills in jid/created_at.
+      def normalize(item)
+        raise InvalidJob, "Job must be a Hash with 'class' and 'args' keys" unless item.is_a?(Hash)
+
+        item = item.transform_keys(&:to_s)
+        defaults = options_of(item["class"])
+        wrapped = options_of(item["wrapped"])
+        defaults = (defaults || Rustq.default_job_options).merge(wrapped) if wrapped
+        defaults ? defaults.merge(item) : item
+      end
+
+      def options_of(klass)
+        return unless klass.is_a?(Module)
+        return klass.get_rustq_options if klass.respond_to?(:get_rustq_options)
+
+        klass.get_sidekiq_options if klass.respond_to?(:get_sidekiq_options)
+      end
+    end
+  end
+end

@@ -1,0 +1,169 @@
+# frozen_string_literal: true
+
+require "json"
+
+module Rustq
+  # Runs one job the rustq-worker engine fetched, in this Ruby process, and says how it went.
+  # The engine (Rust) decides what a failure means for the job — retry set, dead set or gone —
+  # from the answer #process gives:
+  #
+  #   nil                                    success
+  #   {"error_class" => "RuntimeError",      failure: Sidekiq's error_class / error_message /
+  #    "message" => "boom",                  error_backtrace (kept when the payload's
+  #    "backtrace" => [lines],               `backtrace` option asks), and when to retry:
+  #    "retry_in" => 30 | "kill" | "discard" | nil}   nil = Sidekiq's backoff
+  #
+  # Only job classes run: classes including Rustq::Job or Sidekiq::Job/Sidekiq::Worker, and
+  # ActiveJob jobs behind Sidekiq's wrapper class names. Any other constant (`Kernel`, `File`, a
+  # model) fails with Rustq::NotAJobClass and goes to the dead set, never called; an unknown
+  # class is Sidekiq's NameError failure (retried, then dead).
+  class Processor
+    # What Sidekiq's JobRetry writes when an exception's message itself raises.
+    UNREADABLE_MESSAGE = "!!! ERROR MESSAGE THREW AN ERROR !!!"
+
+    # Runs `payload` (a parsed job) in this thread, without any checks of Redis or retries:
+    # what Rustq::Testing's inline mode and #process share.
+    def self.execute(payload, klass = job_class(payload))
+      return run_active_job(payload) if klass == :active_job
+
+      job = klass.new
+      job.jid = payload["jid"] if job.respond_to?(:jid=)
+      job.perform(*payload["args"])
+    end
+
+    # The class to run for `payload`, :active_job for an ActiveJob wrapper, or an error.
+    def self.job_class(payload)
+      name = payload["class"]
+      return :active_job if Job::ACTIVE_JOB_WRAPPERS.include?(name)
+
+      klass = Object.const_get(name.to_s)
+      return klass if job_class?(klass)
+
+      raise NotAJobClass, "#{name} is not a job class: include Rustq::Job or Sidekiq::Job"
+    end
+
+    def self.job_class?(klass)
+      return false unless klass.is_a?(Class)
+
+      klass.include?(Rustq::Job) || (defined?(::Sidekiq::Worker) && klass.include?(::Sidekiq::Worker)) || false
+    end
+
+    # ActiveJob's own entry point, as Rails' Sidekiq adapter calls it: retry_on, discard_on and
+    # callbacks behave as under Sidekiq. `job_class` is checked first: execute would call `new`
+    # on whatever it names.
+    def self.run_active_job(payload)
+      data = Array(payload["args"]).first
+      name = data["job_class"] if data.is_a?(Hash)
+      klass = name && Object.const_get(name.to_s)
+      unless defined?(::ActiveJob::Base) && klass.is_a?(Class) && klass < ::ActiveJob::Base
+        raise NotAJobClass, "#{name.inspect} (wrapped by #{payload["class"]}) is not an ActiveJob class"
+      end
+
+      ::ActiveJob::Base.execute(data.merge("provider_job_id" => payload["jid"]))
+    end
+    private_class_method :run_active_job
+
+    def initialize(logger: Rustq.logger)
+      @logger = logger
+    end
+
+    # Runs the job in `json` (fetched from `queue`); `outlook` is what the engine will do with a
+    # failure: "retry", "exhausted" (dead set) or "no_retry". Returns nil or a failure Hash.
+    def process(json, queue, outlook)
+      payload = JSON.parse(json)
+      klass = nil
+      within_app do
+        klass = self.class.job_class(payload)
+        self.class.execute(payload, klass)
+      end
+      nil
+    # Everything a job raises fails that job only, `exit` and `abort` (SystemExit) included.
+    rescue Exception => e # rubocop:disable Lint/RescueException
+      failure(payload || {}, klass, e, outlook, queue)
+    end
+
+    private
+
+    # Like Sidekiq: each job inside the Rails reloader (which wraps the executor), so code
+    # reloads between jobs in development and database connections go back to the pool.
+    def within_app(&block)
+      app = defined?(::Rails) && ::Rails.respond_to?(:application) && ::Rails.application
+      app.respond_to?(:reloader) ? app.reloader.wrap(&block) : yield
+    end
+
+    def failure(payload, klass, error, outlook, queue)
+      message = error_message(error)
+      @logger.warn { "#{payload["wrapped"] || payload["class"]} JID-#{payload["jid"]} failed: #{error.class.name}: #{message}\n#{Array(error.backtrace).first(10).join("\n")}" }
+      result = {
+        "error_class" => error.class.name || error.class.to_s,
+        "message" => message,
+        "backtrace" => Array(error.backtrace).map { |line| utf8(line) }
+      }
+      return result.merge("retry_in" => "kill") if error.is_a?(NotAJobClass)
+      return result unless klass.is_a?(Class)
+
+      msg = failed_payload(payload, result, queue)
+      case outlook
+      when "retry"
+        retry_in = retry_in(klass, msg["retry_count"], error, msg)
+        retries_exhausted(klass, msg, error) if retry_in == "kill"
+        result["retry_in"] = retry_in
+      when "exhausted"
+        retries_exhausted(klass, msg, error)
+      end
+      result
+    end
+
+    # `sidekiq_retry_in { |count, exception| }`: seconds (a positive number; anything else is
+    # Sidekiq's default backoff), :kill or :discard. A block that raises means the default.
+    def retry_in(klass, count, error, msg)
+      block = hook(klass, :sidekiq_retry_in_block)
+      return unless block
+
+      value = block.call(*[count, error, msg].first(block.arity.negative? ? 3 : block.arity))
+      case value
+      when :kill, "kill" then "kill"
+      when :discard, "discard" then "discard"
+      when Numeric then value.to_i.positive? ? value.to_i : nil
+      end
+    rescue => e
+      @logger.error { "#{klass.name}'s retry_in failed (#{e.class}: #{e.message}); using the default backoff" }
+      nil
+    end
+
+    # `sidekiq_retries_exhausted { |job, exception| }`: called before the job goes to the dead set.
+    def retries_exhausted(klass, msg, error)
+      hook(klass, :sidekiq_retries_exhausted_block)&.call(msg, error)
+    rescue => e
+      @logger.error { "#{klass.name}'s retries_exhausted failed: #{e.class}: #{e.message}" }
+    end
+
+    def hook(klass, reader)
+      klass.public_send(reader) if klass.respond_to?(reader)
+    end
+
+    # The payload as the hooks see it under Sidekiq: with this failure's fields filled in.
+    def failed_payload(payload, result, queue)
+      count = payload["retry_count"] ? [payload["retry_count"].to_i + 1, 0].max : 0
+      payload.merge(
+        "queue" => payload["retry_queue"] || queue,
+        "error_message" => result["message"],
+        "error_class" => result["error_class"],
+        "retry_count" => count
+      )
+    end
+
+    def error_message(error)
+      # Ruby 3.1 appends error_highlight snippets and did_you_mean hints to `message`; Sidekiq
+      # users see the message itself.
+      message = error.respond_to?(:original_message) ? error.original_message : error.message
+      utf8(message.to_s[0, 10_000])
+    rescue Exception # rubocop:disable Lint/RescueException
+      UNREADABLE_MESSAGE
+    end
+
+    def utf8(text)
+      text.to_s.dup.force_encoding(Encoding::UTF_8).scrub
+    end
+  end
+end

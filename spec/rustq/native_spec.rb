@@ -1,0 +1,107 @@
+# frozen_string_literal: true
+
+# The native bridge: threads, the GVL, interrupts, fork and errors, against the real server.
+RSpec.describe "rustq's native bridge" do
+  let(:native) { Rustq.const_get(:Native) }
+
+  it "serves many threads at once through one client" do
+    threads = Array.new(16) do |t|
+      Thread.new { Array.new(50) { |i| Rustq::Client.push("class" => "A", "args" => [t, i]) } }
+    end
+    jids = threads.flat_map(&:value)
+
+    expect(jids.uniq.size).to eq(800)
+    expect(redis.llen("queue:default")).to eq(800)
+    expect(queue_payloads.map { |p| p["args"] }).to match_array((0...16).to_a.product((0...50).to_a))
+  end
+
+  it "releases the GVL while Redis works" do
+    Rustq::Client.push("class" => "A", "args" => []) # connect first
+    redis.call("CLIENT", "PAUSE", "600", "WRITE")
+    ticks = 0
+    ticker = Thread.new { loop { ticks += 1 } }
+    started = Time.now
+    Rustq::Client.push("class" => "A", "args" => [])
+    waited = Time.now - started
+    ticker.kill
+
+    expect(waited).to be >= 0.4
+    # With the GVL held for the whole push, the ticker could not have run at all meanwhile.
+    expect(ticks).to be > 1_000
+  end
+
+  it "lets Thread#raise interrupt a push that waits on Redis" do
+    Rustq::Client.push("class" => "A", "args" => [])
+    redis.call("CLIENT", "PAUSE", "3000", "WRITE")
+    pusher = Thread.new { Rustq::Client.push("class" => "A", "args" => []) }
+    pusher.report_on_exception = false
+    sleep 0.2
+    started = Time.now
+    pusher.raise(RuntimeError, "stop waiting")
+
+    expect { pusher.join }.to raise_error(RuntimeError, "stop waiting")
+    expect(Time.now - started).to be < 1
+  ensure
+    redis.call("CLIENT", "UNPAUSE")
+  end
+
+  it "builds a new runtime and client in a forked child, and the parent keeps working" do
+    Rustq::Client.push("class" => "A", "args" => ["parent before"])
+    parent_pid = native.runtime_pid
+    expect(parent_pid).to eq(Process.pid)
+
+    reader, writer = IO.pipe
+    child = fork do
+      reader.close
+      jid = Rustq::Client.push("class" => "A", "args" => ["child"])
+      writer.write(JSON.generate([native.runtime_pid, jid]))
+      writer.close
+      exit!(0)
+    end
+    writer.close
+    _, status = Process.wait2(child)
+    runtime_pid, child_jid = JSON.parse(reader.read)
+
+    expect(status).to be_success
+    expect(runtime_pid).to eq(child)
+    Rustq::Client.push("class" => "A", "args" => ["parent after"])
+    expect(native.runtime_pid).to eq(Process.pid)
+    expect(queue_payloads.map { |p| p["args"] }).to eq([["parent before"], ["child"], ["parent after"]])
+    expect(queue_payloads[1]["jid"]).to eq(child_jid)
+  end
+
+  context "errors" do
+    around do |example|
+      example.run
+    ensure
+      Rustq.config.redis_url = nil
+      Rustq.config.connect_timeout = 1.0
+      Rustq.configure
+    end
+
+    it "raises Rustq::ConnectionError naming the URL (password redacted) when Redis is unreachable" do
+      port = RedisServer.free_port
+      Rustq.configure do |config|
+        config.redis_url = "redis://app:s3cret@127.0.0.1:#{port}/0"
+        config.connect_timeout = 0.5
+      end
+
+      expect { Rustq::Client.push("class" => "A", "args" => []) }.to raise_error(Rustq::ConnectionError) { |e|
+        expect(e.message).to include("redis://app:REDACTED@127.0.0.1:#{port}/0")
+        expect(e.message).not_to include("s3cret")
+        expect(e).to be_a(Rustq::Error)
+      }
+    end
+
+    it "raises Rustq::CommandError when Redis refuses a command" do
+      redis.set("queues", "not a set")
+      expect { Rustq::Client.push("class" => "A", "args" => []) }.to raise_error(Rustq::CommandError, /WRONGTYPE/)
+    end
+
+    it "recovers when Redis comes back" do
+      Rustq::Client.push("class" => "A", "args" => [])
+      redis.call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+      expect(Rustq::Client.push("class" => "A", "args" => [2])).to match(/\A\h{24}\z/)
+    end
+  end
+end

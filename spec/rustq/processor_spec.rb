@@ -1,0 +1,73 @@
+# frozen_string_literal: true
+
+# Rustq::Processor runs one job for rustq-worker and answers the engine: nil, or a failure with
+# Sidekiq's fields and when to retry. These run it in this process, without a worker.
+RSpec.describe Rustq::Processor do
+  subject(:processor) { described_class.new(logger: Logger.new(nil)) }
+
+  before do
+    stub_const("ProcessorSpecJob", Class.new do
+      include Rustq::Job
+      class << self; attr_accessor :runs; end
+      self.runs = []
+      def perform(*args) = self.class.runs << [jid, args]
+    end)
+    stub_const("ProcessorSpecFailingJob", Class.new do
+      include Rustq::Job
+      class << self; attr_accessor :exhausted; end
+      self.exhausted = []
+      rustq_retry_in { |count, error| error.message == "raise" ? raise("bad block") : {"30" => 30 + count, "kill" => :kill, "discard" => :discard}[error.message] }
+      rustq_retries_exhausted { |msg, error| exhausted << [msg["jid"], msg["retry_count"], error.message] }
+      def perform(how) = how == "exit" ? exit(2) : raise(ArgumentError, how)
+    end)
+  end
+
+  def payload(klass, args, extra = {})
+    JSON.generate({"class" => klass, "args" => args, "jid" => "0123456789abcdef01234567", "queue" => "default"}.merge(extra))
+  end
+
+  it "runs a job class with its jid and arguments, and answers nil" do
+    expect(processor.process(payload("ProcessorSpecJob", [1, "a"]), "default", "retry")).to be_nil
+    expect(ProcessorSpecJob.runs).to eq([["0123456789abcdef01234567", [1, "a"]]])
+  end
+
+  it "refuses constants that are not job classes, never calling them, straight to the dead set" do
+    stub_const("NotAJob", Class.new { def self.new(*) = raise("must not be instantiated") })
+    %w[Kernel File Object NotAJob].each do |name|
+      result = processor.process(payload(name, ["x"]), "default", "retry")
+      expect(result).to include("error_class" => "Rustq::NotAJobClass", "retry_in" => "kill")
+      expect(result["message"]).to start_with("#{name} is not a job class")
+    end
+    wrapped = payload("ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper", [{"job_class" => "NotAJob", "arguments" => []}])
+    expect(processor.process(wrapped, "default", "retry")).to include("error_class" => "Rustq::NotAJobClass")
+  end
+
+  it "fails an unknown class with Sidekiq's NameError, retried as usual" do
+    result = processor.process(payload("NoSuchProcessorJob", []), "default", "retry")
+    expect(result).to include("error_class" => "NameError", "message" => "uninitialized constant NoSuchProcessorJob")
+    expect(result["retry_in"]).to be_nil
+  end
+
+  it "turns exceptions into Sidekiq's fields, exit included" do
+    result = processor.process(payload("ProcessorSpecFailingJob", ["exit"]), "default", "no_retry")
+    expect(result).to include("error_class" => "SystemExit", "message" => "exit")
+    expect(result["backtrace"]).to all(be_a(String))
+    expect(result["backtrace"].first).to include(__FILE__)
+  end
+
+  it "asks retry_in (count, exception) while retries are left: seconds, :kill (exhausted hook) or :discard" do
+    expect(processor.process(payload("ProcessorSpecFailingJob", ["30"], "retry_count" => 2), "default", "retry")["retry_in"]).to eq(33)
+    expect(processor.process(payload("ProcessorSpecFailingJob", ["30"]), "default", "retry")["retry_in"]).to eq(30)
+    expect(processor.process(payload("ProcessorSpecFailingJob", ["discard"]), "default", "retry")["retry_in"]).to eq("discard")
+    expect(processor.process(payload("ProcessorSpecFailingJob", ["raise"]), "default", "retry")["retry_in"]).to be_nil
+    expect(ProcessorSpecFailingJob.exhausted).to be_empty
+    expect(processor.process(payload("ProcessorSpecFailingJob", ["kill"]), "default", "retry")["retry_in"]).to eq("kill")
+    expect(ProcessorSpecFailingJob.exhausted).to eq([["0123456789abcdef01234567", 0, "kill"]])
+  end
+
+  it "calls the exhausted hook only when the engine says the job goes to the dead set" do
+    processor.process(payload("ProcessorSpecFailingJob", ["30"], "retry_count" => 4), "default", "exhausted")
+    processor.process(payload("ProcessorSpecFailingJob", ["30"]), "default", "no_retry")
+    expect(ProcessorSpecFailingJob.exhausted).to eq([["0123456789abcdef01234567", 5, "30"]])
+  end
+end

@@ -1,0 +1,275 @@
+# frozen_string_literal: true
+
+require "sidekiq"
+require "sidekiq/api"
+require_relative "../support/rustq_worker_process"
+
+# `rustq-worker` (exe/) runs an app's own jobs on the rustq engine inside the app's Ruby process:
+# a plain Ruby app loaded with -r, and a Rails 6.1 app booted from its root.
+RSpec.describe "rustq-worker" do
+  let(:plain_app) { "./spec/fixtures/worker_plain_app.rb" }
+  let(:rails_root) { File.join(RustqWorkerProcess::ROOT, "spec", "fixtures", "worker_rails_app") }
+  let(:workers) { [] }
+
+  after { workers.each(&:kill) }
+
+  def worker(*args, chdir: RustqWorkerProcess::ROOT)
+    RustqWorkerProcess.new(*args, chdir: chdir).start.tap { |w| workers << w }
+  end
+
+  def ledger
+    redis.lrange("ledger", 0, -1).map { |json| JSON.parse(json) }
+  end
+
+  # Runs Ruby code in the Rails app (booted, not working); returns what it printed last, parsed.
+  def in_rails_app(code)
+    script = "require './config/environment'\n#{code}"
+    out = IO.popen({"REDIS_URL" => REDIS_SERVER.url}, ["ruby", "-I", File.join(RustqWorkerProcess::ROOT, "lib"), "-e", script],
+      chdir: rails_root, err: [:child, :out], &:read)
+    expect($?).to be_success, out
+    JSON.parse(out.lines.last)
+  end
+
+  def processes
+    Sidekiq::ProcessSet.new.to_a
+  end
+
+  describe "command line" do
+    def run_cli(*args)
+      out = IO.popen({"REDIS_URL" => REDIS_SERVER.url}, ["ruby", "-I", "lib", RustqWorkerProcess::EXE, *args],
+        chdir: RustqWorkerProcess::ROOT, err: [:child, :out], &:read)
+      [$?.exitstatus, out]
+    end
+
+    it "shares the standalone binary's flags: --help exits 0, bad options and missing apps exit 2" do
+      status, out = run_cli("--help")
+      expect([status, out]).to match([0, a_string_including("Usage: rustq-worker", "--concurrency", "--require")])
+      status, out = run_cli("--concurrency", "0")
+      expect([status, out]).to match([2, a_string_including("--concurrency must be at least 1")])
+      status, out = run_cli("-r", "./spec/fixtures/no_such_app.rb")
+      expect([status, out]).to match([2, a_string_including("no such file or directory to require")])
+      status, out = run_cli("-r", "spec")
+      expect([status, out]).to match([2, a_string_including("is not a Rails app")])
+      status, out = run_cli("-r", "./spec/fixtures/worker_plain_app.rb", "--redis-url", "nosuchscheme://x")
+      expect([status, out]).to match([1, a_string_including("rustq-worker failed")])
+    end
+  end
+
+  describe "a plain Ruby app (-r FILE)" do
+    it "runs Rustq::Job and Sidekiq::Worker classes pushed by rustq's and Sidekiq's clients, visible in Sidekiq::ProcessSet" do
+      jids = [
+        Rustq::Client.push("class" => "RecordJob", "args" => ["from rustq"]),
+        Sidekiq::Client.push("class" => "SidekiqRecordJob", "args" => ["sidekiq job"]),
+        Sidekiq::Client.push("class" => "RecordJob", "args" => ["from sidekiq"])
+      ]
+      w = worker("-r", plain_app, "-c", "2", "-g", "plain-app")
+      entries = w.await("3 jobs") { ledger.size >= 3 && ledger }
+      expect(entries.to_h { |e| [e["jid"], [e["job"], e["name"]]] }).to eq(
+        jids[0] => ["record", "from rustq"], jids[1] => ["sidekiq", "sidekiq job"], jids[2] => ["record", "from sidekiq"]
+      )
+
+      process = w.await("the process in Sidekiq::ProcessSet") { processes.first }
+      expect(process["pid"]).to eq(w.pid)
+      expect(process["tag"]).to eq("plain-app")
+      expect(process["concurrency"]).to eq(2)
+      expect(process["identity"]).to include(":#{w.pid}:")
+      expect(processes.size).to eq(1)
+
+      # Ruby's trap handlers do not swallow the engine's signals: TTIN dumps, TSTP quiets.
+      w.signal("TTIN")
+      w.await("a state dump in the log") { w.log.include?("state dump") && w.log.include?("thread rustq-0") }
+      w.signal("TSTP")
+      w.await("the process to turn quiet") { processes.first&.stopping? }
+
+      expect(w.stop.exitstatus).to eq(0)
+      expect(processes).to be_empty
+      expect([Sidekiq::Stats.new.processed, Sidekiq::Stats.new.failed]).to eq([3, 0])
+    end
+
+    it "fails jobs like Sidekiq: retries with error fields, retry_in :kill/:discard, exhausted hooks, exit/abort fail only their job, non-job constants refused" do
+      Rustq::Client.push("class" => "KilledJob", "args" => ["kill"])
+      Rustq::Client.push("class" => "KilledJob", "args" => ["discard"])
+      exit_jid = Rustq::Client.push("class" => "ExitJob", "args" => ["exit"], "backtrace" => 3)
+      abort_jid = Rustq::Client.push("class" => "ExitJob", "args" => ["abort"])
+      unknown_jid = Sidekiq::Client.push("class" => "NoSuchJob", "args" => [1])
+      refused = %w[Kernel File Object].to_h { |name| [Rustq::Client.push("class" => name, "args" => ["x"]), name] }
+      refused[Rustq::Client.push("class" => "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper", "wrapped" => "File",
+        "args" => [{"job_class" => "File", "arguments" => []}])] = "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper"
+      after_jid = Rustq::Client.push("class" => "RecordJob", "args" => ["after the exits"])
+
+      w = worker("-r", plain_app, "-c", "1")
+      w.await("every job to finish") { Sidekiq::RetrySet.new.size == 3 && Sidekiq::DeadSet.new.size == 5 && ledger.size == 2 }
+      expect(Process.kill(0, w.pid)).to eq(1) # exit and abort did not end the process
+
+      retries = Sidekiq::RetrySet.new.to_h { |job| [job.jid, job] }
+      expect(retries.keys).to contain_exactly(exit_jid, abort_jid, unknown_jid)
+      expect(retries[exit_jid].item).to include("error_class" => "SystemExit", "error_message" => "exit", "retry_count" => 0)
+      expect(retries[exit_jid].error_backtrace.size).to eq(3)
+      expect(retries[exit_jid].error_backtrace.first).to include("worker_plain_app.rb")
+      expect(retries[abort_jid].item).to include("error_class" => "SystemExit", "error_message" => "aborting abort")
+      expect(retries[unknown_jid].item).to include("error_class" => "NameError", "error_message" => "uninitialized constant NoSuchJob")
+
+      dead = Sidekiq::DeadSet.new.to_h { |job| [job.jid, job] }
+      killed = dead.values.find { |job| job.klass == "KilledJob" }
+      expect(killed.item).to include("error_class" => "ArgumentError", "error_message" => "kill me", "args" => ["kill"])
+      refused.each do |jid, name|
+        expect(dead.fetch(jid).item).to include("class" => name, "error_class" => "Rustq::NotAJobClass")
+      end
+
+      expect(ledger).to contain_exactly(
+        {"job" => "killed", "exhausted" => killed.jid, "error" => "kill me"},
+        {"job" => "record", "name" => "after the exits", "jid" => after_jid}
+      )
+      expect(w.stop.exitstatus).to eq(0)
+      expect([Sidekiq::Stats.new.processed, Sidekiq::Stats.new.failed]).to eq([10, 9])
+    end
+
+    it "frees the Ruby thread of a job over --job-timeout (the engine retries the job) for the next job" do
+      slow = Rustq::Client.push("class" => "RecordJob", "args" => ["slow", 60])
+      after = Rustq::Client.push("class" => "RecordJob", "args" => ["after the slow one"])
+      w = worker("-r", plain_app, "-c", "1", "--job-timeout", "1")
+      # One thread: the second job can only run once the first one's thread was freed.
+      w.await("the second job") { ledger.any? }
+      expect(ledger).to eq([{"job" => "record", "name" => "after the slow one", "jid" => after}])
+      retried = w.await("the slow job in the retry set") { Sidekiq::RetrySet.new.first }
+      expect(retried.jid).to eq(slow)
+      expect(retried.item).to include("error_class" => "Rustq::TimeoutError")
+      expect(w.stop.exitstatus).to eq(0)
+    end
+
+    it "loses no job to SIGKILL: a second worker finishes every job" do
+      names = (1..12).map { |i| "job-#{i}" }
+      Rustq::Client.push_bulk("class" => "RecordJob", "args" => names.map { |name| [name, 0.5] })
+      first = worker("-r", plain_app, "-c", "3")
+      first.await("a first job to finish") { ledger.size >= 1 }
+      first.signal("KILL")
+      first.wait
+      expect(ledger.size).to be < names.size
+
+      second = worker("-r", plain_app, "-c", "3")
+      second.await("every job") { ledger.map { |e| e["name"] }.uniq.size == names.size }
+      expect(ledger.map { |e| e["name"] }.uniq).to match_array(names)
+      expect(redis.llen("queue:default")).to eq(0)
+      second.signal("INT")
+      expect(second.wait.exitstatus).to eq(0)
+    end
+  end
+
+  describe "a Rails 6.1 app (started in its root)" do
+    it "runs perform_later, set(wait:), retry_on, discard_on and Sidekiq::Job jobs inside the Rails executor" do
+      jids = in_rails_app(<<~RUBY)
+        now = GreetJob.perform_later("now")
+        later = GreetJob.set(wait: 2.seconds).perform_later("later")
+        flaky = FlakyJob.perform_later("flaky")
+        doomed = DoomedJob.perform_later
+        sidekiq = SidekiqStyleJob.perform_async("sidekiq client")
+        puts JSON.generate(now: now.provider_job_id, later: later.provider_job_id, doomed: doomed.provider_job_id, sidekiq: sidekiq)
+      RUBY
+      expect(redis.zrange("schedule", 0, -1).map { |json| JSON.parse(json)["jid"] }).to eq([jids["later"]])
+
+      w = worker(chdir: rails_root)
+      w.await("every job") { ledger.size >= 7 }
+      sleep 0.5 # nothing more may come: a job run twice would show up
+      greets = ledger.select { |e| e["job"] == "greet" }.to_h { |e| [e["name"], e] }
+      expect(greets.keys).to contain_exactly("now", "later")
+      expect(greets["now"]).to include("jid" => jids["now"], "executor" => true)
+      expect(greets["later"]["jid"]).to eq(jids["later"])
+      expect(ledger.select { |e| e["job"] == "flaky" }.map { |e| e["execution"] }).to eq([1, 2, 3])
+      expect(ledger).to include({"job" => "doomed", "discarded" => "no hope", "jid" => jids["doomed"]})
+      expect(ledger).to include({"job" => "sidekiq", "name" => "sidekiq client", "jid" => jids["sidekiq"], "executor" => true})
+      expect(ledger.size).to eq(7)
+      expect(Sidekiq::RetrySet.new.size).to eq(0)
+      expect(Sidekiq::DeadSet.new.size).to eq(0)
+      expect(w.log).to include("greeting now") # Rails.logger
+
+      expect(w.stop.exitstatus).to eq(0)
+    end
+
+    it "puts failed Sidekiq::Job jobs in Sidekiq's RetrySet with sidekiq_retry_in's delay, and calls sidekiq_retries_exhausted" do
+      # Sidekiq's client applies a class's sidekiq_options only when given the class itself.
+      retried = Sidekiq::Client.push("class" => "FailingSidekiqJob", "args" => ["fly"], "retry" => 2)
+      exhausted = Sidekiq::Client.push("class" => "FailingSidekiqJob", "args" => ["land"], "retry" => 2,
+        "retry_count" => 1, "failed_at" => Time.now.to_f)
+      w = worker(chdir: rails_root)
+      w.await("a retry and a dead job") { Sidekiq::RetrySet.new.size == 1 && Sidekiq::DeadSet.new.size == 1 }
+
+      retry_entry = Sidekiq::RetrySet.new.first
+      expect(retry_entry.jid).to eq(retried)
+      expect(retry_entry.item).to include("error_class" => "ArgumentError", "error_message" => "cannot fly", "retry_count" => 0, "queue" => "default")
+      # sidekiq_retry_in answered 1000 s for the first retry; Sidekiq adds up to 9 s of jitter.
+      expect(retry_entry.at.to_f - retry_entry["failed_at"]).to be_between(1000, 1010)
+
+      dead_entry = Sidekiq::DeadSet.new.first
+      expect(dead_entry.jid).to eq(exhausted)
+      expect(dead_entry.item).to include("retry_count" => 2, "error_message" => "cannot land")
+      expect(ledger).to eq([{"job" => "failing", "exhausted" => exhausted, "error" => "cannot land"}])
+      expect(w.stop.exitstatus).to eq(0)
+    end
+
+    it "stops gracefully on TERM: a job still running after the timeout goes back to its queue, exit 0" do
+      jid = in_rails_app('puts JSON.generate(SlowJob.perform_later("slow", 60).provider_job_id)')
+      w = worker("-t", "1", chdir: rails_root)
+      w.await("the slow job to start") { ledger.any? }
+      w.await("the process in Sidekiq::ProcessSet, busy with the job") { processes.first&.[]("busy") == 1 }
+
+      expect(w.stop.exitstatus).to eq(0)
+      expect(ledger).to eq([{"job" => "slow", "name" => "slow", "event" => "started", "jid" => jid}])
+      expect(queue_payloads("default").map { |job| job["jid"] }).to eq([jid])
+      expect(processes).to be_empty
+    end
+  end
+
+  # Fault cases for the Ruby host, counted with the ledger like the Rust fault suite
+  # (tests/tests/faults.rs); each prints its summary line.
+  describe "faults" do
+    def report(name, pushed, ran_jids, note)
+      unique = ran_jids.uniq
+      lost = (pushed - unique).size
+      puts "\nfault case #{name}: pushed #{pushed.size}, ran #{ran_jids.size}, lost #{lost}, duplicated #{ran_jids.size - unique.size} (#{note})"
+      lost
+    end
+
+    it "loses none of 10,000 jobs when the worker is SIGKILLed mid-run" do
+      jids = Rustq::Client.push_bulk("class" => "RecordJob", "args" => Array.new(10_000) { |i| ["bulk-#{i}"] })
+      first = worker("-r", plain_app, "-c", "5", "-l", "warn")
+      first.await("1,000 jobs to run") { redis.llen("ledger") >= 1_000 }
+      first.signal("KILL")
+      first.wait
+      in_flight = redis.keys("rustq:inprogress:*").sum { |key| redis.llen(key) }
+      second = worker("-r", plain_app, "-c", "5", "-l", "warn")
+      second.await("every job", timeout: 180) { (jids - ledger.map { |e| e["jid"] }).empty? }
+      ran = ledger.map { |e| e["jid"] }.select { |jid| jids.include?(jid) }
+      expect(report("sigkill-ruby-host", jids, ran, "#{in_flight} in flight at the kill")).to eq(0)
+      expect(ran.size - ran.uniq.size).to be <= in_flight
+      expect(second.stop.exitstatus).to eq(0)
+    end
+
+    it "buries a job that SIGKILLs its own process on its 4th death, and runs the rest" do
+      suicide = Rustq::Client.push("class" => "SuicideJob", "args" => [])
+      jids = Rustq::Client.push_bulk("class" => "RecordJob", "args" => Array.new(20) { |i| ["innocent-#{i}"] })
+      deaths = 0
+      # Recovery puts the dead process's jobs back oldest-first, so the job that was running is
+      # fetched first again and every death counts: buried on death max_recoveries + 1 = 4.
+      8.times do
+        w = worker("-r", plain_app, "-c", "1")
+        status = begin
+          w.wait(timeout: 15)
+        rescue RuntimeError
+          nil # still running: the job is buried
+        end
+        break unless status && !status.success?
+
+        deaths += 1
+      end
+      survivor = worker("-r", plain_app, "-c", "2")
+      survivor.await("the dead set entry") { Sidekiq::DeadSet.new.size == 1 }
+      survivor.await("every innocent job") { (jids - ledger.map { |e| e["jid"] }).empty? }
+      dead = Sidekiq::DeadSet.new.first
+      expect(dead.jid).to eq(suicide)
+      expect(dead["error_class"]).to eq("Rustq::ProcessDied")
+      expect(deaths).to eq(4)
+      ran = ledger.map { |e| e["jid"] }.select { |jid| jids.include?(jid) }
+      expect(report("self-killing-ruby-job", jids, ran, "the job killed #{deaths} worker processes, then went to the dead set")).to eq(0)
+    end
+  end
+end

@@ -1,0 +1,71 @@
+//! A `rustq-worker` with Rust handlers made for tests: every job it runs writes an entry to
+//! the Redis list `ledger` (jid, class, args, retry_count), so a test can compare what was
+//! pushed with what ran — lost and duplicated jobs included.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use rustq_engine::{Failure, JobContext, JobResult, Registry};
+use serde_json::json;
+use tokio::sync::OnceCell;
+
+static LEDGER: OnceCell<ConnectionManager> = OnceCell::const_new();
+
+async fn record(ctx: &JobContext) -> JobResult {
+    let conn = LEDGER
+        .get_or_try_init(|| async {
+            let url =
+                std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            redis::Client::open(url)?.get_connection_manager().await
+        })
+        .await
+        .map_err(|e| Failure::retry("Redis::CannotConnectError", e.to_string()))?;
+    let entry = json!({
+        "jid": ctx.jid(),
+        "class": ctx.class(),
+        "args": ctx.args(),
+        "retry_count": ctx.retry_count(),
+        "queue": ctx.queue(),
+    });
+    redis::cmd("RPUSH")
+        .arg("ledger")
+        .arg(entry.to_string())
+        .query_async::<()>(&mut conn.clone())
+        .await?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let mut registry = Registry::new();
+    for class in ["LedgerJob", "RecordJob", "Billing::ChargeJob"] {
+        registry.handle(class, |ctx: JobContext| async move { record(&ctx).await });
+    }
+    registry.handle_args("SlowJob", |ctx: JobContext, (ms,): (u64,)| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        record(&ctx).await
+    });
+    registry.handle("FailJob", |ctx: JobContext| async move {
+        record(&ctx).await?;
+        Err(Failure::retry("RuntimeError", "boom"))
+    });
+    registry.handle("FailOnceJob", |ctx: JobContext| async move {
+        record(&ctx).await?;
+        match ctx.retry_count() {
+            None => Err(Failure::retry("RuntimeError", "first run fails")),
+            Some(_) => Ok(()),
+        }
+    });
+    registry.handle("PanicJob", |_ctx: JobContext| async move {
+        panic!("kaboom");
+    });
+    registry.handle("AbortJob", |ctx: JobContext| async move {
+        record(&ctx).await?;
+        std::process::abort();
+    });
+    registry.handle("NeverEndsJob", |_ctx: JobContext| async move {
+        std::future::pending::<()>().await;
+        Ok(())
+    });
+    rustq_engine::cli::main(registry)
+}

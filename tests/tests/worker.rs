@@ -1,0 +1,439 @@
+//! The engine against real Redis and real Sidekiq 6.4.1: jobs pushed by Sidekiq run in Rust
+//! handlers; Sidekiq's API sees rustq's retries, dead jobs, process and stats; crashes and
+//! graceful stops lose nothing; poison input ends in the dead set while work goes on.
+
+use std::time::Duration;
+
+use rustq_interop::{config_file, ledger, ruby, wait_until, RedisServer, TestWorker};
+use serde_json::{json, Value};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_rustq-test-worker");
+
+/// Fast beats and polls so tests need not wait Sidekiq's defaults.
+const FAST: &str = "heartbeat_interval: 1\npoll_interval_average: 1\n";
+
+fn start(redis: &RedisServer, extra: &[&str]) -> TestWorker {
+    let config = config_file(redis, FAST);
+    let mut args = vec!["-C", config.as_str(), "-t", "2"];
+    args.extend_from_slice(extra);
+    TestWorker::start(WORKER, redis, &args)
+}
+
+/// Starts a worker and waits for its process entry; returns it with its identity.
+fn start_registered(redis: &RedisServer) -> (TestWorker, String) {
+    let worker = start(redis, &[]);
+    let registered = wait_until(Duration::from_secs(10), || {
+        redis.cli(&["SCARD", "processes"]) == "1"
+    });
+    assert!(registered, "{}", worker.log_text());
+    let identity = redis.cli(&["SMEMBERS", "processes"]);
+    (worker, identity)
+}
+
+fn wait_ledger(redis: &RedisServer, n: usize, worker: &TestWorker) -> Vec<Value> {
+    let ok = wait_until(Duration::from_secs(30), || ledger(redis).len() >= n);
+    let entries = ledger(redis);
+    assert!(
+        ok,
+        "expected {n} ledger entries, got {}:\n{entries:?}\nworker log:\n{}",
+        entries.len(),
+        worker.log_text()
+    );
+    entries
+}
+
+#[test]
+fn jobs_pushed_by_sidekiq_run_in_rust_handlers() {
+    let redis = RedisServer::start();
+    let pushed = ruby(
+        &redis.url(),
+        r#"
+require "sidekiq"
+require "json"
+module Billing
+  class ChargeJob
+    include Sidekiq::Worker
+    sidekiq_options queue: "critical"
+  end
+end
+a = Sidekiq::Client.push("class" => "LedgerJob", "args" => [1, "two", {"three" => [3.5, nil, true]}, "é ☃"])
+b = Billing::ChargeJob.perform_async("card", 100)
+c = Sidekiq::Client.push_bulk("class" => "LedgerJob", "args" => [["bulk", 1], ["bulk", 2]])
+d = Sidekiq::Client.push("class" => "LedgerJob", "args" => ["scheduled"], "at" => Time.now.to_f + 1)
+puts JSON.generate([a, b, *c, d])
+"#,
+    );
+    let jids: Vec<String> = serde_json::from_str(pushed.trim()).unwrap();
+    let worker = start(&redis, &["-q", "critical", "-q", "default"]);
+    let entries = wait_ledger(&redis, 5, &worker);
+    let by_jid = |jid: &str| {
+        entries
+            .iter()
+            .find(|e| e["jid"] == jid)
+            .unwrap_or_else(|| panic!("{jid} did not run"))
+            .clone()
+    };
+    assert_eq!(
+        by_jid(&jids[0])["args"],
+        json!([1, "two", {"three": [3.5, null, true]}, "é ☃"])
+    );
+    assert_eq!(by_jid(&jids[1])["class"], "Billing::ChargeJob");
+    assert_eq!(by_jid(&jids[1])["queue"], "critical");
+    assert_eq!(by_jid(&jids[3])["args"], json!(["bulk", 2]));
+    assert_eq!(by_jid(&jids[4])["args"], json!(["scheduled"]));
+    assert_eq!(entries.len(), 5, "a job ran twice: {entries:?}");
+}
+
+#[test]
+fn failures_follow_sidekiqs_retry_and_dead_set_rules() {
+    let redis = RedisServer::start();
+    let worker = start(&redis, &[]);
+    ruby(
+        &redis.url(),
+        r#"
+require "sidekiq"
+Sidekiq::Client.push("class" => "FailOnceJob", "args" => ["again"], "jid" => "a" * 24)
+Sidekiq::Client.push("class" => "FailJob", "args" => ["die"], "retry" => 0, "jid" => "b" * 24)
+Sidekiq::Client.push("class" => "NoSuchJob", "args" => [], "jid" => "c" * 24, "retry" => 0)
+Sidekiq::Client.push("class" => "FailJob", "args" => ["quiet"], "retry" => false, "jid" => "d" * 24)
+"#,
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || redis.cli(&["ZCARD", "retry"])
+            == "1"
+            && redis.cli(&["ZCARD", "dead"]) == "2"),
+        "retry={} dead={}\n{}",
+        redis.cli(&["ZCARD", "retry"]),
+        redis.cli(&["ZCARD", "dead"]),
+        worker.log_text()
+    );
+    // Sidekiq's own API reads the retry and the dead jobs; its retry_all brings the job back
+    // (decrementing retry_count to -1, as Sidekiq does) and rustq runs it again.
+    let out = ruby(
+        &redis.url(),
+        r#"
+require "sidekiq/api"
+r = Sidekiq::RetrySet.new.find_job("a" * 24) or raise "not in RetrySet"
+raise "retry fields #{r.item.inspect}" unless r["error_class"] == "RuntimeError" && r["error_message"] == "first run fails" && r["retry_count"] == 0 && r["failed_at"].is_a?(Float) && r.queue == "default"
+raise "retry time #{r.at}" unless r.at > Time.now + 10
+d = Sidekiq::DeadSet.new.find_job("b" * 24) or raise "not in DeadSet"
+raise "dead fields #{d.item.inspect}" unless d["error_message"] == "boom" && d["retry_count"] == 0
+n = Sidekiq::DeadSet.new.find_job("c" * 24) or raise "unknown class not in DeadSet"
+raise "unknown class message #{n["error_message"]}" unless n["error_class"] == "NameError" && n["error_message"].include?("NoSuchJob")
+raise "retry:false job kept" if Sidekiq::DeadSet.new.find_job("d" * 24) || Sidekiq::RetrySet.new.find_job("d" * 24)
+Sidekiq::RetrySet.new.retry_all
+puts "ok"
+"#,
+    );
+    assert_eq!(out.trim(), "ok");
+    let ok = wait_until(Duration::from_secs(20), || {
+        ledger(&redis)
+            .iter()
+            .filter(|e| e["jid"] == "a".repeat(24))
+            .count()
+            == 2
+    });
+    assert!(
+        ok,
+        "retried job did not run again: {:?}\n{}",
+        ledger(&redis),
+        worker.log_text()
+    );
+    let second = ledger(&redis)
+        .into_iter()
+        .filter(|e| e["jid"] == "a".repeat(24))
+        .nth(1)
+        .unwrap();
+    assert_eq!(second["retry_count"], -1);
+    assert!(wait_until(Duration::from_secs(5), || redis
+        .cli(&["ZCARD", "retry"])
+        == "0"));
+}
+
+#[test]
+fn process_busy_jobs_and_stats_show_in_sidekiqs_api() {
+    let redis = RedisServer::start();
+    let worker = start(
+        &redis,
+        &[
+            "-c",
+            "7",
+            "-q",
+            "critical,3",
+            "-q",
+            "default",
+            "-g",
+            "billing",
+        ],
+    );
+    ruby(
+        &redis.url(),
+        r#"require "sidekiq"; 3.times { |i| Sidekiq::Client.push("class" => "LedgerJob", "args" => [i]) }; Sidekiq::Client.push("class" => "SlowJob", "args" => [4000])"#,
+    );
+    wait_ledger(&redis, 3, &worker);
+    let out = ruby(
+        &redis.url(),
+        r#"
+require "sidekiq/api"
+require "json"
+deadline = Time.now + 10
+loop do
+  ps = Sidekiq::ProcessSet.new.to_a
+  if ps.size == 1 && ps[0]["busy"] == 1 && Sidekiq::Stats.new.processed >= 3
+    p = ps[0]
+    work = Sidekiq::Workers.new.to_a
+    puts JSON.generate("concurrency" => p["concurrency"], "queues" => p["queues"].sort, "tag" => p["tag"],
+      "busy" => p["busy"], "quiet" => p["quiet"], "identity" => p.identity,
+      "work_class" => work.map { |_, _, w| w["payload"]["class"] }, "processed" => Sidekiq::Stats.new.processed)
+    break
+  end
+  raise "process not visible: #{ps.map(&:to_h)} stats=#{Sidekiq::Stats.new.processed}" if Time.now > deadline
+  sleep 0.2
+end
+"#,
+    );
+    let seen: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(seen["concurrency"], 7);
+    assert_eq!(seen["queues"], json!(["critical", "default"]));
+    assert_eq!(seen["tag"], "billing");
+    assert_eq!(seen["busy"], 1);
+    assert_eq!(seen["quiet"], "false");
+    assert_eq!(seen["work_class"], json!(["SlowJob"]));
+    assert!(seen["processed"].as_u64().unwrap() >= 3);
+    assert!(seen["identity"]
+        .as_str()
+        .unwrap()
+        .contains(&format!(":{}:", worker.pid())));
+}
+
+#[test]
+fn graceful_stop_pushes_running_jobs_back_and_exits_0() {
+    let redis = RedisServer::start();
+    ruby(
+        &redis.url(),
+        r#"require "sidekiq"; 3.times { Sidekiq::Client.push("class" => "SlowJob", "args" => [30000]) }"#,
+    );
+    let mut worker = start(&redis, &["-c", "5"]);
+    assert!(wait_until(Duration::from_secs(10), || redis
+        .cli(&["LLEN", "queue:default"])
+        == "0"));
+    std::thread::sleep(Duration::from_millis(300));
+    worker.signal("TERM");
+    let status = worker
+        .wait(Duration::from_secs(10))
+        .expect("worker exits within its timeout");
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        worker.log_text()
+    );
+    assert_eq!(
+        redis.cli(&["LLEN", "queue:default"]),
+        "3",
+        "{}",
+        worker.log_text()
+    );
+    assert_eq!(redis.cli(&["KEYS", "rustq:inprogress:*"]), "");
+    assert_eq!(redis.cli(&["SCARD", "processes"]), "0");
+    assert!(ledger(&redis).is_empty());
+}
+
+#[test]
+fn poison_jobs_go_to_the_dead_set_and_work_goes_on() {
+    let redis = RedisServer::start();
+    let huge = format!(
+        r#"{{"class":"NoSuchJob","args":["{}"],"jid":"{}","queue":"default","retry":0}}"#,
+        "x".repeat(10 * 1024 * 1024),
+        "e".repeat(24)
+    );
+    std::fs::write(redis.dir().join("huge.json"), &huge).unwrap();
+    let poison = [
+        "{not json",
+        r#"{"class":"LedgerJob","args":{"a":1},"jid":"aaaaaaaaaaaaaaaaaaaaaaaa"}"#,
+        r#"{"args":[1],"jid":"bbbbbbbbbbbbbbbbbbbbbbbb"}"#,
+        r#"{"class":"  ","args":[],"jid":"cccccccccccccccccccccccc"}"#,
+        "[1,2,3]",
+    ];
+    for p in poison {
+        redis.cli(&["LPUSH", "queue:default", p]);
+    }
+    ruby(
+        &redis.url(),
+        r#"
+require "sidekiq"
+Sidekiq.redis do |c|
+  c.lpush("queue:default", "{\"class\":\"LedgerJob\",\"args\":[\"\xff\xfe\"]}".b)
+  c.lpush("queue:default", File.binread(File.join(ENV["DIR"], "huge.json")))
+end
+Sidekiq::Client.push("class" => "PanicJob", "args" => [], "retry" => 0, "jid" => "d" * 24)
+Sidekiq::Client.push("class" => "NeverEndsJob", "args" => [], "retry" => 0, "jid" => "f" * 24)
+Sidekiq::Client.push("class" => "LedgerJob", "args" => ["still working"], "jid" => "9" * 24)
+"#
+        .replace(
+            "ENV[\"DIR\"]",
+            &format!("{:?}", redis.dir().display().to_string()),
+        )
+        .as_str(),
+    );
+    let worker = start(&redis, &["--job-timeout", "1"]);
+    let ok = wait_until(Duration::from_secs(30), || {
+        redis.cli(&["ZCARD", "dead"]) == "9"
+    });
+    assert!(
+        ok,
+        "dead={} log:\n{}",
+        redis.cli(&["ZCARD", "dead"]),
+        worker.log_text()
+    );
+    assert_eq!(
+        ledger(&redis)
+            .iter()
+            .filter(|e| e["args"] == json!(["still working"]))
+            .count(),
+        1
+    );
+    let out = ruby(
+        &redis.url(),
+        r#"
+require "sidekiq/api"
+require "json"
+puts JSON.generate(Sidekiq::DeadSet.new.map { |j| [j["jid"], j["error_class"], j["error_message"].to_s[0, 120]] })
+"#,
+    );
+    let dead: Vec<(String, String, String)> = serde_json::from_str(out.trim()).unwrap();
+    let find = |jid: &str| {
+        dead.iter()
+            .find(|d| d.0 == jid)
+            .unwrap_or_else(|| panic!("{jid} not dead: {dead:?}"))
+            .clone()
+    };
+    assert!(find(&"a".repeat(24)).2.contains("args"), "{dead:?}");
+    assert!(find(&"b".repeat(24)).2.contains("class"));
+    assert!(find(&"c".repeat(24)).2.contains("class"));
+    assert!(find(&"d".repeat(24)).2.contains("kaboom"));
+    assert_eq!(find(&"d".repeat(24)).1, "Rustq::Panic");
+    assert_eq!(find(&"e".repeat(24)).1, "NameError");
+    assert!(find(&"f".repeat(24)).2.contains("time limit"));
+    let messages: Vec<&str> = dead.iter().map(|d| d.2.as_str()).collect();
+    assert!(
+        messages.iter().any(|m| m.contains("invalid JSON")),
+        "{messages:?}"
+    );
+    assert!(messages.iter().any(|m| m.contains("UTF-8")), "{messages:?}");
+    assert!(
+        messages.iter().any(|m| m.contains("must be a JSON object")),
+        "{messages:?}"
+    );
+    assert!(worker.log_text().contains("rustq-worker started"));
+}
+
+#[test]
+fn web_ui_signals_quiet_and_stop_the_process() {
+    let redis = RedisServer::start();
+    let (mut worker, identity) = start_registered(&redis);
+    ruby(
+        &redis.url(),
+        r#"require "sidekiq/api"; Sidekiq::ProcessSet.new.each(&:quiet!)"#,
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || redis
+            .cli(&["HGET", &identity, "quiet"])
+            == "true"),
+        "{}",
+        worker.log_text()
+    );
+    ruby(
+        &redis.url(),
+        r#"require "sidekiq"; Sidekiq::Client.push("class" => "LedgerJob", "args" => ["after quiet"])"#,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(ledger(&redis).is_empty(), "a quiet process fetched a job");
+    ruby(
+        &redis.url(),
+        r#"require "sidekiq/api"; Sidekiq::ProcessSet.new.each(&:stop!)"#,
+    );
+    let status = worker
+        .wait(Duration::from_secs(15))
+        .expect("stopped from the Web UI");
+    assert!(status.success());
+    assert_eq!(redis.cli(&["SCARD", "processes"]), "0");
+    assert_eq!(redis.cli(&["LLEN", "queue:default"]), "1");
+}
+
+#[test]
+fn paused_queues_are_skipped_without_busy_looping() {
+    let redis = RedisServer::start();
+    redis.cli(&["SADD", "paused", "critical"]);
+    ruby(
+        &redis.url(),
+        r#"require "sidekiq"; Sidekiq::Client.push("class" => "LedgerJob", "args" => ["critical"], "queue" => "critical"); Sidekiq::Client.push("class" => "LedgerJob", "args" => ["default"])"#,
+    );
+    let worker = start(&redis, &["-q", "critical", "-q", "default"]);
+    wait_ledger(&redis, 1, &worker);
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let calls: u64 = redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(
+        redis.cli(&["LLEN", "queue:critical"]),
+        "1",
+        "a paused queue was fetched from"
+    );
+    assert!(
+        calls < 200,
+        "{calls} commands in 3 s while idle with a paused, non-empty queue"
+    );
+    redis.cli(&["SREM", "paused", "critical"]);
+    let entries = wait_ledger(&redis, 2, &worker);
+    assert_eq!(entries[1]["args"], json!(["critical"]));
+}
+
+#[test]
+fn os_signals_quiet_dump_and_stop() {
+    let redis = RedisServer::start();
+    let (mut worker, identity) = start_registered(&redis);
+    ruby(
+        &redis.url(),
+        r#"require "sidekiq"; Sidekiq::Client.push("class" => "SlowJob", "args" => [20000])"#,
+    );
+    assert!(wait_until(Duration::from_secs(10), || redis
+        .cli(&["HGET", &identity, "busy"])
+        == "1"));
+    worker.signal("TTIN");
+    assert!(
+        wait_until(Duration::from_secs(5), || worker
+            .log_text()
+            .contains("state dump")),
+        "{}",
+        worker.log_text()
+    );
+    assert!(worker.log_text().contains("SlowJob"));
+    worker.signal("TSTP");
+    assert!(
+        wait_until(Duration::from_secs(5), || redis
+            .cli(&["HGET", &identity, "quiet"])
+            == "true"),
+        "{}",
+        worker.log_text()
+    );
+    worker.signal("TERM");
+    let status = worker
+        .wait(Duration::from_secs(10))
+        .expect("stops after TERM");
+    assert!(status.success());
+    assert_eq!(
+        redis.cli(&["LLEN", "queue:default"]),
+        "1",
+        "the running job went back to its queue"
+    );
+}
