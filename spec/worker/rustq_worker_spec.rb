@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "sidekiq"
+require "tmpdir"
 require "sidekiq/api"
 require_relative "../support/rustq_worker_process"
 
@@ -122,6 +123,28 @@ RSpec.describe "rustq-worker" do
       )
       expect(w.stop.exitstatus).to eq(0)
       expect([Sidekiq::Stats.new.processed, Sidekiq::Stats.new.failed]).to eq([10, 9])
+    end
+
+    # Short jobs are handed to the Ruby threads ahead of time (WorkerOptions#dispatch_ahead): the
+    # Web UI must still count only jobs a thread has begun, and quieting must give back the ones
+    # no thread has begun yet.
+    it "counts only started jobs as busy, and on TSTP gives back the jobs still waiting for a thread" do
+      config = File.join(Dir.mktmpdir("rustq-spec"), "rustq.yml")
+      File.write(config, "heartbeat_interval: 1\n")
+      slow = Array.new(2) { |i| Rustq::Client.push("class" => "RecordJob", "args" => ["slow-#{i}", 6]) }
+      quick = Rustq::Client.push_bulk("class" => "RecordJob", "args" => Array.new(30) { |i| ["quick-#{i}"] })
+      w = worker("-r", plain_app, "-c", "2", "-C", config)
+      w.await("every job taken from the queue") { Sidekiq::Queue.new.size.zero? }
+      w.await("a heartbeat with both threads busy") { processes.first&.[]("busy") == 2 }
+      expect(Sidekiq::Workers.new.map { |_process, _tid, work| work["payload"]["jid"] }).to match_array(slow)
+
+      w.signal("TSTP")
+      w.await("the 30 waiting jobs back on their queue") { Sidekiq::Queue.new.size == 30 }
+      expect(Sidekiq::Queue.new.map(&:jid)).to match_array(quick)
+      w.await("the slow jobs to finish") { ledger.size == 2 }
+      expect(ledger.map { |e| e["name"] }).to match_array(%w[slow-0 slow-1])
+      expect(w.stop.exitstatus).to eq(0)
+      expect(Sidekiq::Queue.new.size).to eq(30)
     end
 
     it "frees the Ruby thread of a job over --job-timeout (the engine retries the job) for the next job" do

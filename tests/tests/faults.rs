@@ -313,7 +313,10 @@ fn a_job_that_kills_its_process_is_buried_after_bounded_retries() {
             && dead.contains("died 4 times"),
         "{dead}"
     );
-    assert_eq!(deaths, 4, "the job killed {deaths} processes; it should be buried on the 4th death");
+    assert_eq!(
+        deaths, 4,
+        "the job killed {deaths} processes; it should be buried on the 4th death"
+    );
     assert!(done && t.lost == 0, "{t:?}");
 }
 

@@ -7,6 +7,7 @@
 //! waits on one dedicated connection per queue doing `BLMOVE queue:q <in-progress list> RIGHT
 //! LEFT 2`, so a push is taken, atomically, in the same round trip that wakes it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,6 +133,7 @@ impl Fetcher {
 /// Per-queue blocking moves that hand an idle fetcher the next job as soon as it is pushed.
 pub struct Waiters {
     arms: Vec<(String, Arc<Notify>)>,
+    closing: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Jobs the waiters took (already in this process's in-progress lists).
     pub taken: tokio::sync::mpsc::UnboundedReceiver<UnitOfWork>,
@@ -156,6 +158,7 @@ impl Waiters {
     pub fn spawn(config: &RedisConfig, identity: &str, queues: &[String]) -> Waiters {
         let wake = Arc::new(Notify::new());
         let (tx, taken) = tokio::sync::mpsc::unbounded_channel();
+        let closing = Arc::new(AtomicBool::new(false));
         let mut arms = Vec::new();
         let mut tasks = Vec::new();
         for queue in queues {
@@ -166,6 +169,7 @@ impl Waiters {
                 queue: queue.clone(),
                 inprogress: rkeys::inprogress(identity, queue),
                 arm,
+                closing: closing.clone(),
                 wake: wake.clone(),
                 taken: tx.clone(),
             };
@@ -173,10 +177,34 @@ impl Waiters {
         }
         Waiters {
             arms,
+            closing,
             tasks,
             taken,
             wake,
         }
+    }
+
+    /// Ends the waiters and returns the jobs they took that were not run. With `patient`,
+    /// every blocking move in flight may end first (up to `BLOCK_SECS`), so a job Redis hands
+    /// over as the process quiets is not left in the in-progress list until stop; otherwise
+    /// they are cut off at once (such a job then goes back at stop, with the list).
+    pub async fn finish(mut self, patient: bool) -> Vec<UnitOfWork> {
+        self.closing.store(true, Ordering::SeqCst);
+        for (_, arm) in &self.arms {
+            arm.notify_one();
+        }
+        let limit = Duration::from_secs_f64(if patient { BLOCK_SECS + 1.0 } else { 0.0 });
+        for task in std::mem::take(&mut self.tasks) {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(limit, task).await.is_err() {
+                abort.abort();
+            }
+        }
+        let mut left = Vec::new();
+        while let Ok(unit) = self.taken.try_recv() {
+            left.push(unit);
+        }
+        left
     }
 
     /// Asks the waiters of the queues not in `paused` to wait for their queue's next job.
@@ -194,6 +222,7 @@ struct Waiter {
     queue: String,
     inprogress: String,
     arm: Arc<Notify>,
+    closing: Arc<AtomicBool>,
     wake: Arc<Notify>,
     taken: tokio::sync::mpsc::UnboundedSender<UnitOfWork>,
 }
@@ -205,6 +234,9 @@ impl Waiter {
         let mut backoff = Duration::from_millis(100);
         loop {
             self.arm.notified().await;
+            if self.closing.load(Ordering::SeqCst) {
+                return;
+            }
             if conn.is_none() {
                 match self
                     .config

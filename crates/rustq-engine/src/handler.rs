@@ -17,16 +17,75 @@ use crate::options::{HandlerConfig, HandlerSpec};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+/// Tells the process a job has begun; called at most once, and a no-op when nobody listens.
+#[derive(Clone, Default)]
+pub struct Started(Option<Arc<std::sync::Mutex<Option<OnStart>>>>);
+
+type OnStart = Box<dyn FnOnce() + Send>;
+
+impl Started {
+    pub fn new(on_start: impl FnOnce() + Send + 'static) -> Started {
+        Started(Some(Arc::new(std::sync::Mutex::new(Some(Box::new(
+            on_start,
+        ))))))
+    }
+
+    pub fn signal(&self) {
+        let Some(cell) = &self.0 else { return };
+        let on_start = cell.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(on_start) = on_start {
+            on_start();
+        }
+    }
+}
+
+impl fmt::Debug for Started {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Started")
+    }
+}
+
 /// What a handler sees of the job it runs.
 #[derive(Clone, Debug)]
 pub struct JobContext {
     job: Arc<Job>,
     queue: String,
+    started: Started,
+    raw: Option<Arc<str>>,
 }
 
 impl JobContext {
     pub fn new(job: Arc<Job>, queue: String) -> JobContext {
-        JobContext { job, queue }
+        JobContext::with_start(job, queue, Started::default())
+    }
+
+    pub fn with_start(job: Arc<Job>, queue: String, started: Started) -> JobContext {
+        JobContext {
+            job,
+            queue,
+            started,
+            raw: None,
+        }
+    }
+
+    /// Keeps the payload's JSON exactly as it was stored, for [`JobContext::payload_json`].
+    pub fn with_raw(mut self, raw: Arc<str>) -> JobContext {
+        self.raw = Some(raw);
+        self
+    }
+
+    /// The payload's JSON: as stored in Redis when known, else written from [`JobContext::job`].
+    pub fn payload_json(&self) -> std::borrow::Cow<'_, str> {
+        match &self.raw {
+            Some(raw) => std::borrow::Cow::Borrowed(raw),
+            None => std::borrow::Cow::Owned(self.job.to_json()),
+        }
+    }
+
+    /// For a handler that queues jobs for its own threads ([`Handler::signals_start`]): the job
+    /// has just begun on one of them. It then counts as busy (Web UI, heartbeat) from now on.
+    pub fn started(&self) {
+        self.started.signal();
     }
 
     pub fn jid(&self) -> &str {
@@ -78,6 +137,8 @@ pub enum FailureKind {
     Kill,
     /// Drop it: no retry, no dead set.
     Discard,
+    /// It never started (the process is quieting): back on its queue untouched, not a failure.
+    Requeue,
 }
 
 /// A failed job: Sidekiq's `error_class`/`error_message`, plus what to do next.
@@ -114,6 +175,15 @@ impl Failure {
         Failure {
             kind: FailureKind::Discard,
             ..Failure::retry("Rustq::Discard", message)
+        }
+    }
+
+    /// The job was never started and goes back to its queue as it was (see
+    /// [`Handler::signals_start`]).
+    pub fn requeue() -> Failure {
+        Failure {
+            kind: FailureKind::Requeue,
+            ..Failure::retry("Rustq::Requeued", "not started before the process quieted")
         }
     }
 
@@ -160,6 +230,13 @@ pub type RetryIn = Arc<dyn Fn(u32, &Failure) -> Backoff + Send + Sync>;
 /// Runs jobs of one class.
 pub trait Handler: Send + Sync + 'static {
     fn perform(&self, ctx: JobContext) -> BoxFuture<JobResult>;
+
+    /// True for a handler that runs jobs on threads of its own and may be given more jobs than
+    /// it has threads (with `WorkerOptions::dispatch_ahead`): it calls [`JobContext::started`]
+    /// when a job begins, and answers [`Failure::requeue`] for one it gives back unstarted.
+    fn signals_start(&self) -> bool {
+        false
+    }
 }
 
 impl<F, Fut> Handler for F

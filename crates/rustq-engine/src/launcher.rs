@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::ack::{self, Completion};
 use crate::fetch::{Fetcher, UnitOfWork, Waiters, BLOCK_SECS};
-use crate::handler::Registry;
+use crate::handler::{Registry, Started};
 use crate::heartbeat::{self, Busy, Heartbeat, Signal};
 use crate::job_retry::{Action, RetryPolicy};
 use crate::options::WorkerOptions;
@@ -233,6 +233,7 @@ impl Worker {
             ack_tx: ack_tx.clone(),
             busy: busy.clone(),
             running: Arc::new(Semaphore::new(options.concurrency)),
+            dispatch_ahead: options.dispatch_ahead,
             slots: Arc::new(Slots::default()),
             control: control.clone(),
         };
@@ -246,7 +247,14 @@ impl Worker {
             options.fetch_batch,
         )
         .await;
-        drop(waiters);
+        // Jobs a waiter moved in as the process quieted never started: back to their queues now,
+        // so a quiet process holds only what it runs.
+        for unit in waiters.finish(!control.is_stopping()).await {
+            let _ = ack_tx.send(Completion {
+                unit,
+                action: Action::Requeue,
+            });
+        }
         // Running jobs hold their own handles; the pool's must go, or the acker (waiting for
         // every `ack_tx`) and a host's job channel (in the processor's handlers) never close.
         drop(pool);
@@ -351,6 +359,15 @@ struct Slots {
     avg_us: AtomicU64,
 }
 
+impl Slots {
+    /// Folds one job's run time into the moving average.
+    fn record(&self, took: Duration) {
+        let us = took.as_micros() as u64;
+        let avg = self.avg_us.load(Ordering::Relaxed);
+        self.avg_us.store(avg - avg / 8 + us / 8, Ordering::Relaxed);
+    }
+}
+
 /// Jobs shorter than this on average may be fetched ahead of free slots (`prefetch`); longer
 /// ones are fetched one free slot at a time, so they spread over every process as with Sidekiq.
 const PREFETCH_BELOW_US: u64 = 5_000;
@@ -361,6 +378,9 @@ struct JobPool {
     ack_tx: mpsc::UnboundedSender<Completion>,
     busy: Arc<Busy>,
     running: Arc<Semaphore>,
+    /// `WorkerOptions::dispatch_ahead`: jobs go to their handler at once, which says when each
+    /// starts; `running` is not used (`room` still bounds how many are held).
+    dispatch_ahead: bool,
     slots: Arc<Slots>,
     control: Control,
 }
@@ -374,27 +394,44 @@ impl JobPool {
         let running = self.running.clone();
         let slots = self.slots.clone();
         let control = self.control.clone();
+        let dispatch_ahead = self.dispatch_ahead;
         tasks.spawn(async move {
-            let permit = tokio::select! {
-                biased;
-                // A job fetched ahead that has not started goes back when the process quiets.
-                _ = control.quieted() => None,
-                permit = running.acquire_owned() => permit.ok(),
-            };
             let unit = Arc::new(unit);
-            let action = match permit {
-                None => Action::Requeue,
-                Some(_permit) => {
-                    let tid = busy.start(unit.clone());
-                    let started = std::time::Instant::now();
-                    let action = processor.process(&unit).await;
+            let action = if dispatch_ahead {
+                // Busy and timed from the moment a handler thread takes the job.
+                let begun = Arc::new(std::sync::Mutex::new(None));
+                let started = {
+                    let (busy, unit, begun) = (busy.clone(), unit.clone(), begun.clone());
+                    Started::new(move || {
+                        let tid = busy.start(unit);
+                        *begun.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((tid, std::time::Instant::now()));
+                    })
+                };
+                let action = processor.process(&unit, started).await;
+                let begun = begun.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some((tid, at)) = begun {
                     busy.finish(tid);
-                    let us = started.elapsed().as_micros() as u64;
-                    let avg = slots.avg_us.load(Ordering::Relaxed);
-                    slots
-                        .avg_us
-                        .store(avg - avg / 8 + us / 8, Ordering::Relaxed);
-                    action
+                    slots.record(at.elapsed());
+                }
+                action
+            } else {
+                let permit = tokio::select! {
+                    biased;
+                    // A job fetched ahead that has not started goes back when the process quiets.
+                    _ = control.quieted() => None,
+                    permit = running.acquire_owned() => permit.ok(),
+                };
+                match permit {
+                    None => Action::Requeue,
+                    Some(_permit) => {
+                        let tid = busy.start(unit.clone());
+                        let at = std::time::Instant::now();
+                        let action = processor.process(&unit, Started::default()).await;
+                        busy.finish(tid);
+                        slots.record(at.elapsed());
+                        action
+                    }
                 }
             };
             let unit = Arc::try_unwrap(unit).unwrap_or_else(|shared| UnitOfWork::clone(&shared));
@@ -433,7 +470,10 @@ async fn fetch_loop(
             pool.spawn(tasks, unit);
         }
         let room = pool.room(concurrency, prefetch);
-        if room == 0 {
+        // While every slot has a job and more wait behind them, top up in sizeable batches
+        // (half the prefetch window) rather than one round trip per few jobs finished.
+        let held = pool.slots.held.load(Ordering::SeqCst);
+        if room == 0 || (held >= concurrency && room < (prefetch / 2).clamp(1, batch)) {
             tokio::select! {
                 _ = pool.slots.freed.notified() => {}
                 Some(unit) = waiters.taken.recv() => pool.spawn(tasks, unit),

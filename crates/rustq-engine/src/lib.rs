@@ -37,6 +37,7 @@ pub mod stats;
 
 pub use handler::{
     Backoff, Failure, FailureKind, Handler, HandlerOptions, JobContext, JobResult, Registry,
+    Started,
 };
 pub use launcher::{Control, EngineError, Worker};
 pub use options::{HandlerConfig, HandlerSpec, QueueWeight, WorkerOptions};

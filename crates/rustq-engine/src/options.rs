@@ -84,6 +84,11 @@ pub struct WorkerOptions {
     /// average), so a fast worker is never waiting on a round trip. Long jobs are never taken
     /// ahead: they spread over all processes, as with Sidekiq.
     pub prefetch: usize,
+    /// Hand jobs fetched ahead straight to handlers that run them on threads of their own and
+    /// signal when each starts ([`crate::Handler::signals_start`], the Ruby host's threads), so
+    /// a thread finishing one short job finds the next one waiting instead of a round trip
+    /// through the engine. Busy counts, timing and requeue-on-quiet follow the real starts.
+    pub dispatch_ahead: bool,
     pub handlers: BTreeMap<String, HandlerConfig>,
 }
 
@@ -108,6 +113,7 @@ impl Default for WorkerOptions {
             max_recoveries: 3,
             fetch_batch: 100,
             prefetch: 100,
+            dispatch_ahead: false,
             handlers: BTreeMap::new(),
         }
     }

@@ -11,7 +11,7 @@ use rustq_core::{Job, PayloadError};
 use serde_json::Value;
 
 use crate::fetch::UnitOfWork;
-use crate::handler::{Failure, JobContext, Registry};
+use crate::handler::{Failure, FailureKind, JobContext, Registry, Started};
 use crate::job_retry::{self, Action, RetryPolicy};
 use crate::stats::Counters;
 
@@ -27,8 +27,8 @@ pub struct Processor {
 }
 
 impl Processor {
-    /// Runs `unit` and returns what to write for it.
-    pub async fn process(&self, unit: &UnitOfWork) -> Action {
+    /// Runs `unit` and returns what to write for it; `started` is signalled when the job begins.
+    pub async fn process(&self, unit: &UnitOfWork, started: Started) -> Action {
         let job = match parse(&unit.raw) {
             Ok(job) => job,
             Err(e) => {
@@ -63,7 +63,7 @@ impl Processor {
         let registered = self
             .registry
             .resolve(job.class().unwrap_or_default(), job.wrapped());
-        let started = Instant::now();
+        let begun = Instant::now();
         tracing::info!(class = %class, jid = %jid, "start");
         let result = match registered {
             // Sidekiq's rule for a class it cannot find: a normal failure (retried, then dead).
@@ -72,7 +72,13 @@ impl Processor {
                 format!("uninitialized constant {}", job.class().unwrap_or_default()),
             )),
             Some(registered) => {
-                let ctx = JobContext::new(job.clone(), unit.queue.clone());
+                if !registered.handler.signals_start() {
+                    started.signal();
+                }
+                let mut ctx = JobContext::with_start(job.clone(), unit.queue.clone(), started);
+                if let Ok(raw) = std::str::from_utf8(&unit.raw) {
+                    ctx = ctx.with_raw(Arc::from(raw));
+                }
                 let run = AssertUnwindSafe(registered.handler.perform(ctx)).catch_unwind();
                 match registered.options.timeout.or(self.job_timeout) {
                     Some(limit) => match tokio::time::timeout(limit, run).await {
@@ -89,7 +95,7 @@ impl Processor {
                 }
             }
         };
-        let elapsed = started.elapsed();
+        let elapsed = begun.elapsed();
         let ms = elapsed.as_millis() as u64;
         let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
         match result {
@@ -98,6 +104,7 @@ impl Processor {
                 tracing::info!(class = %class, jid = %jid, elapsed_ms, "done");
                 Action::Acknowledge
             }
+            Err(failure) if failure.kind == FailureKind::Requeue => Action::Requeue,
             Err(failure) => {
                 self.counters.record(&class, ms, true);
                 tracing::warn!(class = %class, jid = %jid, elapsed_ms, error = %failure, "fail");

@@ -144,7 +144,7 @@ pub fn session(ruby: &Ruby) -> Result<Session, Error> {
     }
     if state.process.is_none() {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("rustq-runtime")
             .enable_all()
             .build()

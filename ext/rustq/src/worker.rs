@@ -15,7 +15,8 @@
 //! No Ruby value ever reaches a tokio thread: payloads cross as JSON strings, answers as
 //! `Failure`s built under the GVL.
 
-use std::sync::{Arc, Mutex, Once};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::Duration;
 
 use magnus::{prelude::*, Error, RArray, RHash, RString, Ruby, Symbol, Value};
@@ -29,14 +30,38 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::{client, errors, gvl};
 
-/// One job on its way to a Ruby thread.
+/// One job on its way to a Ruby thread. `claim` decides, once, whether a Ruby thread takes it
+/// (`TAKEN`) or the engine gives it back unstarted because the process is quieting (`WITHDRAWN`).
 struct Dispatch {
     payload: String,
     queue: String,
     outlook: Outlook,
+    claim: Arc<AtomicU8>,
     /// Told when a Ruby thread takes the job: its time limit starts then.
     taken: Option<oneshot::Sender<()>>,
     reply: oneshot::Sender<JobResult>,
+}
+
+const WAITING: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+impl Dispatch {
+    /// Takes the job for the calling Ruby thread; false if it is no longer to be run.
+    fn take(&mut self) -> bool {
+        if self.reply.is_closed()
+            || self
+                .claim
+                .compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return false;
+        }
+        if let Some(taken) = self.taken.take() {
+            let _ = taken.send(());
+        }
+        true
+    }
 }
 
 /// The fallback handler: every job class is resolved and run by Ruby.
@@ -46,21 +71,30 @@ struct RubyHandler {
     /// `--job-timeout`, counted from when a Ruby thread takes the job (not while it waits for a
     /// thread still busy with a job that went over its own limit).
     time_limit: Option<Duration>,
+    /// Set once the engine exists: jobs still waiting for a thread go back when it quiets.
+    control: Arc<OnceLock<Control>>,
 }
 
 impl rustq_engine::Handler for RubyHandler {
+    fn signals_start(&self) -> bool {
+        true
+    }
+
     fn perform(&self, ctx: JobContext) -> rustq_engine::handler::BoxFuture<JobResult> {
         let (reply, answer) = oneshot::channel();
-        let (taken, taken_rx) = oneshot::channel();
+        let (taken, mut taken_rx) = oneshot::channel();
+        let claim = Arc::new(AtomicU8::new(WAITING));
         let dispatch = Dispatch {
-            payload: ctx.job().to_json(),
+            payload: ctx.payload_json().into_owned(),
             queue: ctx.queue().to_string(),
             outlook: job_retry::outlook(ctx.job(), None, self.policy, rustq_core::wire::now_secs()),
+            claim: claim.clone(),
             taken: Some(taken),
             reply,
         };
         let sent = self.jobs.send(dispatch);
         let time_limit = self.time_limit;
+        let control = self.control.get().cloned();
         Box::pin(async move {
             let stopped = || {
                 Failure::retry(
@@ -68,9 +102,34 @@ impl rustq_engine::Handler for RubyHandler {
                     "the Ruby threads of this worker are gone",
                 )
             };
-            if sent.is_err() || taken_rx.await.is_err() {
+            if sent.is_err() {
                 return Err(stopped());
             }
+            let quieted = async {
+                match &control {
+                    Some(control) => control.quieted().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(quieted);
+            let taken = tokio::select! {
+                biased;
+                taken = &mut taken_rx => taken.is_ok(),
+                () = &mut quieted => {
+                    if claim
+                        .compare_exchange(WAITING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        return Err(Failure::requeue());
+                    }
+                    // A thread has just taken it: wait for it to say so.
+                    (&mut taken_rx).await.is_ok()
+                }
+            };
+            if !taken {
+                return Err(stopped());
+            }
+            ctx.started();
             // A reply dropped unanswered means the Ruby thread died with the job.
             let answered = async {
                 answer.await.unwrap_or_else(|_| {
@@ -141,6 +200,7 @@ impl Worker {
         let mut registry = Registry::new();
         registry.add_configured(&options.handlers);
         let (tx, rx) = mpsc::unbounded_channel();
+        let control = Arc::new(OnceLock::new());
         registry.fallback(RubyHandler {
             jobs: tx,
             policy: RetryPolicy {
@@ -148,8 +208,11 @@ impl Worker {
                 max_retries: options.max_retries,
             },
             time_limit,
+            control: control.clone(),
         });
+        options.dispatch_ahead = true;
         let engine = Engine::new(options, registry);
+        let _ = control.set(engine.control());
         let (finish, outcome) = watch::channel(None);
         Ok(Worker {
             runtime: client::session(ruby)?.runtime(),
@@ -222,40 +285,57 @@ impl Worker {
         rb_self: &Worker,
     ) -> Result<Option<(Reply, String, String, &'static str)>, Error> {
         let jobs = rb_self.jobs.clone();
-        let cancel = Notify::new();
-        let dispatch = gvl::without_gvl(
-            ruby,
-            || {
-                rb_self.runtime.block_on(async {
-                    let mut jobs = tokio::select! {
-                        biased;
-                        () = cancel.notified() => return None,
-                        jobs = jobs.lock() => jobs,
-                    };
-                    loop {
-                        let next = tokio::select! {
-                            biased;
-                            () = cancel.notified() => return None,
-                            next = jobs.recv() => next,
-                        };
-                        match next {
-                            // Its engine task gave up on it (shutdown): it has been or will be
-                            // pushed back, so it must not run here.
-                            Some(dispatch) if dispatch.reply.is_closed() => continue,
-                            Some(mut dispatch) => {
-                                let taken = dispatch.taken.take().map(|t| t.send(()));
-                                if matches!(taken, Some(Err(_))) {
-                                    continue;
-                                }
-                                return Some(Some(dispatch));
-                            }
-                            None => return Some(None),
+        // Fast path, still holding the GVL: a job already waiting is taken without a thread
+        // switch, so a busy worker runs short jobs back to back.
+        let ready = match jobs.try_lock() {
+            Ok(mut rx) => loop {
+                match rx.try_recv() {
+                    Ok(mut dispatch) => {
+                        if dispatch.take() {
+                            break Some(Some(Some(dispatch)));
                         }
                     }
-                })
+                    Err(mpsc::error::TryRecvError::Empty) => break None,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break Some(Some(None)),
+                }
             },
-            || cancel.notify_one(),
-        )?;
+            Err(_) => None,
+        };
+        let cancel = Notify::new();
+        let dispatch = if let Some(ready) = ready {
+            ready
+        } else {
+            gvl::without_gvl(
+                ruby,
+                || {
+                    rb_self.runtime.block_on(async {
+                        let mut jobs = tokio::select! {
+                            biased;
+                            () = cancel.notified() => return None,
+                            jobs = jobs.lock() => jobs,
+                        };
+                        loop {
+                            let next = tokio::select! {
+                                biased;
+                                () = cancel.notified() => return None,
+                                next = jobs.recv() => next,
+                            };
+                            match next {
+                                // One its engine task gave up on (quiet, shutdown) has been or
+                                // will be pushed back: it must not run here.
+                                Some(mut dispatch) => {
+                                    if dispatch.take() {
+                                        return Some(Some(dispatch));
+                                    }
+                                }
+                                None => return Some(None),
+                            }
+                        }
+                    })
+                },
+                || cancel.notify_one(),
+            )?
+        };
         match dispatch {
             None => Err(errors::interrupted_wait(ruby)),
             Some(None) => Ok(None),
