@@ -168,70 +168,123 @@ impl PreparedPush {
         pieces
     }
 
-    fn render(pieces: &[Piece], entry: &Entry, jid: &str, enqueued_at: &str, out: &mut String) {
+    fn render(pieces: &[Piece], entry: &Entry, jid: &str, enqueued_at: &str, out: &mut Vec<u8>) {
         for piece in pieces {
             match piece {
-                Piece::Text(t) => out.push_str(t),
-                Piece::Args => out.push_str(
-                    &entry
-                        .args
-                        .as_ref()
-                        .map(Value::to_string)
-                        .unwrap_or_default(),
-                ),
-                Piece::Jid => {
-                    out.push('"');
-                    out.push_str(jid);
-                    out.push('"');
+                Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
+                Piece::Args => {
+                    if let Some(args) = &entry.args {
+                        serde_json::to_writer(&mut *out, args).expect("a JSON value serializes");
+                    }
                 }
-                Piece::EnqueuedAt => out.push_str(enqueued_at),
+                Piece::Jid => {
+                    out.push(b'"');
+                    out.extend_from_slice(jid.as_bytes());
+                    out.push(b'"');
+                }
+                Piece::EnqueuedAt => out.extend_from_slice(enqueued_at.as_bytes()),
             }
         }
     }
 
     /// Sidekiq's `atomic_push`, slice by slice: `ZADD schedule` for scheduled jobs, else
     /// `SADD queues` + `LPUSH queue:<q>` with `enqueued_at` stamped now. Ten slices of
-    /// 1,000 jobs go per round trip, which keeps memory bounded on huge bulk pushes.
+    /// 1,000 jobs go per round trip ([`Renderer::next_pipeline`]), which keeps memory bounded
+    /// on huge bulk pushes.
+    fn renderer(&self, now: f64, wire: WireVersion) -> Renderer<'_> {
+        Renderer {
+            push: self,
+            immediate_pieces: self.pieces(true),
+            scheduled_pieces: self.pieces(false),
+            enqueued_at: wire.timestamp(now).to_string(),
+            queue_key: keys::queue(&self.queue),
+            json: Vec::with_capacity(256),
+            done: 0,
+        }
+    }
+
+    #[cfg(test)]
     fn pipelines(&self, now: f64, wire: WireVersion) -> Vec<redis::Pipeline> {
-        let immediate_pieces = self.pieces(true);
-        let scheduled_pieces = self.pieces(false);
-        let enqueued_at = wire.timestamp(now).to_string();
-        let mut pipelines = Vec::new();
+        let mut renderer = self.renderer(now, wire);
+        std::iter::from_fn(|| renderer.next_pipeline()).collect()
+    }
+}
+
+/// Renders a [`PreparedPush`] one round trip at a time. Each job is written into one reused
+/// buffer and copied straight into its command.
+struct Renderer<'a> {
+    push: &'a PreparedPush,
+    immediate_pieces: Vec<Piece>,
+    scheduled_pieces: Vec<Piece>,
+    enqueued_at: String,
+    queue_key: String,
+    json: Vec<u8>,
+    /// Jobs rendered so far.
+    done: usize,
+}
+
+/// Slices of [`wire::BULK_SLICE`] jobs per round trip.
+const SLICES_PER_ROUND_TRIP: usize = 10;
+
+impl Renderer<'_> {
+    fn next_pipeline(&mut self) -> Option<redis::Pipeline> {
+        let push = self.push;
+        if self.done >= push.entries.len() {
+            return None;
+        }
         let mut pipe = redis::pipe();
-        let jobs: Vec<(&Entry, &String)> = self.entries.iter().zip(&self.jids).collect();
-        for (slice_no, slice) in jobs.chunks(wire::BULK_SLICE).enumerate() {
-            let mut payloads = Vec::new();
-            let mut scored = Vec::new();
-            for (entry, jid) in slice {
-                let mut json = String::with_capacity(256);
+        for _ in 0..SLICES_PER_ROUND_TRIP {
+            let end = (self.done + wire::BULK_SLICE).min(push.entries.len());
+            if self.done >= end {
+                break;
+            }
+            let mut lpush = redis::cmd("LPUSH");
+            lpush.arg(&self.queue_key);
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(keys::SCHEDULE);
+            let (mut immediate, mut scheduled) = (0, 0);
+            for (entry, jid) in push.entries[self.done..end]
+                .iter()
+                .zip(&push.jids[self.done..end])
+            {
+                self.json.clear();
                 match entry.at {
                     Some(at) => {
-                        Self::render(&scheduled_pieces, entry, jid, &enqueued_at, &mut json);
-                        scored.push((wire::format_float(at), json));
+                        PreparedPush::render(
+                            &self.scheduled_pieces,
+                            entry,
+                            jid,
+                            &self.enqueued_at,
+                            &mut self.json,
+                        );
+                        zadd.arg(wire::format_float(at)).arg(&self.json[..]);
+                        scheduled += 1;
                     }
                     None => {
-                        Self::render(&immediate_pieces, entry, jid, &enqueued_at, &mut json);
-                        payloads.push(json);
+                        PreparedPush::render(
+                            &self.immediate_pieces,
+                            entry,
+                            jid,
+                            &self.enqueued_at,
+                            &mut self.json,
+                        );
+                        lpush.arg(&self.json[..]);
+                        immediate += 1;
                     }
                 }
             }
-            if !scored.is_empty() {
-                pipe.zadd_multiple(keys::SCHEDULE, &scored).ignore();
+            if scheduled > 0 {
+                pipe.add_command(zadd).ignore();
             }
-            if !payloads.is_empty() {
-                pipe.sadd(keys::QUEUES, &self.queue)
+            if immediate > 0 {
+                pipe.sadd(keys::QUEUES, &push.queue)
                     .ignore()
-                    .lpush(keys::queue(&self.queue), payloads)
+                    .add_command(lpush)
                     .ignore();
             }
-            if slice_no % 10 == 9 {
-                pipelines.push(std::mem::replace(&mut pipe, redis::pipe()));
-            }
+            self.done = end;
         }
-        if pipe.cmd_iter().next().is_some() {
-            pipelines.push(pipe);
-        }
-        pipelines
+        Some(pipe)
     }
 }
 
@@ -309,14 +362,45 @@ impl Client {
 
     /// Writes prepared jobs.
     pub async fn write(&self, prepared: &PreparedPush) -> Result<()> {
-        let mut conn = self.conn.clone();
-        let pipelines = prepared.pipelines(self.options.clock.now(), self.options.wire);
-        for pipe in &pipelines {
-            pipe.query_async::<()>(&mut conn)
+        let mut renderer = prepared.renderer(self.options.clock.now(), self.options.wire);
+        if prepared.entries.len() <= SLICES_PER_ROUND_TRIP * wire::BULK_SLICE {
+            let Some(pipe) = renderer.next_pipeline() else {
+                return Ok(());
+            };
+            let mut conn = self.conn.clone();
+            return pipe
+                .query_async::<()>(&mut conn)
                 .await
-                .map_err(self.redis_error("push"))?;
+                .map_err(self.redis_error("push"));
         }
-        Ok(())
+        // One round trip in flight while the next is rendered: Redis works on one batch while
+        // this thread writes the next. The connection keeps them in order.
+        let mut in_flight: Option<tokio::task::JoinHandle<redis::RedisResult<()>>> = None;
+        while let Some(pipe) = renderer.next_pipeline() {
+            let mut conn = self.conn.clone();
+            let sent = tokio::spawn(async move { pipe.query_async::<()>(&mut conn).await });
+            if let Some(previous) = in_flight.replace(sent) {
+                self.join_write(previous).await?;
+            }
+        }
+        match in_flight {
+            Some(last) => self.join_write(last).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn join_write(
+        &self,
+        write: tokio::task::JoinHandle<redis::RedisResult<()>>,
+    ) -> Result<()> {
+        match write.await {
+            Ok(result) => result.map_err(self.redis_error("push")),
+            Err(e) => Err(self.redis_error("push")(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "write task failed",
+                e.to_string(),
+            )))),
+        }
     }
 
     /// Validates and normalises one job, touching no network (see [`ClientOptions::prepare_push`]).
