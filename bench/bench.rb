@@ -349,7 +349,8 @@ module Bench
     end
 
     def ruby_processing_scenario(id, name, active_job:)
-      count = active_job ? (@quick ? 5_000 : 20_000) : (@quick ? 20_000 : 50_000)
+      # Long enough that start-up (first fetches, method caches) is a small part of the time.
+      count = active_job ? (@quick ? 5_000 : 50_000) : (@quick ? 20_000 : 200_000)
       env = active_job ? { "BENCH_ACTIVE_JOB" => "1" } : {}
       name = "#{name} (#{count} jobs, -c #{CONCURRENCY})"
       rustq = if File.exist?(RUBY_HOST)

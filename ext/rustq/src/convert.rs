@@ -201,17 +201,8 @@ impl Strict<'_> {
     }
 
     fn convert(&mut self, ruby: &Ruby, value: Value, depth: usize) -> Result<Json, Error> {
-        if depth > MAX_NESTING {
-            return Err(too_deep(ruby));
-        }
-        if value.is_nil() {
-            return Ok(Json::Null);
-        }
-        if is(value, ruby.class_true_class()) {
-            return Ok(Json::Bool(true));
-        }
-        if is(value, ruby.class_false_class()) {
-            return Ok(Json::Bool(false));
+        if let Some(json) = literal(ruby, value, depth)? {
+            return Ok(json);
         }
         if is(value, ruby.class_integer()) {
             if let Some(int) = Integer::from_value(value) {
@@ -259,6 +250,23 @@ impl Strict<'_> {
     }
 }
 
+/// `nil`, `true` and `false`, which both conversions write alike; errors past the nesting limit.
+fn literal(ruby: &Ruby, value: Value, depth: usize) -> Result<Option<Json>, Error> {
+    if depth > MAX_NESTING {
+        return Err(too_deep(ruby));
+    }
+    if value.is_nil() {
+        return Ok(Some(Json::Null));
+    }
+    if is(value, ruby.class_true_class()) {
+        return Ok(Some(Json::Bool(true)));
+    }
+    if is(value, ruby.class_false_class()) {
+        return Ok(Some(Json::Bool(false)));
+    }
+    Ok(None)
+}
+
 fn too_deep(ruby: &Ruby) -> Error {
     errors::invalid_job_message(
         ruby,
@@ -268,17 +276,8 @@ fn too_deep(ruby: &Ruby) -> Error {
 
 /// Everything but `args`: written as `JSON.generate` would write it.
 fn lenient(ruby: &Ruby, value: Value, depth: usize) -> Result<Json, Error> {
-    if depth > MAX_NESTING {
-        return Err(too_deep(ruby));
-    }
-    if value.is_nil() {
-        return Ok(Json::Null);
-    }
-    if is(value, ruby.class_true_class()) {
-        return Ok(Json::Bool(true));
-    }
-    if is(value, ruby.class_false_class()) {
-        return Ok(Json::Bool(false));
+    if let Some(json) = literal(ruby, value, depth)? {
+        return Ok(json);
     }
     if let Some(int) = Integer::from_value(value) {
         return integer(int);
