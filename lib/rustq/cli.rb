@@ -39,10 +39,10 @@ module Rustq
       trap_signals
       @worker.start
       logger.info { "rustq-worker #{VERSION} running #{@worker.concurrency} Ruby threads as #{@worker.identity}" }
-      threads = Array.new(@worker.concurrency) { |i| start_thread(i) }
+      @threads = Array.new(@worker.concurrency) { |i| start_thread(i) }
       watch_engine
       handle_events
-      finish(threads)
+      finish(@threads)
       0
     rescue UsageError => e
       (e.status.zero? ? $stdout : $stderr).print(e.message)
@@ -123,6 +123,18 @@ module Rustq
           end
         end
         stop_abandoned_jobs
+        replace_dead_threads
+      end
+    end
+
+    # A job that ends its own thread (Thread.exit, Thread#kill) has been failed already (see
+    # #run_jobs); a new thread takes its place so the worker keeps its concurrency.
+    def replace_dead_threads
+      @threads.each_with_index do |thread, index|
+        next if thread.alive?
+
+        logger.warn { "rustq-worker: thread #{thread.name} ended inside a job; starting a new one" }
+        @threads[index] = start_thread(index)
       end
     end
 

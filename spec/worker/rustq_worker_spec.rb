@@ -147,6 +147,21 @@ RSpec.describe "rustq-worker" do
       expect(Sidekiq::Queue.new.size).to eq(30)
     end
 
+    it "replaces a Ruby thread that a job ended (Thread.exit): the job fails, the worker keeps its concurrency" do
+      exits = Rustq::Client.push_bulk("class" => "ThreadExitJob", "args" => [[], []])
+      w = worker("-r", plain_app, "-c", "2")
+      w.await("both threads replaced") { w.log.scan("starting a new one").size >= 2 }
+      # Both original threads are gone: these run only on their replacements.
+      jids = Rustq::Client.push_bulk("class" => "RecordJob", "args" => Array.new(4) { |i| ["after-#{i}"] })
+      w.await("the jobs pushed afterwards") { ledger.size == 4 }
+      expect(ledger.map { |e| e["jid"] }).to match_array(jids)
+      retried = Sidekiq::RetrySet.new.to_a
+      expect(retried.map(&:jid)).to match_array(exits)
+      expect(retried.map { |job| job["error_class"] }.uniq).to eq(["Rustq::JobAbandoned"])
+      expect(w.stop.exitstatus).to eq(0)
+      expect(Sidekiq::Stats.new.failed).to eq(2)
+    end
+
     it "frees the Ruby thread of a job over --job-timeout (the engine retries the job) for the next job" do
       slow = Rustq::Client.push("class" => "RecordJob", "args" => ["slow", 60])
       after = Rustq::Client.push("class" => "RecordJob", "args" => ["after the slow one"])
