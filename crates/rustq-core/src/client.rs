@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 use serde_json::Value;
 
 use crate::error::{Error, JobError, Result};
-use crate::job::{generate_jid, Fields, Job};
+use crate::job::{generate_jid, generate_jids, Fields, Job};
 use crate::wire::{self, keys, WireVersion};
 
 /// Where the current time comes from (tests pin it; everything else uses the system clock).
@@ -475,7 +475,7 @@ impl ClientOptions {
         validate(&items)?;
         let template = self.normalize(items)?;
         let queue = template.queue().unwrap_or_default().to_string();
-        let jids: Vec<String> = (0..all_args.len()).map(|_| generate_jid()).collect();
+        let jids = generate_jids(all_args.len());
         let entries = all_args
             .into_iter()
             .enumerate()

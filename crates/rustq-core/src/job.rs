@@ -270,6 +270,14 @@ pub fn generate_jid() -> String {
     hex::encode(bytes)
 }
 
+/// `count` jids as [`generate_jid`] makes them, from one draw of the CSPRNG (bulk pushes).
+pub fn generate_jids(count: usize) -> Vec<String> {
+    use rand::RngCore;
+    let mut bytes = vec![0u8; count * 12];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.chunks_exact(12).map(hex::encode).collect()
+}
+
 /// Ruby's name for a JSON value's type, for error messages.
 pub fn type_name(value: &Value) -> &'static str {
     match value {
@@ -349,6 +357,14 @@ mod tests {
 
     #[test]
     fn jids_are_24_lowercase_hex_and_distinct() {
+        let many = generate_jids(1000);
+        assert!(many.iter().all(|j| j.len() == 24
+            && j.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())));
+        assert_eq!(
+            many.iter().collect::<std::collections::HashSet<_>>().len(),
+            1000
+        );
         let a = generate_jid();
         assert_eq!(a.len(), 24);
         assert!(a

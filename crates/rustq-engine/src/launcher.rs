@@ -211,6 +211,7 @@ impl Worker {
 
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let acker = tokio::spawn(ack::run(conn.clone(), identity.clone(), ack_rx));
+        let running = Arc::new(Semaphore::new(options.concurrency));
         let processor = Arc::new(Processor {
             registry,
             policy: RetryPolicy {
@@ -219,6 +220,7 @@ impl Worker {
             },
             job_timeout: options.job_timeout,
             counters: counters.clone(),
+            slots: options.dispatch_ahead.then(|| running.clone()),
         });
         let fetcher = Fetcher::new(
             conn.clone(),
@@ -232,7 +234,7 @@ impl Worker {
             processor,
             ack_tx: ack_tx.clone(),
             busy: busy.clone(),
-            running: Arc::new(Semaphore::new(options.concurrency)),
+            running,
             dispatch_ahead: options.dispatch_ahead,
             slots: Arc::new(Slots::default()),
             control: control.clone(),

@@ -24,6 +24,9 @@ pub struct Processor {
     pub policy: RetryPolicy,
     pub job_timeout: Option<Duration>,
     pub counters: Arc<Counters>,
+    /// With `WorkerOptions::dispatch_ahead`: the `concurrency` slots that handlers which do not
+    /// run jobs on threads of their own (Rust and `exec` handlers) wait for before they start.
+    pub slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Processor {
@@ -72,7 +75,11 @@ impl Processor {
                 format!("uninitialized constant {}", job.class().unwrap_or_default()),
             )),
             Some(registered) => {
+                let mut _slot = None;
                 if !registered.handler.signals_start() {
+                    if let Some(slots) = &self.slots {
+                        _slot = slots.clone().acquire_owned().await.ok();
+                    }
                     started.signal();
                 }
                 let mut ctx = JobContext::with_start(job.clone(), unit.queue.clone(), started);

@@ -1,0 +1,76 @@
+//! `WorkerOptions::dispatch_ahead` against a real Redis: handlers that do not run jobs on
+//! threads of their own (Rust handlers here) still run at most `concurrency` jobs at once.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustq_core::{Client, RedisConfig};
+use rustq_engine::{JobContext, QueueWeight, Registry, Worker, WorkerOptions};
+use rustq_testing::{wait_until, RedisServer};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_handlers_keep_to_the_concurrency_when_jobs_are_dispatched_ahead() {
+    const JOBS: usize = 40;
+    let redis = RedisServer::start();
+    let client = Client::connect(&RedisConfig::new(redis.url()))
+        .await
+        .unwrap();
+    let args: Vec<_> = (0..JOBS).map(|i| json!([i])).collect();
+    let item = json!({"class": "ShortJob", "args": args});
+    client
+        .push_bulk(item.as_object().unwrap().clone())
+        .await
+        .unwrap();
+
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut registry = Registry::new();
+    {
+        let (running, most, done) = (running.clone(), most.clone(), done.clone());
+        registry.handle("ShortJob", move |_ctx: JobContext| {
+            let (running, most, done) = (running.clone(), most.clone(), done.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                // Short enough that jobs are fetched (and dispatched) ahead of free slots.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                done.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        });
+    }
+    let options = WorkerOptions {
+        redis: RedisConfig::new(redis.url()),
+        concurrency: 3,
+        queues: vec![QueueWeight {
+            name: "default".into(),
+            weight: 0,
+        }],
+        dispatch_ahead: true,
+        ..WorkerOptions::default()
+    };
+    let worker = Worker::new(options, registry);
+    let control = worker.control();
+    let run = tokio::spawn(worker.run());
+
+    let finished = {
+        let done = done.clone();
+        tokio::task::spawn_blocking(move || {
+            wait_until(Duration::from_secs(30), || {
+                done.load(Ordering::SeqCst) == JOBS
+            })
+        })
+        .await
+        .unwrap()
+    };
+    control.stop();
+    run.await.unwrap().unwrap();
+
+    assert!(finished, "ran {} of {JOBS}", done.load(Ordering::SeqCst));
+    assert_eq!(most.load(Ordering::SeqCst), 3, "most jobs running at once");
+    assert_eq!(redis.cli(&["LLEN", "queue:default"]), "0");
+}
