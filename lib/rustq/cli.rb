@@ -131,7 +131,8 @@ module Rustq
     # #run_jobs); a new thread takes its place so the worker keeps its concurrency.
     def replace_dead_threads
       @threads.each_with_index do |thread, index|
-        next if thread.alive?
+        # A thread whose loop ended (the engine stopped handing out jobs) is done, not dead.
+        next if thread.alive? || thread[:rustq_done]
 
         logger.warn { "rustq-worker: thread #{thread.name} ended inside a job; starting a new one" }
         @threads[index] = start_thread(index)
@@ -160,20 +161,25 @@ module Rustq
     # may only interrupt the job itself, never the bookkeeping around it.
     def run_jobs
       Thread.handle_interrupt(JobTimeout => :never) do
-        while (job = next_job)
-          reply, queue, json, outlook = job
-          begin
-            @busy_lock.synchronize { @busy[Thread.current] = reply }
-            answer = Thread.handle_interrupt(JobTimeout => :immediate) { @processor.process(json, queue, outlook) }
-            report(reply, answer)
-          ensure
-            @busy_lock.synchronize { @busy.delete(Thread.current) }
-            # Thread#kill or Thread.exit inside the job: fail it now rather than leave the engine
-            # waiting for it until shutdown (a no-op when it was answered, or at shutdown).
-            reply.complete("error_class" => "Rustq::JobAbandoned", "message" => "the job's Ruby thread was killed")
-          end
-          discard_late_timeout
+        run_jobs_until_stopped
+      end
+      Thread.current[:rustq_done] = true
+    end
+
+    def run_jobs_until_stopped
+      while (job = next_job)
+        reply, queue, json, outlook = job
+        begin
+          @busy_lock.synchronize { @busy[Thread.current] = reply }
+          answer = Thread.handle_interrupt(JobTimeout => :immediate) { @processor.process(json, queue, outlook) }
+          report(reply, answer)
+        ensure
+          @busy_lock.synchronize { @busy.delete(Thread.current) }
+          # Thread#kill or Thread.exit inside the job: fail it now rather than leave the engine
+          # waiting for it until shutdown (a no-op when it was answered, or at shutdown).
+          reply.complete("error_class" => "Rustq::JobAbandoned", "message" => "the job's Ruby thread was killed")
         end
+        discard_late_timeout
       end
     end
 

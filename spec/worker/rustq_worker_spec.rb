@@ -143,6 +143,9 @@ RSpec.describe "rustq-worker" do
       expect(Sidekiq::Queue.new.map(&:jid)).to match_array(quick)
       w.await("the slow jobs to finish") { ledger.size == 2 }
       expect(ledger.map { |e| e["name"] }).to match_array(%w[slow-0 slow-1])
+      # Quiet and idle, the Ruby threads have ended for good: none is taken for dead and restarted.
+      sleep 1.5
+      expect(w.log).not_to include("starting a new one")
       expect(w.stop.exitstatus).to eq(0)
       expect(Sidekiq::Queue.new.size).to eq(30)
     end

@@ -373,15 +373,20 @@ impl Client {
                 .await
                 .map_err(self.redis_error("push"));
         }
-        // One round trip in flight while the next is rendered: Redis works on one batch while
-        // this thread writes the next. The connection keeps them in order.
+        // One round trip in flight while the next is rendered: Redis applies one batch while
+        // this thread writes the next. The next is sent only once the previous one has been
+        // answered, so batches land in order (on any runtime) and none is sent after an error.
         let mut in_flight: Option<tokio::task::JoinHandle<redis::RedisResult<()>>> = None;
         while let Some(pipe) = renderer.next_pipeline() {
-            let mut conn = self.conn.clone();
-            let sent = tokio::spawn(async move { pipe.query_async::<()>(&mut conn).await });
-            if let Some(previous) = in_flight.replace(sent) {
+            if let Some(previous) = in_flight.take() {
                 self.join_write(previous).await?;
             }
+            let mut conn = self.conn.clone();
+            in_flight = Some(tokio::spawn(async move {
+                pipe.query_async::<()>(&mut conn).await
+            }));
+            // Let it go out before rendering the next batch.
+            tokio::task::yield_now().await;
         }
         match in_flight {
             Some(last) => self.join_write(last).await,

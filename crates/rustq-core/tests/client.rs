@@ -76,6 +76,16 @@ async fn scheduled_push_goes_to_the_schedule_set_without_at() {
 
 #[tokio::test]
 async fn bulk_push_returns_jids_in_order_and_slices() {
+    bulk_push_keeps_order().await;
+}
+
+/// On a multi-threaded runtime too, where spawned tasks may run in any order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_push_keeps_order_on_a_multi_threaded_runtime() {
+    bulk_push_keeps_order().await;
+}
+
+async fn bulk_push_keeps_order() {
     // 25,001 jobs: 26 slices of 1,000 over 3 round trips, written while the next is rendered.
     const N: usize = 25_001;
     let redis = RedisServer::start();

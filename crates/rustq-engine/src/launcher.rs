@@ -1,12 +1,14 @@
 //! A worker process's life: connect, beat, recover, fetch and run, then quiet and stop
 //! gracefully — waiting for running jobs, pushing back the ones that would not finish.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::ack::{self, Completion};
@@ -220,7 +222,9 @@ impl Worker {
             },
             job_timeout: options.job_timeout,
             counters: counters.clone(),
-            slots: options.dispatch_ahead.then(|| running.clone()),
+            slots: options
+                .dispatch_ahead
+                .then(|| (running.clone(), control.clone())),
         });
         let fetcher = Fetcher::new(
             conn.clone(),
@@ -236,6 +240,7 @@ impl Worker {
             busy: busy.clone(),
             running,
             dispatch_ahead: options.dispatch_ahead,
+            turn: std::sync::Mutex::new(None),
             slots: Arc::new(Slots::default()),
             control: control.clone(),
         };
@@ -383,11 +388,18 @@ struct JobPool {
     /// `WorkerOptions::dispatch_ahead`: jobs go to their handler at once, which says when each
     /// starts; `running` is not used (`room` still bounds how many are held).
     dispatch_ahead: bool,
+    /// Resolves when the job fetched last has started: the next job's turn (see `spawn`).
+    turn: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
     slots: Arc<Slots>,
     control: Control,
 }
 
 impl JobPool {
+    /// Runs `unit` in a task of its own. Jobs start in the order they were fetched (the order
+    /// of their in-progress list, which recovery relies on to tell which jobs were running):
+    /// each task waits for the one fetched before it to have started (or handed its job to a
+    /// handler's own threads) before it does so itself. Tokio would otherwise poll the last
+    /// task spawned first.
     fn spawn(&self, tasks: &mut JoinSet<()>, unit: UnitOfWork) {
         self.slots.held.fetch_add(1, Ordering::SeqCst);
         let processor = self.processor.clone();
@@ -397,9 +409,28 @@ impl JobPool {
         let slots = self.slots.clone();
         let control = self.control.clone();
         let dispatch_ahead = self.dispatch_ahead;
+        let (my_turn_done, next_turn) = oneshot::channel::<()>();
+        let previous = self
+            .turn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(next_turn);
         tasks.spawn(async move {
             let unit = Arc::new(unit);
-            let action = if dispatch_ahead {
+            // The job fetched before this one has started (or gave up its turn by ending).
+            let turn = tokio::select! {
+                biased;
+                // A job fetched ahead that has not started goes back when the process quiets.
+                _ = control.quieted() => false,
+                _ = async {
+                    if let Some(previous) = previous {
+                        let _ = previous.await;
+                    }
+                } => true,
+            };
+            let action = if !turn {
+                Action::Requeue
+            } else if dispatch_ahead {
                 // Busy and timed from the moment a handler thread takes the job.
                 let begun = Arc::new(std::sync::Mutex::new(None));
                 let started = {
@@ -410,7 +441,15 @@ impl JobPool {
                             Some((tid, std::time::Instant::now()));
                     })
                 };
-                let action = processor.process(&unit, started).await;
+                let mut run = Box::pin(processor.process(&unit, started));
+                // The first poll hands the job over (or queues for a slot): then it is the
+                // next job's turn.
+                let first = std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await;
+                drop(my_turn_done);
+                let action = match first {
+                    Poll::Ready(action) => action,
+                    Poll::Pending => run.await,
+                };
                 let begun = begun.lock().unwrap_or_else(|p| p.into_inner()).take();
                 if let Some((tid, at)) = begun {
                     busy.finish(tid);
@@ -420,10 +459,10 @@ impl JobPool {
             } else {
                 let permit = tokio::select! {
                     biased;
-                    // A job fetched ahead that has not started goes back when the process quiets.
                     _ = control.quieted() => None,
                     permit = running.acquire_owned() => permit.ok(),
                 };
+                drop(my_turn_done);
                 match permit {
                     None => Action::Requeue,
                     Some(_permit) => {

@@ -25,8 +25,9 @@ pub struct Processor {
     pub job_timeout: Option<Duration>,
     pub counters: Arc<Counters>,
     /// With `WorkerOptions::dispatch_ahead`: the `concurrency` slots that handlers which do not
-    /// run jobs on threads of their own (Rust and `exec` handlers) wait for before they start.
-    pub slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// run jobs on threads of their own (Rust and `exec` handlers) wait for before they start,
+    /// and the process's control: a job still waiting for a slot goes back when it quiets.
+    pub slots: Option<(Arc<tokio::sync::Semaphore>, crate::Control)>,
 }
 
 impl Processor {
@@ -77,8 +78,12 @@ impl Processor {
             Some(registered) => {
                 let mut _slot = None;
                 if !registered.handler.signals_start() {
-                    if let Some(slots) = &self.slots {
-                        _slot = slots.clone().acquire_owned().await.ok();
+                    if let Some((slots, control)) = &self.slots {
+                        tokio::select! {
+                            biased;
+                            () = control.quieted() => return Action::Requeue,
+                            slot = slots.clone().acquire_owned() => _slot = slot.ok(),
+                        }
                     }
                     started.signal();
                 }

@@ -1,8 +1,9 @@
-//! `WorkerOptions::dispatch_ahead` against a real Redis: handlers that do not run jobs on
-//! threads of their own (Rust handlers here) still run at most `concurrency` jobs at once.
+//! How fetched jobs are started, against a real Redis: in fetch order (what recovery relies on
+//! to tell which jobs were running), and, with `WorkerOptions::dispatch_ahead`, still at most
+//! `concurrency` at once for handlers that do not run jobs on threads of their own.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustq_core::{Client, RedisConfig};
@@ -73,4 +74,64 @@ async fn rust_handlers_keep_to_the_concurrency_when_jobs_are_dispatched_ahead() 
     assert!(finished, "ran {} of {JOBS}", done.load(Ordering::SeqCst));
     assert_eq!(most.load(Ordering::SeqCst), 3, "most jobs running at once");
     assert_eq!(redis.cli(&["LLEN", "queue:default"]), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_start_in_the_order_they_were_fetched() {
+    const JOBS: usize = 30;
+    for dispatch_ahead in [false, true] {
+        let redis = RedisServer::start();
+        let client = Client::connect(&RedisConfig::new(redis.url()))
+            .await
+            .unwrap();
+        let args: Vec<_> = (0..JOBS).map(|i| json!([i])).collect();
+        let item = json!({"class": "OrderedJob", "args": args});
+        client
+            .push_bulk(item.as_object().unwrap().clone())
+            .await
+            .unwrap();
+
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut registry = Registry::new();
+        {
+            let order = order.clone();
+            registry.handle("OrderedJob", move |ctx: JobContext| {
+                order.lock().unwrap().push(ctx.args()[0].as_u64().unwrap());
+                async { Ok(()) }
+            });
+        }
+        let options = WorkerOptions {
+            redis: RedisConfig::new(redis.url()),
+            concurrency: 1,
+            queues: vec![QueueWeight {
+                name: "default".into(),
+                weight: 0,
+            }],
+            dispatch_ahead,
+            ..WorkerOptions::default()
+        };
+        let worker = Worker::new(options, registry);
+        let control = worker.control();
+        let run = tokio::spawn(worker.run());
+        let finished = {
+            let order = order.clone();
+            tokio::task::spawn_blocking(move || {
+                wait_until(Duration::from_secs(30), || {
+                    order.lock().unwrap().len() == JOBS
+                })
+            })
+            .await
+            .unwrap()
+        };
+        control.stop();
+        run.await.unwrap().unwrap();
+
+        assert!(finished, "dispatch_ahead {dispatch_ahead}");
+        let expected: Vec<u64> = (0..JOBS as u64).collect();
+        assert_eq!(
+            *order.lock().unwrap(),
+            expected,
+            "dispatch_ahead {dispatch_ahead}"
+        );
+    }
 }

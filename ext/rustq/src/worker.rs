@@ -210,7 +210,10 @@ impl Worker {
             time_limit,
             control: control.clone(),
         });
-        options.dispatch_ahead = true;
+        // Ruby threads take jobs fetched ahead straight from the engine. Not with `exec`
+        // handlers from the config file: those would run in slots of their own on top of the
+        // Ruby threads, so every job goes through the engine's `concurrency` slots instead.
+        options.dispatch_ahead = options.handlers.is_empty();
         let engine = Engine::new(options, registry);
         let _ = control.set(engine.control());
         let (finish, outcome) = watch::channel(None);
