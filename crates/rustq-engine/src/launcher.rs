@@ -4,11 +4,11 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::ack::{self, Completion};
@@ -240,7 +240,6 @@ impl Worker {
             busy: busy.clone(),
             running,
             dispatch_ahead: options.dispatch_ahead,
-            turn: std::sync::Mutex::new(None),
             slots: Arc::new(Slots::default()),
             control: control.clone(),
         };
@@ -375,6 +374,19 @@ impl Slots {
     }
 }
 
+/// Hands a finished (or given back) job to the acker and frees its place.
+fn finish(
+    unit: Arc<UnitOfWork>,
+    action: Action,
+    ack_tx: &mpsc::UnboundedSender<Completion>,
+    slots: &Slots,
+) {
+    let unit = Arc::try_unwrap(unit).unwrap_or_else(|shared| UnitOfWork::clone(&shared));
+    let _ = ack_tx.send(Completion { unit, action });
+    slots.held.fetch_sub(1, Ordering::SeqCst);
+    slots.freed.notify_one();
+}
+
 /// Jobs shorter than this on average may be fetched ahead of free slots (`prefetch`); longer
 /// ones are fetched one free slot at a time, so they spread over every process as with Sidekiq.
 const PREFETCH_BELOW_US: u64 = 5_000;
@@ -388,8 +400,6 @@ struct JobPool {
     /// `WorkerOptions::dispatch_ahead`: jobs go to their handler at once, which says when each
     /// starts; `running` is not used (`room` still bounds how many are held).
     dispatch_ahead: bool,
-    /// Resolves when the job fetched last has started: the next job's turn (see `spawn`).
-    turn: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
     slots: Arc<Slots>,
     control: Control,
 }
@@ -397,55 +407,36 @@ struct JobPool {
 impl JobPool {
     /// Runs `unit` in a task of its own. Jobs start in the order they were fetched (the order
     /// of their in-progress list, which recovery relies on to tell which jobs were running):
-    /// each task waits for the one fetched before it to have started (or handed its job to a
-    /// handler's own threads) before it does so itself. Tokio would otherwise poll the last
-    /// task spawned first.
+    /// the step that fixes a job's place — queueing for a slot, or handing the job to a
+    /// handler's own threads — is taken here, in fetch order, by polling it once before the
+    /// task is spawned. (Tokio polls the last task spawned first, so left to the tasks the
+    /// order would not hold.)
     fn spawn(&self, tasks: &mut JoinSet<()>, unit: UnitOfWork) {
         self.slots.held.fetch_add(1, Ordering::SeqCst);
-        let processor = self.processor.clone();
+        let unit = Arc::new(unit);
         let ack_tx = self.ack_tx.clone();
         let busy = self.busy.clone();
-        let running = self.running.clone();
         let slots = self.slots.clone();
         let control = self.control.clone();
-        let dispatch_ahead = self.dispatch_ahead;
-        let (my_turn_done, next_turn) = oneshot::channel::<()>();
-        let previous = self
-            .turn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(next_turn);
-        tasks.spawn(async move {
-            let unit = Arc::new(unit);
-            // The job fetched before this one has started (or gave up its turn by ending).
-            let turn = tokio::select! {
-                biased;
-                // A job fetched ahead that has not started goes back when the process quiets.
-                _ = control.quieted() => false,
-                _ = async {
-                    if let Some(previous) = previous {
-                        let _ = previous.await;
-                    }
-                } => true,
+        let processor = self.processor.clone();
+        let mut first_poll = Context::from_waker(Waker::noop());
+        if self.dispatch_ahead {
+            // Busy and timed from the moment a handler thread takes the job.
+            let begun = Arc::new(std::sync::Mutex::new(None));
+            let started = {
+                let (busy, unit, begun) = (busy.clone(), unit.clone(), begun.clone());
+                Started::new(move || {
+                    let tid = busy.start(unit);
+                    *begun.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((tid, std::time::Instant::now()));
+                })
             };
-            let action = if !turn {
-                Action::Requeue
-            } else if dispatch_ahead {
-                // Busy and timed from the moment a handler thread takes the job.
-                let begun = Arc::new(std::sync::Mutex::new(None));
-                let started = {
-                    let (busy, unit, begun) = (busy.clone(), unit.clone(), begun.clone());
-                    Started::new(move || {
-                        let tid = busy.start(unit);
-                        *begun.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some((tid, std::time::Instant::now()));
-                    })
-                };
-                let mut run = Box::pin(processor.process(&unit, started));
-                // The first poll hands the job over (or queues for a slot): then it is the
-                // next job's turn.
-                let first = std::future::poll_fn(|cx| Poll::Ready(run.as_mut().poll(cx))).await;
-                drop(my_turn_done);
+            let mut run = {
+                let unit = unit.clone();
+                Box::pin(async move { processor.process(&unit, started).await })
+            };
+            let first = run.as_mut().poll(&mut first_poll);
+            tasks.spawn(async move {
                 let action = match first {
                     Poll::Ready(action) => action,
                     Poll::Pending => run.await,
@@ -455,15 +446,22 @@ impl JobPool {
                     busy.finish(tid);
                     slots.record(at.elapsed());
                 }
-                action
-            } else {
-                let permit = tokio::select! {
-                    biased;
-                    _ = control.quieted() => None,
-                    permit = running.acquire_owned() => permit.ok(),
+                finish(unit, action, &ack_tx, &slots);
+            });
+        } else {
+            let mut permit = Box::pin(self.running.clone().acquire_owned());
+            let first = permit.as_mut().poll(&mut first_poll);
+            tasks.spawn(async move {
+                let permit = match first {
+                    Poll::Ready(permit) => permit.ok(),
+                    Poll::Pending => tokio::select! {
+                        biased;
+                        // A job fetched ahead that has not started goes back when the process quiets.
+                        _ = control.quieted() => None,
+                        permit = &mut permit => permit.ok(),
+                    },
                 };
-                drop(my_turn_done);
-                match permit {
+                let action = match permit {
                     None => Action::Requeue,
                     Some(_permit) => {
                         let tid = busy.start(unit.clone());
@@ -473,13 +471,10 @@ impl JobPool {
                         slots.record(at.elapsed());
                         action
                     }
-                }
-            };
-            let unit = Arc::try_unwrap(unit).unwrap_or_else(|shared| UnitOfWork::clone(&shared));
-            let _ = ack_tx.send(Completion { unit, action });
-            slots.held.fetch_sub(1, Ordering::SeqCst);
-            slots.freed.notify_one();
-        });
+                };
+                finish(unit, action, &ack_tx, &slots);
+            });
+        }
     }
 
     /// How many more jobs may be taken now.
