@@ -169,17 +169,19 @@ module Rustq
     def run_jobs_until_stopped
       while (job = next_job)
         reply, queue, json, outlook = job
+        reported = false
         begin
           @busy_lock.synchronize { @busy[Thread.current] = reply }
           answer = Thread.handle_interrupt(JobTimeout => :immediate) { @processor.process(json, queue, outlook) }
           report(reply, answer)
+          reported = true
         ensure
           @busy_lock.synchronize { @busy.delete(Thread.current) }
           # Thread#kill or Thread.exit inside the job: fail it now rather than leave the engine
-          # waiting for it until shutdown (a no-op when it was answered, or at shutdown).
-          reply.complete("error_class" => "Rustq::JobAbandoned", "message" => "the job's Ruby thread was killed")
+          # waiting for it until shutdown.
+          reply.complete("error_class" => "Rustq::JobAbandoned", "message" => "the job's Ruby thread was killed") unless reported
         end
-        discard_late_timeout
+        discard_late_timeout if Thread.pending_interrupt?
       end
     end
 

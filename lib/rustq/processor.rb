@@ -65,6 +65,8 @@ module Rustq
 
     def initialize(logger: Rustq.logger)
       @logger = logger
+      app = defined?(::Rails) && ::Rails.respond_to?(:application) && ::Rails.application
+      @reloader = app.reloader if app.respond_to?(:reloader)
     end
 
     # Runs the job in `json` (fetched from `queue`); `outlook` is what the engine will do with a
@@ -87,8 +89,7 @@ module Rustq
     # Like Sidekiq: each job inside the Rails reloader (which wraps the executor), so code
     # reloads between jobs in development and database connections go back to the pool.
     def within_app(&block)
-      app = defined?(::Rails) && ::Rails.respond_to?(:application) && ::Rails.application
-      app.respond_to?(:reloader) ? app.reloader.wrap(&block) : yield
+      @reloader ? @reloader.wrap(&block) : yield
     end
 
     def failure(payload, klass, error, outlook, queue)
