@@ -14,16 +14,7 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_handlers_keep_to_the_concurrency_when_jobs_are_dispatched_ahead() {
     const JOBS: usize = 40;
-    let redis = RedisServer::start();
-    let client = Client::connect(&RedisConfig::new(redis.url()))
-        .await
-        .unwrap();
-    let args: Vec<_> = (0..JOBS).map(|i| json!([i])).collect();
-    let item = json!({"class": "ShortJob", "args": args});
-    client
-        .push_bulk(item.as_object().unwrap().clone())
-        .await
-        .unwrap();
+    let redis = redis_with_jobs("ShortJob", JOBS).await;
 
     let running = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
@@ -44,32 +35,11 @@ async fn rust_handlers_keep_to_the_concurrency_when_jobs_are_dispatched_ahead() 
             }
         });
     }
-    let options = WorkerOptions {
-        redis: RedisConfig::new(redis.url()),
-        concurrency: 3,
-        queues: vec![QueueWeight {
-            name: "default".into(),
-            weight: 0,
-        }],
-        dispatch_ahead: true,
-        ..WorkerOptions::default()
-    };
-    let worker = Worker::new(options, registry);
-    let control = worker.control();
-    let run = tokio::spawn(worker.run());
-
-    let finished = {
+    let finished = run_until(&redis, 3, true, registry, {
         let done = done.clone();
-        tokio::task::spawn_blocking(move || {
-            wait_until(Duration::from_secs(30), || {
-                done.load(Ordering::SeqCst) == JOBS
-            })
-        })
-        .await
-        .unwrap()
-    };
-    control.stop();
-    run.await.unwrap().unwrap();
+        move || done.load(Ordering::SeqCst) == JOBS
+    })
+    .await;
 
     assert!(finished, "ran {} of {JOBS}", done.load(Ordering::SeqCst));
     assert_eq!(most.load(Ordering::SeqCst), 3, "most jobs running at once");
@@ -80,16 +50,7 @@ async fn rust_handlers_keep_to_the_concurrency_when_jobs_are_dispatched_ahead() 
 async fn jobs_start_in_the_order_they_were_fetched() {
     const JOBS: usize = 30;
     for dispatch_ahead in [false, true] {
-        let redis = RedisServer::start();
-        let client = Client::connect(&RedisConfig::new(redis.url()))
-            .await
-            .unwrap();
-        let args: Vec<_> = (0..JOBS).map(|i| json!([i])).collect();
-        let item = json!({"class": "OrderedJob", "args": args});
-        client
-            .push_bulk(item.as_object().unwrap().clone())
-            .await
-            .unwrap();
+        let redis = redis_with_jobs("OrderedJob", JOBS).await;
 
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut registry = Registry::new();
@@ -100,31 +61,11 @@ async fn jobs_start_in_the_order_they_were_fetched() {
                 async { Ok(()) }
             });
         }
-        let options = WorkerOptions {
-            redis: RedisConfig::new(redis.url()),
-            concurrency: 1,
-            queues: vec![QueueWeight {
-                name: "default".into(),
-                weight: 0,
-            }],
-            dispatch_ahead,
-            ..WorkerOptions::default()
-        };
-        let worker = Worker::new(options, registry);
-        let control = worker.control();
-        let run = tokio::spawn(worker.run());
-        let finished = {
+        let finished = run_until(&redis, 1, dispatch_ahead, registry, {
             let order = order.clone();
-            tokio::task::spawn_blocking(move || {
-                wait_until(Duration::from_secs(30), || {
-                    order.lock().unwrap().len() == JOBS
-                })
-            })
-            .await
-            .unwrap()
-        };
-        control.stop();
-        run.await.unwrap().unwrap();
+            move || order.lock().unwrap().len() == JOBS
+        })
+        .await;
 
         assert!(finished, "dispatch_ahead {dispatch_ahead}");
         let expected: Vec<u64> = (0..JOBS as u64).collect();
@@ -134,4 +75,49 @@ async fn jobs_start_in_the_order_they_were_fetched() {
             "dispatch_ahead {dispatch_ahead}"
         );
     }
+}
+
+/// A private Redis holding `count` jobs of `class`, with args `[0]`, `[1]`, … in push order.
+async fn redis_with_jobs(class: &str, count: usize) -> RedisServer {
+    let redis = RedisServer::start();
+    let client = Client::connect(&RedisConfig::new(redis.url()))
+        .await
+        .unwrap();
+    let args: Vec<_> = (0..count).map(|i| json!([i])).collect();
+    let item = json!({"class": class, "args": args});
+    client
+        .push_bulk(item.as_object().unwrap().clone())
+        .await
+        .unwrap();
+    redis
+}
+
+/// Runs a worker on the default queue until `done` holds (30 s at most), then stops it;
+/// whether `done` held.
+async fn run_until(
+    redis: &RedisServer,
+    concurrency: usize,
+    dispatch_ahead: bool,
+    registry: Registry,
+    done: impl Fn() -> bool + Send + 'static,
+) -> bool {
+    let options = WorkerOptions {
+        redis: RedisConfig::new(redis.url()),
+        concurrency,
+        queues: vec![QueueWeight {
+            name: "default".into(),
+            weight: 0,
+        }],
+        dispatch_ahead,
+        ..WorkerOptions::default()
+    };
+    let worker = Worker::new(options, registry);
+    let control = worker.control();
+    let run = tokio::spawn(worker.run());
+    let finished = tokio::task::spawn_blocking(move || wait_until(Duration::from_secs(30), done))
+        .await
+        .unwrap();
+    control.stop();
+    run.await.unwrap().unwrap();
+    finished
 }
