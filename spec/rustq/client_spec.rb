@@ -77,6 +77,34 @@ RSpec.describe Rustq::Client do
     it "returns [] for no jobs" do
       expect(described_class.push_bulk("class" => "A", "args" => [])).to eq([])
     end
+
+    it "writes every job's arguments exactly as Ruby's JSON does" do
+      latin1 = "caf\xE9".dup.force_encoding(Encoding::ISO_8859_1)
+      all_args = [
+        [12_345_678_901_234_567_890, -12_345_678_901_234_567_890, -0.0001, 1.0e20, 2.5e-7, 1_700_000_000.5],
+        ["é ☃ 😀", "quote \" \\ \u0001 \n", latin1, "", nil, true, false],
+        [{"a" => [1, {"b" => [[], {}]}], "ü" => {"x" => nil}}, [[[-1]]]],
+        []
+      ]
+      jids = described_class.push_bulk("class" => "A", "args" => all_args)
+
+      raws = redis.lrange("queue:default", 0, -1).reverse
+      expect(raws.size).to eq(4)
+      raws.zip(all_args, jids).each do |raw, args, jid|
+        expected = JSON.generate(args.map { |a| a.is_a?(String) ? a.encode(Encoding::UTF_8) : a })
+        expect(raw).to include(%("args":#{expected},"jid":"#{jid}"))
+        expect(JSON.parse(raw)["args"]).to eq(JSON.parse(expected))
+      end
+    end
+
+    it "returns jids that are ordinary, independent Strings" do
+      jids = described_class.push_bulk("class" => "A", "args" => [[1], [2]])
+
+      expect(jids).to all(be_an_instance_of(String))
+      expect(jids.map(&:encoding).uniq).to eq([Encoding::UTF_8])
+      jids.first << "!"
+      expect(jids.last).to match(/\A\h{24}\z/)
+    end
   end
 
   describe "bad pushes" do
@@ -129,6 +157,24 @@ RSpec.describe Rustq::Client do
       expect(refused({"class" => "A", "args" => [[1], [2]], "at" => [1]}, true)).to eq("Job 'at' Array must have same size as 'args' Array")
       expect(refused({"class" => "A", "args" => [[1]], "at" => "x"}, true)).to eq("Job 'at' must be a Numeric or an Array of Numeric timestamps")
       expect(refused({"class" => "A", "args" => [[1], [:two]]}, true)).to include(":two is a Symbol")
+    end
+
+    it "refuses a bulk push whose last job has a bad argument, writing none of the jobs" do
+      all_args = Array.new(25_000) { |i| [i, {"n" => i.to_s}] }
+      all_args[-1] = [1, {"n" => :oops}]
+
+      message = refused({"class" => "HardJob", "args" => all_args}, true)
+      expect(message).to eq("Job arguments to HardJob #{native_json} :oops is a Symbol.\nSee https://github.com/sidekiq/sidekiq/wiki/Best-Practices")
+    end
+
+    it "refuses the same bad arguments in a bulk push as in a single push" do
+      [[:sym], [{a: 1}], [Float::NAN], [[1, [Float::INFINITY]]], [Time.at(0).utc], [{"ok" => {"deep" => :no}}]].each do |args|
+        single = refused("class" => "HardJob", "args" => args)
+        expect(refused({"class" => "HardJob", "args" => [[1], args]}, true)).to eq(single)
+      end
+      loop_args = []
+      loop_args << loop_args
+      expect(refused({"class" => "A", "args" => [loop_args]}, true)).to include("nest deeper than 100")
     end
 
     it "refuses self-containing arguments instead of recursing forever" do

@@ -69,13 +69,67 @@ pub struct PreparedPush {
     queue: String,
     /// The normalised job; for a bulk push, every job's fields but its `args` and `jid`.
     template: Job,
-    /// One per job: its `args` (bulk pushes only) and its `at`.
+    /// A bulk push's arguments, one JSON array per job.
+    args: BulkArgs,
+    /// One per job: when it is scheduled.
     entries: Vec<Entry>,
 }
 
 struct Entry {
-    args: Option<Value>,
     at: Option<f64>,
+}
+
+/// The arguments of a bulk push's jobs, each already written as a JSON array, back to back in
+/// one buffer (no allocation per job). The Ruby extension writes Ruby arrays straight into it.
+#[derive(Default)]
+pub struct BulkArgs {
+    json: Vec<u8>,
+    /// Where each job's arguments end in `json`.
+    ends: Vec<usize>,
+}
+
+impl BulkArgs {
+    pub fn with_capacity(jobs: usize) -> BulkArgs {
+        BulkArgs {
+            json: Vec::with_capacity(jobs * 16),
+            ends: Vec::with_capacity(jobs),
+        }
+    }
+
+    /// Adds a job whose arguments are `args` (a JSON array).
+    pub fn push_value(&mut self, args: &Value) {
+        serde_json::to_writer(&mut self.json, args).expect("a JSON value serializes");
+        self.end_job();
+    }
+
+    /// The buffer to write the next job's arguments into: one JSON array, then [`end_job`].
+    ///
+    /// [`end_job`]: BulkArgs::end_job
+    pub fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.json
+    }
+
+    /// Ends the job whose arguments were written into [`BulkArgs::buffer`].
+    pub fn end_job(&mut self) {
+        self.ends.push(self.json.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Job `index`'s arguments as JSON.
+    fn get(&self, index: usize) -> &[u8] {
+        let start = match index {
+            0 => 0,
+            i => self.ends[i - 1],
+        };
+        &self.json[start..self.ends[index]]
+    }
 }
 
 /// One normalised job of a [`PreparedPush`].
@@ -106,15 +160,22 @@ impl PreparedPush {
         self.entries
             .iter()
             .zip(&self.jids)
-            .map(|(entry, jid)| {
+            .enumerate()
+            .map(|(index, (entry, jid))| {
                 let mut job = self.template.clone();
-                if let Some(args) = &entry.args {
-                    job.set("args", args.clone());
+                if self.is_bulk() {
+                    let args = serde_json::from_slice(self.args.get(index))
+                        .expect("bulk arguments are written as valid JSON");
+                    job.set("args", Value::Array(args));
                     job.set("jid", jid.as_str());
                 }
                 PreparedJob { job, at: entry.at }
             })
             .collect()
+    }
+
+    fn is_bulk(&self) -> bool {
+        !self.args.is_empty()
     }
 
     /// The queue every job of this push goes to.
@@ -127,7 +188,7 @@ impl PreparedPush {
     /// bytes are exactly `Job::to_json` of the job with `enqueued_at` set (in place if the
     /// template has one, else last, as Ruby's `Hash#[]=` would put it).
     fn pieces(&self, immediate: bool) -> Vec<Piece> {
-        let bulk = self.entries.first().is_some_and(|e| e.args.is_some());
+        let bulk = self.is_bulk();
         let mut pieces = Vec::new();
         let mut text = String::from("{");
         let mut has_enqueued_at = false;
@@ -168,15 +229,11 @@ impl PreparedPush {
         pieces
     }
 
-    fn render(pieces: &[Piece], entry: &Entry, jid: &str, enqueued_at: &str, out: &mut Vec<u8>) {
+    fn render(pieces: &[Piece], args: &[u8], jid: &str, enqueued_at: &str, out: &mut Vec<u8>) {
         for piece in pieces {
             match piece {
                 Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
-                Piece::Args => {
-                    if let Some(args) = &entry.args {
-                        serde_json::to_writer(&mut *out, args).expect("a JSON value serializes");
-                    }
-                }
+                Piece::Args => out.extend_from_slice(args),
                 Piece::Jid => {
                     out.push(b'"');
                     out.extend_from_slice(jid.as_bytes());
@@ -243,16 +300,19 @@ impl Renderer<'_> {
             let mut zadd = redis::cmd("ZADD");
             zadd.arg(keys::SCHEDULE);
             let (mut immediate, mut scheduled) = (0, 0);
-            for (entry, jid) in push.entries[self.done..end]
-                .iter()
-                .zip(&push.jids[self.done..end])
-            {
+            for index in self.done..end {
+                let (entry, jid) = (&push.entries[index], &push.jids[index]);
+                let args = if push.is_bulk() {
+                    push.args.get(index)
+                } else {
+                    &[]
+                };
                 self.json.clear();
                 match entry.at {
                     Some(at) => {
                         PreparedPush::render(
                             &self.scheduled_pieces,
-                            entry,
+                            args,
                             jid,
                             &self.enqueued_at,
                             &mut self.json,
@@ -263,7 +323,7 @@ impl Renderer<'_> {
                     None => {
                         PreparedPush::render(
                             &self.immediate_pieces,
-                            entry,
+                            args,
                             jid,
                             &self.enqueued_at,
                             &mut self.json,
@@ -436,33 +496,51 @@ impl ClientOptions {
             jids: vec![jid],
             queue,
             template: job,
-            entries: vec![Entry { args: None, at }],
+            args: BulkArgs::default(),
+            entries: vec![Entry { at }],
         })
     }
 
     /// Validates and normalises a bulk push: `args` is an Array of Arrays, one per job, and
     /// `at`, if given, one timestamp or one per job. Touches no network.
     pub fn prepare_bulk(&self, mut items: Fields) -> Result<PreparedPush, JobError> {
-        // Take the jobs' args out, leaving `[]` in place: the template cloned per job below must
-        // not carry every job's arguments (that made bulk pushes quadratic).
+        // Take the jobs' args out, leaving `[]` in place: the template must not carry every
+        // job's arguments.
         let all_args: Vec<Value> = match items.get_mut("args") {
             Some(Value::Array(list)) if list.iter().all(Value::is_array) => std::mem::take(list),
             _ => return Err(JobError::BulkArgs),
         };
-        if all_args.is_empty() {
+        let mut args = BulkArgs::with_capacity(all_args.len());
+        for job_args in &all_args {
+            args.push_value(job_args);
+        }
+        self.prepare_bulk_rendered(items, args)
+    }
+
+    /// [`ClientOptions::prepare_bulk`] for arguments already written as JSON: `items` holds
+    /// every key but the jobs' arguments, with `"args": []` in the place `args` had.
+    pub fn prepare_bulk_rendered(
+        &self,
+        mut items: Fields,
+        args: BulkArgs,
+    ) -> Result<PreparedPush, JobError> {
+        if !matches!(items.get("args"), Some(Value::Array(list)) if list.is_empty()) {
+            return Err(JobError::BulkArgs);
+        }
+        if args.is_empty() {
             return Ok(PreparedPush {
                 jids: Vec::new(),
                 queue: String::new(),
                 template: Job::from_fields(Fields::new()),
+                args,
                 entries: Vec::new(),
             });
         }
+        let count = args.len();
         let at = items.shift_remove("at");
         let at: Option<Vec<f64>> = match at {
             None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => {
-                Some(vec![n.as_f64().ok_or(JobError::BulkAt)?; all_args.len()])
-            }
+            Some(Value::Number(n)) => Some(vec![n.as_f64().ok_or(JobError::BulkAt)?; count]),
             Some(Value::Array(list)) => {
                 let times = list
                     .iter()
@@ -470,7 +548,7 @@ impl ClientOptions {
                     .collect::<Option<Vec<f64>>>()
                     .filter(|t| !t.is_empty())
                     .ok_or(JobError::BulkAt)?;
-                if times.len() != all_args.len() {
+                if times.len() != count {
                     return Err(JobError::BulkAtSize);
                 }
                 Some(times)
@@ -480,19 +558,16 @@ impl ClientOptions {
         validate(&items)?;
         let template = self.normalize(items)?;
         let queue = template.queue().unwrap_or_default().to_string();
-        let jids = generate_jids(all_args.len());
-        let entries = all_args
-            .into_iter()
-            .enumerate()
-            .map(|(index, args)| Entry {
-                args: Some(args),
-                at: at.as_ref().map(|times| times[index]),
-            })
-            .collect();
+        let jids = generate_jids(count);
+        let entries = match at {
+            Some(times) => times.into_iter().map(|at| Entry { at: Some(at) }).collect(),
+            None => (0..count).map(|_| Entry { at: None }).collect(),
+        };
         Ok(PreparedPush {
             jids,
             queue,
             template,
+            args,
             entries,
         })
     }
@@ -657,6 +732,42 @@ mod tests {
         let mut job = single.jobs().remove(0).job;
         job.set_time("enqueued_at", 1.5, WireVersion::V8);
         assert!(packed.contains(&job.to_json()), "{packed}");
+    }
+
+    #[test]
+    fn arguments_written_as_json_make_the_same_jobs_as_values() {
+        let options = ClientOptions {
+            clock: Clock::fixed(1_700_000_000.5),
+            ..ClientOptions::default()
+        };
+        let item = json!({"class": "A", "args": [[1, "x"], [{"k": [null, 2.5]}]], "at": [1_800_000_000.5, 1_800_000_001.0], "tags": ["t"]});
+        let from_values = options.prepare_bulk(fields(item.clone())).unwrap();
+        let mut args = BulkArgs::default();
+        args.buffer().extend_from_slice(br#"[1,"x"]"#);
+        args.end_job();
+        args.buffer().extend_from_slice(br#"[{"k":[null,2.5]}]"#);
+        args.end_job();
+        let mut rest = fields(item);
+        rest.insert("args".into(), json!([]));
+        let rendered = options.prepare_bulk_rendered(rest, args).unwrap();
+        let without_jid = |push: &PreparedPush| {
+            push.jobs()
+                .into_iter()
+                .map(|mut prepared| {
+                    prepared.job.remove("jid");
+                    (prepared.job.to_json(), prepared.at)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(without_jid(&rendered), without_jid(&from_values));
+        assert_eq!(rendered.jids.len(), 2);
+
+        // The arguments must have been taken out, leaving `[]` in their place.
+        let still_there = options.prepare_bulk_rendered(
+            fields(json!({"class": "A", "args": [[1]]})),
+            BulkArgs::default(),
+        );
+        assert!(matches!(still_there, Err(JobError::BulkArgs)));
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod error;
 pub mod job;
 pub mod wire;
 
-pub use client::{Client, ClientOptions, Clock, PreparedJob, PreparedPush};
+pub use client::{BulkArgs, Client, ClientOptions, Clock, PreparedJob, PreparedPush};
 pub use config::RedisConfig;
 pub use error::{Error, JobError, PayloadError, Result};
 pub use job::{generate_jid, Fields, Job, Retry};

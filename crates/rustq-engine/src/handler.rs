@@ -88,6 +88,11 @@ impl JobContext {
         self.started.signal();
     }
 
+    /// The same signal as [`JobContext::started`], to give to the thread that will run the job.
+    pub fn start_signal(&self) -> Started {
+        self.started.clone()
+    }
+
     pub fn jid(&self) -> &str {
         self.job.jid().unwrap_or_default()
     }

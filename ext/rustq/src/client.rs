@@ -23,11 +23,16 @@ pub struct Settings {
     pub options: ClientOptions,
 }
 
-/// What this process has built: the runtime the worker engine runs on.
+/// What this process has built: the runtime the worker engine runs on, and a connection on it.
 struct Process {
     pid: u32,
     runtime: Arc<Runtime>,
+    shared: SharedClient,
 }
+
+/// A connection driven by the shared runtime, for writes that run while the calling Ruby thread
+/// goes on (see [`Session::spawn`]); rebuilt when the settings change.
+type SharedClient = Arc<tokio::sync::Mutex<Option<(Arc<Settings>, Client)>>>;
 
 struct State {
     settings: Arc<Settings>,
@@ -123,6 +128,7 @@ fn duration(ruby: &Ruby, name: &str, secs: Value) -> Result<Duration, Error> {
 /// The runtime and settings for one call, taken from the shared state under the GVL.
 pub struct Session {
     runtime: Arc<Runtime>,
+    shared: SharedClient,
     pub settings: Arc<Settings>,
 }
 
@@ -152,11 +158,13 @@ pub fn session(ruby: &Ruby) -> Result<Session, Error> {
         state.process = Some(Process {
             pid,
             runtime: Arc::new(runtime),
+            shared: SharedClient::default(),
         });
     }
     let process = state.process.as_ref().expect("built above");
     Ok(Session {
         runtime: process.runtime.clone(),
+        shared: process.shared.clone(),
         settings: state.settings.clone(),
     })
 }
@@ -165,6 +173,71 @@ impl Session {
     /// The runtime, for work that outlives one call (the worker engine).
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.clone()
+    }
+
+    /// Starts `work` on the shared runtime with the process's shared client (connecting on first
+    /// use), and returns at once: the calling thread keeps the GVL and goes on (building what it
+    /// returns to Ruby) while Redis is written. [`Session::wait`] waits for the outcome.
+    pub fn spawn<F, Fut, T>(&self, work: F) -> tokio::task::JoinHandle<rustq_core::Result<T>>
+    where
+        F: FnOnce(Client) -> Fut + Send + 'static,
+        Fut: Future<Output = rustq_core::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let shared = self.shared.clone();
+        let settings = self.settings.clone();
+        self.runtime.spawn(async move {
+            let client = {
+                let mut slot = shared.lock().await;
+                match &*slot {
+                    Some((built_with, client)) if Arc::ptr_eq(built_with, &settings) => {
+                        client.clone()
+                    }
+                    _ => {
+                        let client =
+                            Client::connect_with(&settings.redis, settings.options.clone()).await?;
+                        *slot = Some((settings, client.clone()));
+                        client
+                    }
+                }
+            };
+            work(client).await
+        })
+    }
+
+    /// Waits, with the GVL released, for what [`Session::spawn`] started. An interrupt of the
+    /// Ruby thread stops waiting and cancels the work.
+    pub fn wait<T: Send + 'static>(
+        &self,
+        ruby: &Ruby,
+        mut task: tokio::task::JoinHandle<rustq_core::Result<T>>,
+    ) -> Result<T, Error> {
+        let cancel = Notify::new();
+        let outcome = gvl::without_gvl(
+            ruby,
+            || {
+                self.runtime.block_on(async {
+                    tokio::select! {
+                        biased;
+                        () = cancel.notified() => {
+                            task.abort();
+                            None
+                        }
+                        joined = &mut task => Some(joined),
+                    }
+                })
+            },
+            || cancel.notify_one(),
+        )?;
+        match outcome {
+            Some(Ok(Ok(value))) => Ok(value),
+            Some(Ok(Err(e))) => Err(errors::from_core(ruby, e)),
+            Some(Err(e)) => Err(errors::internal(
+                ruby,
+                &format!("rustq's write failed: {e}"),
+            )),
+            None => Err(errors::interrupted(ruby)),
+        }
     }
 
     /// Runs `work` with this thread's client (connecting on first use) with the GVL released.

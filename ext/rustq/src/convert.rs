@@ -13,7 +13,7 @@ use magnus::{
     prelude::*, r_hash::ForEach, Error, Float, Integer, RArray, RClass, RHash, RString, Ruby,
     Symbol, Value,
 };
-use rustq_core::{wire, Fields, JobError};
+use rustq_core::{wire, BulkArgs, Fields, JobError};
 use serde_json::Value as Json;
 
 use crate::errors;
@@ -29,12 +29,16 @@ const MAX_NESTING: usize = 100;
 pub struct JobItem {
     pub fields: Fields,
     pub bad_args: Option<String>,
+    /// A bulk push's arguments written straight to JSON, when `args` is an Array of Arrays;
+    /// `fields` then holds `"args": []` in their place.
+    pub bulk_args: Option<BulkArgs>,
 }
 
 /// Converts a push hash (`push`/`push_bulk`): String or Symbol keys (others by `to_s`, as
 /// Sidekiq's `transform_keys(&:to_s)`), `class`/`wrapped` as a Class or a String, `args`
-/// strictly, `at` as any Numeric.
-pub fn job_item(ruby: &Ruby, item: RHash) -> Result<JobItem, Error> {
+/// strictly, `at` as any Numeric. For a bulk push (`bulk`) whose `args` is an Array of Arrays,
+/// each job's arguments are written straight to JSON (see [`JobItem::bulk_args`]).
+pub fn job_item(ruby: &Ruby, item: RHash, bulk: bool) -> Result<JobItem, Error> {
     let mut pairs = Vec::with_capacity(item.len());
     for (key, value) in hash_pairs(item)? {
         pairs.push((key_string(ruby, key)?, value));
@@ -48,8 +52,26 @@ pub fn job_item(ruby: &Ruby, item: RHash) -> Result<JobItem, Error> {
 
     let mut fields = Fields::new();
     let mut bad_args = None;
+    let mut bulk_args = None;
     for (key, value) in pairs {
         let json = match key.as_str() {
+            "args" if bulk && array_of_arrays(value) => {
+                let list = RArray::from_value(value).expect("checked above");
+                let mut writer = StrictWriter {
+                    strict: Strict {
+                        class_name: &message_class,
+                        bad: None,
+                    },
+                    args: BulkArgs::with_capacity(list.len()),
+                };
+                for job_args in list.into_iter() {
+                    writer.write(ruby, job_args, 1)?;
+                    writer.args.end_job();
+                }
+                bad_args = bad_args.or(writer.strict.bad);
+                bulk_args = Some(writer.args);
+                Json::Array(Vec::new())
+            }
             "class" | "wrapped" => match class_name(ruby, value) {
                 Some(name) => Json::String(name),
                 // Neither a named Class nor a String: the core refuses it with Sidekiq's message.
@@ -69,7 +91,19 @@ pub fn job_item(ruby: &Ruby, item: RHash) -> Result<JobItem, Error> {
         };
         fields.insert(key, json);
     }
-    Ok(JobItem { fields, bad_args })
+    Ok(JobItem {
+        fields,
+        bad_args,
+        bulk_args,
+    })
+}
+
+/// Sidekiq's `args.is_a?(Array) && args.all?(Array)`.
+fn array_of_arrays(value: Value) -> bool {
+    RArray::from_value(value).is_some_and(|list| {
+        list.into_iter()
+            .all(|entry| RArray::from_value(entry).is_some())
+    })
 }
 
 /// Converts an options hash (`default_job_options`): keys stringified, values leniently.
@@ -247,6 +281,94 @@ impl Strict<'_> {
             }
         }
         Ok(self.refuse(value))
+    }
+}
+
+/// [`Strict`], writing JSON bytes instead of building values: the same checks, and the same
+/// bytes `serde_json` writes for the values [`Strict::convert`] would build.
+struct StrictWriter<'a> {
+    strict: Strict<'a>,
+    args: BulkArgs,
+}
+
+impl StrictWriter<'_> {
+    fn json(&mut self, value: &impl serde::Serialize) {
+        serde_json::to_writer(self.args.buffer(), value).expect("a JSON value serializes");
+    }
+
+    fn write(&mut self, ruby: &Ruby, value: Value, depth: usize) -> Result<(), Error> {
+        if let Some(json) = literal(ruby, value, depth)? {
+            self.json(&json);
+            return Ok(());
+        }
+        if is(value, ruby.class_integer()) {
+            if let Some(int) = Integer::from_value(value) {
+                match int.to_i64() {
+                    Ok(i) => self.json(&i),
+                    Err(_) => self.json(&integer(int)?),
+                }
+                return Ok(());
+            }
+        }
+        if is(value, ruby.class_float()) {
+            if let Some(f) = Float::from_value(value) {
+                let json = finite_float(f.to_f64()).unwrap_or_else(|| self.strict.refuse(value));
+                self.json(&json);
+                return Ok(());
+            }
+        }
+        if is(value, ruby.class_string()) {
+            if let Some(s) = RString::from_value(value) {
+                // SAFETY: the str is written out before any Ruby code can run.
+                match unsafe { s.test_as_str() } {
+                    Some(text) => self.json(&text),
+                    None => self.json(&utf8(ruby, s)?),
+                }
+                return Ok(());
+            }
+        }
+        if is(value, ruby.class_array()) {
+            if let Some(list) = RArray::from_value(value) {
+                self.args.buffer().push(b'[');
+                for (i, entry) in list.into_iter().enumerate() {
+                    if i > 0 {
+                        self.args.buffer().push(b',');
+                    }
+                    self.write(ruby, entry, depth + 1)?;
+                }
+                self.args.buffer().push(b']');
+                return Ok(());
+            }
+        }
+        if is(value, ruby.class_hash()) {
+            if let Some(hash) = RHash::from_value(value) {
+                self.args.buffer().push(b'{');
+                let mut first = true;
+                for (key, entry) in hash_pairs(hash)? {
+                    // As in Strict::convert: a key that is not a String is refused and left out.
+                    let Some(key) = RString::from_value(key) else {
+                        self.strict.refuse(key);
+                        continue;
+                    };
+                    if !first {
+                        self.args.buffer().push(b',');
+                    }
+                    first = false;
+                    // SAFETY: as above.
+                    match unsafe { key.test_as_str() } {
+                        Some(text) => self.json(&text),
+                        None => self.json(&utf8(ruby, key)?),
+                    }
+                    self.args.buffer().push(b':');
+                    self.write(ruby, entry, depth + 1)?;
+                }
+                self.args.buffer().push(b'}');
+                return Ok(());
+            }
+        }
+        let json = self.strict.refuse(value);
+        self.json(&json);
+        Ok(())
     }
 }
 

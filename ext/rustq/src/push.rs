@@ -1,7 +1,9 @@
 //! `Rustq::Native.push`, `.push_bulk` and `.prepare`: convert the Ruby hash (GVL held), let
 //! `rustq-core` validate and normalise it (no network), then write it with the GVL released.
 
-use magnus::{Error, RHash, Ruby};
+use std::sync::Arc;
+
+use magnus::{Error, RArray, RHash, Ruby};
 use rustq_core::{wire, Client, PreparedPush};
 
 use crate::client::{self, Session};
@@ -14,12 +16,12 @@ fn prepared(
     item: RHash,
     bulk: bool,
 ) -> Result<PreparedPush, Error> {
-    let item = convert::job_item(ruby, item)?;
+    let item = convert::job_item(ruby, item, bulk)?;
     let options = &session.settings.options;
-    let prepared = if bulk {
-        options.prepare_bulk(item.fields)
-    } else {
-        options.prepare_push(item.fields)
+    let prepared = match item.bulk_args {
+        Some(args) => options.prepare_bulk_rendered(item.fields, args),
+        None if bulk => options.prepare_bulk(item.fields),
+        None => options.prepare_push(item.fields),
     }
     .map_err(|e| errors::invalid_job(ruby, &e))?;
     match item.bad_args {
@@ -51,15 +53,21 @@ pub fn push(ruby: &Ruby, item: RHash) -> Result<String, Error> {
     Ok(prepared.jids.remove(0))
 }
 
-/// `push_bulk(items) → [jid, …]`
-pub fn push_bulk(ruby: &Ruby, items: RHash) -> Result<Vec<String>, Error> {
+/// `push_bulk(items) → [jid, …]`. Redis is written on rustq's runtime while this thread builds
+/// the Array of jids (100,000 Ruby Strings take about as long as Redis takes to store the jobs).
+pub fn push_bulk(ruby: &Ruby, items: RHash) -> Result<RArray, Error> {
     let session = client::session(ruby)?;
-    let prepared = prepared(ruby, &session, items, true)?;
+    let prepared = Arc::new(prepared(ruby, &session, items, true)?);
     if prepared.is_empty() {
-        return Ok(Vec::new());
+        return Ok(ruby.ary_new());
     }
-    session.run(ruby, |client| write(client, &prepared))?;
-    Ok(prepared.jids)
+    let written = {
+        let prepared = prepared.clone();
+        session.spawn(move |client| async move { write(client, &prepared).await })
+    };
+    let jids = ruby.ary_from_iter(prepared.jids.iter().map(|jid| ruby.str_new(jid)));
+    session.wait(ruby, written)?;
+    Ok(jids)
 }
 
 /// `prepare(item, bulk) → [payload_json, …]`: exactly what a push would write, without Redis,

@@ -11,22 +11,30 @@
 //!      └──────────────── oneshot: Ok(()) / Err(Failure) ◀──── Reply#complete ◀───┘
 //! ```
 //!
-//! Ruby threads wait for the channel, and the main thread for the engine, with the GVL released.
+//! Ruby threads wait for the queue, and the main thread for the engine, with the GVL released.
 //! No Ruby value ever reaches a tokio thread: payloads cross as JSON strings, answers as
 //! `Failure`s built under the GVL.
+//!
+//! Only one Ruby thread runs at a time, so the queue wakes idle threads sparingly: a thread
+//! that finishes a job takes the next one without letting go of the GVL, and at most one idle
+//! thread is woken at a time, to take a job should the running one block (on I/O, a sleep). It
+//! takes its job only once it holds the GVL, so a job never waits in a thread that cannot run.
+//! (Waking a thread per job, each to wait for the GVL, cost more than a no-op job itself.)
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, OnceLock};
 use std::time::Duration;
 
 use magnus::{prelude::*, Error, RArray, RHash, RString, Ruby, Symbol, Value};
 use rustq_engine::cli::{self, Parsed};
 use rustq_engine::job_retry::{self, Outlook, RetryPolicy};
 use rustq_engine::{
-    Backoff, Control, Failure, FailureKind, JobContext, JobResult, Registry, Worker as Engine,
+    Backoff, Control, Failure, FailureKind, JobContext, JobResult, Registry, Started,
+    Worker as Engine,
 };
 use tokio::runtime::Runtime;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::{client, errors, gvl};
 
@@ -37,7 +45,9 @@ struct Dispatch {
     queue: String,
     outlook: Outlook,
     claim: Arc<AtomicU8>,
-    /// Told when a Ruby thread takes the job: its time limit starts then.
+    /// Marks the job busy (Web UI, heartbeat) from the moment a Ruby thread takes it.
+    started: Started,
+    /// With a time limit: told when a Ruby thread takes the job, since its limit starts then.
     taken: Option<oneshot::Sender<()>>,
     reply: oneshot::Sender<JobResult>,
 }
@@ -57,6 +67,7 @@ impl Dispatch {
         {
             return false;
         }
+        self.started.signal();
         if let Some(taken) = self.taken.take() {
             let _ = taken.send(());
         }
@@ -64,9 +75,143 @@ impl Dispatch {
     }
 }
 
+/// The jobs handed to the Ruby threads, in fetch order.
+#[derive(Default)]
+struct JobQueue {
+    state: Mutex<QueueState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    jobs: VecDeque<Dispatch>,
+    /// The engine has let go of its handler: no more jobs will come.
+    closed: bool,
+    /// Ruby threads waiting for a job, without the GVL.
+    idle: usize,
+    /// Wake-ups granted to idle threads and not yet claimed by one.
+    tokens: usize,
+    /// A thread has been woken and has not yet looked at the queue holding the GVL; while one
+    /// has, no other is woken.
+    waking: bool,
+}
+
+/// How a wait of a Ruby thread ended.
+enum Wait {
+    /// Woken to take a job: it is now this thread's to clear `waking` (see [`JobQueue::next`]).
+    Woken,
+    /// Nothing to wait for: a job came or the engine stopped before the thread went to sleep.
+    Look,
+    /// `Thread#kill`/`#raise` or a signal: back to Ruby at once.
+    Interrupted,
+}
+
+impl JobQueue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // Every change to the state is complete before anything that could panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, dispatch: Dispatch) {
+        let mut state = self.lock();
+        state.jobs.push_back(dispatch);
+        self.wake_one(&mut state);
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_all();
+    }
+
+    /// Wakes an idle thread, unless one is already on its way.
+    fn wake_one(&self, state: &mut QueueState) {
+        if !state.waking && state.idle > state.tokens {
+            state.waking = true;
+            state.tokens += 1;
+            self.wake.notify_one();
+        }
+    }
+
+    /// A thread woken to take a job goes back to Ruby without looking (an interrupt): the
+    /// next idle thread may be woken in its place.
+    fn forgo_wake(&self) {
+        let mut state = self.lock();
+        state.waking = false;
+        if !state.jobs.is_empty() {
+            self.wake_one(&mut state);
+        }
+    }
+
+    /// Holding the GVL: the next job to run, `Err(())` once the engine has stopped, or
+    /// `Ok(None)` when there is none yet (the caller then `wait`s). `woken` says the caller was
+    /// woken to look, which lets the next idle thread be woken.
+    fn next(&self, woken: bool) -> Result<Option<Dispatch>, ()> {
+        loop {
+            let mut state = self.lock();
+            if woken {
+                state.waking = false;
+            }
+            let Some(mut dispatch) = state.jobs.pop_front() else {
+                return if state.closed { Err(()) } else { Ok(None) };
+            };
+            // More jobs wait: have a thread ready to take one should this one block.
+            if !state.jobs.is_empty() {
+                self.wake_one(&mut state);
+            }
+            drop(state);
+            if dispatch.take() {
+                return Ok(Some(dispatch));
+            }
+        }
+    }
+
+    /// Without the GVL: sleeps until woken to look at the queue again, or interrupted.
+    fn wait(&self, interrupted: &AtomicBool) -> Wait {
+        let mut state = self.lock();
+        if !state.jobs.is_empty() || state.closed {
+            return Wait::Look;
+        }
+        state.idle += 1;
+        loop {
+            if interrupted.load(Ordering::Acquire) {
+                state.idle -= 1;
+                // A wake-up granted while this thread was counted idle goes to another.
+                if state.tokens > state.idle {
+                    state.tokens -= 1;
+                    state.waking = false;
+                    if !state.jobs.is_empty() {
+                        self.wake_one(&mut state);
+                    }
+                }
+                return Wait::Interrupted;
+            }
+            if state.tokens > 0 {
+                state.tokens -= 1;
+                state.idle -= 1;
+                return Wait::Woken;
+            }
+            if state.closed {
+                state.idle -= 1;
+                return Wait::Look;
+            }
+            state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// The engine's end of the queue: dropping it (the engine has stopped) ends the Ruby threads'
+/// loops once no job is left.
+struct QueueSender(Arc<JobQueue>);
+
+impl Drop for QueueSender {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// The fallback handler: every job class is resolved and run by Ruby.
 struct RubyHandler {
-    jobs: mpsc::UnboundedSender<Dispatch>,
+    jobs: QueueSender,
     policy: RetryPolicy,
     /// `--job-timeout`, counted from when a Ruby thread takes the job (not while it waits for a
     /// thread still busy with a job that went over its own limit).
@@ -82,29 +227,26 @@ impl rustq_engine::Handler for RubyHandler {
 
     fn perform(&self, ctx: JobContext) -> rustq_engine::handler::BoxFuture<JobResult> {
         let (reply, answer) = oneshot::channel();
-        let (taken, mut taken_rx) = oneshot::channel();
+        let (taken, taken_rx) = match self.time_limit {
+            Some(_) => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let claim = Arc::new(AtomicU8::new(WAITING));
-        let dispatch = Dispatch {
+        self.jobs.0.push(Dispatch {
             payload: ctx.payload_json().into_owned(),
             queue: ctx.queue().to_string(),
             outlook: job_retry::outlook(ctx.job(), None, self.policy, rustq_core::wire::now_secs()),
             claim: claim.clone(),
-            taken: Some(taken),
+            started: ctx.start_signal(),
+            taken,
             reply,
-        };
-        let sent = self.jobs.send(dispatch);
+        });
         let time_limit = self.time_limit;
         let control = self.control.get().cloned();
         Box::pin(async move {
-            let stopped = || {
-                Failure::retry(
-                    "Rustq::WorkerStopped",
-                    "the Ruby threads of this worker are gone",
-                )
-            };
-            if sent.is_err() {
-                return Err(stopped());
-            }
             let quieted = async {
                 match &control {
                     Some(control) => control.quieted().await,
@@ -112,25 +254,8 @@ impl rustq_engine::Handler for RubyHandler {
                 }
             };
             tokio::pin!(quieted);
-            let taken = tokio::select! {
-                biased;
-                taken = &mut taken_rx => taken.is_ok(),
-                () = &mut quieted => {
-                    if claim
-                        .compare_exchange(WAITING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        return Err(Failure::requeue());
-                    }
-                    // A thread has just taken it: wait for it to say so.
-                    (&mut taken_rx).await.is_ok()
-                }
-            };
-            if !taken {
-                return Err(stopped());
-            }
-            ctx.started();
-            // A reply dropped unanswered means the Ruby thread died with the job.
+            // A reply dropped unanswered means the Ruby thread died with the job (or, before it
+            // was taken, that the Ruby threads are gone).
             let answered = async {
                 answer.await.unwrap_or_else(|_| {
                     Err(Failure::retry(
@@ -139,21 +264,55 @@ impl rustq_engine::Handler for RubyHandler {
                     ))
                 })
             };
-            match time_limit {
-                None => answered.await,
-                // Dropping `answer` tells Ruby (Reply#abandoned?) to stop the job's thread.
-                Some(limit) => tokio::time::timeout(limit, answered)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Failure::retry(
-                            "Rustq::TimeoutError",
-                            format!(
-                                "job exceeded its time limit of {:.1} s",
-                                limit.as_secs_f64()
-                            ),
-                        ))
-                    }),
+            tokio::pin!(answered);
+            let withdraw = || {
+                claim
+                    .compare_exchange(WAITING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            };
+            let (Some(limit), Some(mut taken_rx)) = (time_limit, taken_rx) else {
+                // No time limit: only the answer, unless the process quiets before a thread
+                // has taken the job.
+                return tokio::select! {
+                    biased;
+                    result = &mut answered => result,
+                    () = &mut quieted => {
+                        if withdraw() {
+                            return Err(Failure::requeue());
+                        }
+                        answered.await
+                    }
+                };
+            };
+            let taken = tokio::select! {
+                biased;
+                taken = &mut taken_rx => taken.is_ok(),
+                () = &mut quieted => {
+                    if withdraw() {
+                        return Err(Failure::requeue());
+                    }
+                    // A thread has just taken it: wait for it to say so.
+                    (&mut taken_rx).await.is_ok()
+                }
+            };
+            if !taken {
+                return Err(Failure::retry(
+                    "Rustq::WorkerStopped",
+                    "the Ruby threads of this worker are gone",
+                ));
             }
+            // Dropping `answer` tells Ruby (Reply#abandoned?) to stop the job's thread.
+            tokio::time::timeout(limit, answered)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Failure::retry(
+                        "Rustq::TimeoutError",
+                        format!(
+                            "job exceeded its time limit of {:.1} s",
+                            limit.as_secs_f64()
+                        ),
+                    ))
+                })
         })
     }
 }
@@ -172,7 +331,7 @@ pub struct Worker {
     environment: Option<String>,
     /// Taken by `start`.
     pending: Mutex<Option<(Engine, Parsed)>>,
-    jobs: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Dispatch>>>,
+    jobs: Arc<JobQueue>,
     outcome: watch::Receiver<Outcome>,
     finish: Mutex<Option<watch::Sender<Outcome>>>,
 }
@@ -199,10 +358,10 @@ impl Worker {
         }
         let mut registry = Registry::new();
         registry.add_configured(&options.handlers);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(JobQueue::default());
         let control = Arc::new(OnceLock::new());
         registry.fallback(RubyHandler {
-            jobs: tx,
+            jobs: QueueSender(queue.clone()),
             policy: RetryPolicy {
                 wire: options.wire,
                 max_retries: options.max_retries,
@@ -225,7 +384,7 @@ impl Worker {
             require: parsed.require.clone(),
             environment: parsed.environment.clone(),
             pending: Mutex::new(Some((engine, parsed))),
-            jobs: Arc::new(tokio::sync::Mutex::new(rx)),
+            jobs: queue,
             outcome,
             finish: Mutex::new(Some(finish)),
         })
@@ -281,78 +440,60 @@ impl Worker {
     }
 
     /// The next job as `[reply, queue, payload_json, outlook]` (outlook: "retry", "exhausted" or
-    /// "no_retry": what a failure will lead to), or nil once the engine has stopped. Waits
-    /// without the GVL; `Thread#kill`/`#raise` interrupt the wait.
+    /// "no_retry": what a failure will lead to), or nil once the engine has stopped. Takes a job
+    /// holding the GVL, waits for one without it; `Thread#kill`/`#raise` interrupt the wait.
     pub fn next_job(
         ruby: &Ruby,
         rb_self: &Worker,
     ) -> Result<Option<(Reply, String, String, &'static str)>, Error> {
-        let jobs = rb_self.jobs.clone();
-        // Fast path, still holding the GVL: a job already waiting is taken without a thread
-        // switch, so a busy worker runs short jobs back to back.
-        let ready = match jobs.try_lock() {
-            Ok(mut rx) => loop {
-                match rx.try_recv() {
-                    Ok(mut dispatch) => {
-                        if dispatch.take() {
-                            break Some(Some(Some(dispatch)));
-                        }
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => break None,
-                    Err(mpsc::error::TryRecvError::Disconnected) => break Some(Some(None)),
-                }
-            },
-            Err(_) => None,
-        };
-        let cancel = Notify::new();
-        let dispatch = if let Some(ready) = ready {
-            ready
-        } else {
-            gvl::without_gvl(
+        let queue = &rb_self.jobs;
+        let mut woken = false;
+        let dispatch = loop {
+            match queue.next(woken) {
+                Ok(Some(dispatch)) => break dispatch,
+                Err(()) => return Ok(None),
+                Ok(None) => {}
+            }
+            let interrupted = AtomicBool::new(false);
+            let woke = std::cell::Cell::new(false);
+            let wait = gvl::without_gvl(
                 ruby,
                 || {
-                    rb_self.runtime.block_on(async {
-                        let mut jobs = tokio::select! {
-                            biased;
-                            () = cancel.notified() => return None,
-                            jobs = jobs.lock() => jobs,
-                        };
-                        loop {
-                            let next = tokio::select! {
-                                biased;
-                                () = cancel.notified() => return None,
-                                next = jobs.recv() => next,
-                            };
-                            match next {
-                                // One its engine task gave up on (quiet, shutdown) has been or
-                                // will be pushed back: it must not run here.
-                                Some(mut dispatch) => {
-                                    if dispatch.take() {
-                                        return Some(Some(dispatch));
-                                    }
-                                }
-                                None => return Some(None),
-                            }
-                        }
-                    })
+                    let wait = queue.wait(&interrupted);
+                    woke.set(matches!(wait, Wait::Woken));
+                    wait
                 },
-                || cancel.notify_one(),
-            )?
+                || {
+                    interrupted.store(true, Ordering::Release);
+                    // Take the lock so the store cannot slip in between the sleeper's check
+                    // and its wait.
+                    drop(queue.lock());
+                    queue.wake.notify_all();
+                },
+            );
+            match wait {
+                Ok(Wait::Woken) => woken = true,
+                Ok(Wait::Look) => woken = false,
+                Ok(Wait::Interrupted) => return Err(errors::interrupted_wait(ruby)),
+                // An interrupt raised as the wait ended.
+                Err(e) => {
+                    if woke.get() {
+                        queue.forgo_wake();
+                    }
+                    return Err(e);
+                }
+            }
         };
-        match dispatch {
-            None => Err(errors::interrupted_wait(ruby)),
-            Some(None) => Ok(None),
-            Some(Some(d)) => Ok(Some((
-                Reply(Mutex::new(Some(d.reply))),
-                d.queue,
-                d.payload,
-                match d.outlook {
-                    Outlook::Retry => "retry",
-                    Outlook::Exhausted => "exhausted",
-                    Outlook::NoRetry => "no_retry",
-                },
-            ))),
-        }
+        Ok(Some((
+            Reply(Mutex::new(Some(dispatch.reply))),
+            dispatch.queue,
+            dispatch.payload,
+            match dispatch.outlook {
+                Outlook::Retry => "retry",
+                Outlook::Exhausted => "exhausted",
+                Outlook::NoRetry => "no_retry",
+            },
+        )))
     }
 
     /// `signal(name)`: "TERM"/"INT" stop, "TSTP" quiet, "TTIN" logs the running jobs.
