@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 use serde_json::Value;
 
 use crate::error::{Error, JobError, Result};
-use crate::job::{generate_jid, generate_jids, Fields, Job};
+use crate::job::{generate_jid, Fields, Jids, Job};
 use crate::wire::{self, keys, WireVersion};
 
 /// Where the current time comes from (tests pin it; everything else uses the system clock).
@@ -65,7 +65,7 @@ impl Default for ClientOptions {
 /// `enqueued_at` is not set yet: like Sidekiq's `raw_push`, [`Client::write`] stamps it on the
 /// jobs that go straight to a queue at the moment they are written.
 pub struct PreparedPush {
-    pub jids: Vec<String>,
+    pub jids: Jids,
     queue: String,
     /// The normalised job; for a bulk push, every job's fields but its `args` and `jid`.
     template: Job,
@@ -159,7 +159,7 @@ impl PreparedPush {
     pub fn jobs(&self) -> Vec<PreparedJob> {
         self.entries
             .iter()
-            .zip(&self.jids)
+            .zip(self.jids.iter())
             .enumerate()
             .map(|(index, (entry, jid))| {
                 let mut job = self.template.clone();
@@ -167,7 +167,7 @@ impl PreparedPush {
                     let args = serde_json::from_slice(self.args.get(index))
                         .expect("bulk arguments are written as valid JSON");
                     job.set("args", Value::Array(args));
-                    job.set("jid", jid.as_str());
+                    job.set("jid", jid);
                 }
                 PreparedJob { job, at: entry.at }
             })
@@ -301,7 +301,7 @@ impl Renderer<'_> {
             zadd.arg(keys::SCHEDULE);
             let (mut immediate, mut scheduled) = (0, 0);
             for index in self.done..end {
-                let (entry, jid) = (&push.entries[index], &push.jids[index]);
+                let (entry, jid) = (&push.entries[index], push.jids.get(index));
                 let args = if push.is_bulk() {
                     push.args.get(index)
                 } else {
@@ -407,9 +407,9 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn push(&self, item: Fields) -> Result<String> {
-        let mut prepared = self.prepare_push(item)?;
+        let prepared = self.prepare_push(item)?;
         self.write(&prepared).await?;
-        Ok(prepared.jids.remove(0))
+        Ok(prepared.jids.get(0).to_string())
     }
 
     /// Pushes many jobs of one class: `args` is an Array of Arrays (one per job) and `at`, if
@@ -417,7 +417,7 @@ impl Client {
     pub async fn push_bulk(&self, items: Fields) -> Result<Vec<String>> {
         let prepared = self.prepare_bulk(items)?;
         self.write(&prepared).await?;
-        Ok(prepared.jids)
+        Ok(prepared.jids.to_vec())
     }
 
     /// Writes prepared jobs.
@@ -493,7 +493,7 @@ impl ClientOptions {
             None => None,
         };
         Ok(PreparedPush {
-            jids: vec![jid],
+            jids: Jids::one(jid),
             queue,
             template: job,
             args: BulkArgs::default(),
@@ -529,7 +529,7 @@ impl ClientOptions {
         }
         if args.is_empty() {
             return Ok(PreparedPush {
-                jids: Vec::new(),
+                jids: Jids::default(),
                 queue: String::new(),
                 template: Job::from_fields(Fields::new()),
                 args,
@@ -558,7 +558,7 @@ impl ClientOptions {
         validate(&items)?;
         let template = self.normalize(items)?;
         let queue = template.queue().unwrap_or_default().to_string();
-        let jids = generate_jids(count);
+        let jids = Jids::generate(count);
         let entries = match at {
             Some(times) => times.into_iter().map(|at| Entry { at: Some(at) }).collect(),
             None => (0..count).map(|_| Entry { at: None }).collect(),

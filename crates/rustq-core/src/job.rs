@@ -270,12 +270,59 @@ pub fn generate_jid() -> String {
     hex::encode(bytes)
 }
 
-/// `count` jids as [`generate_jid`] makes them, from one draw of the CSPRNG (bulk pushes).
-pub fn generate_jids(count: usize) -> Vec<String> {
-    use rand::RngCore;
-    let mut bytes = vec![0u8; count * 12];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes.chunks_exact(12).map(hex::encode).collect()
+/// Job ids in push order, back to back in one buffer: a bulk push makes 100,000 at once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Jids {
+    text: String,
+    /// Where each jid ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl Jids {
+    pub fn one(jid: String) -> Jids {
+        Jids {
+            ends: vec![jid.len()],
+            text: jid,
+        }
+    }
+
+    /// `count` jids as [`generate_jid`] makes them, from one draw of the CSPRNG.
+    pub fn generate(count: usize) -> Jids {
+        use rand::RngCore;
+        let mut bytes = vec![0u8; count * 12];
+        rand::rng().fill_bytes(&mut bytes);
+        let mut hex_digits = vec![0u8; count * 24];
+        hex::encode_to_slice(&bytes, &mut hex_digits).expect("two hex digits per byte");
+        Jids {
+            text: String::from_utf8(hex_digits).expect("hex digits are ASCII"),
+            ends: (1..=count).map(|i| i * 24).collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The `index`th jid. Panics past the end, like slice indexing.
+    pub fn get(&self, index: usize) -> &str {
+        let start = match index {
+            0 => 0,
+            i => self.ends[i - 1],
+        };
+        &self.text[start..self.ends[index]]
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    pub fn to_vec(&self) -> Vec<String> {
+        self.iter().map(str::to_string).collect()
+    }
 }
 
 /// Ruby's name for a JSON value's type, for error messages.
@@ -357,7 +404,8 @@ mod tests {
 
     #[test]
     fn jids_are_24_lowercase_hex_and_distinct() {
-        let many = generate_jids(1000);
+        let many = Jids::generate(1000);
+        assert_eq!(many.len(), 1000);
         assert!(many.iter().all(|j| j.len() == 24
             && j.bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())));

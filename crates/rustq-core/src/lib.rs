@@ -17,5 +17,5 @@ pub mod wire;
 pub use client::{BulkArgs, Client, ClientOptions, Clock, PreparedJob, PreparedPush};
 pub use config::RedisConfig;
 pub use error::{Error, JobError, PayloadError, Result};
-pub use job::{generate_jid, Fields, Job, Retry};
+pub use job::{generate_jid, Fields, Jids, Job, Retry};
 pub use wire::WireVersion;

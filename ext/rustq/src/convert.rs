@@ -55,16 +55,11 @@ pub fn job_item(ruby: &Ruby, item: RHash, bulk: bool) -> Result<JobItem, Error> 
     let mut bulk_args = None;
     for (key, value) in pairs {
         let json = match key.as_str() {
-            "args" if bulk && array_of_arrays(value) => {
+            "args" if bulk && array_of_arrays(value)? => {
                 let list = RArray::from_value(value).expect("checked above");
-                let mut writer = StrictWriter {
-                    strict: Strict {
-                        class_name: &message_class,
-                        bad: None,
-                    },
-                    args: BulkArgs::with_capacity(list.len()),
-                };
-                for job_args in list.into_iter() {
+                let mut writer = StrictWriter::new(ruby, &message_class, list.len());
+                for i in 0..list.len() {
+                    let job_args: Value = list.entry(i as isize)?;
                     writer.write(ruby, job_args, 1)?;
                     writer.args.end_job();
                 }
@@ -99,11 +94,16 @@ pub fn job_item(ruby: &Ruby, item: RHash, bulk: bool) -> Result<JobItem, Error> 
 }
 
 /// Sidekiq's `args.is_a?(Array) && args.all?(Array)`.
-fn array_of_arrays(value: Value) -> bool {
-    RArray::from_value(value).is_some_and(|list| {
-        list.into_iter()
-            .all(|entry| RArray::from_value(entry).is_some())
-    })
+fn array_of_arrays(value: Value) -> Result<bool, Error> {
+    let Some(list) = RArray::from_value(value) else {
+        return Ok(false);
+    };
+    for i in 0..list.len() {
+        if RArray::from_value(list.entry::<Value>(i as isize)?).is_none() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Converts an options hash (`default_job_options`): keys stringified, values leniently.
@@ -285,62 +285,106 @@ impl Strict<'_> {
 }
 
 /// [`Strict`], writing JSON bytes instead of building values: the same checks, and the same
-/// bytes `serde_json` writes for the values [`Strict::convert`] would build.
+/// bytes `serde_json` writes for the values [`Strict::convert`] would build. Each value's class
+/// is looked up once, and Integers that fit a machine word are read without a call into Ruby.
 struct StrictWriter<'a> {
     strict: Strict<'a>,
     args: BulkArgs,
+    classes: NativeClasses,
 }
 
-impl StrictWriter<'_> {
+/// The classes whose instances are native JSON, as raw VALUEs to compare `rb_obj_class` with.
+struct NativeClasses {
+    integer: rb_sys::VALUE,
+    float: rb_sys::VALUE,
+    string: rb_sys::VALUE,
+    array: rb_sys::VALUE,
+    hash: rb_sys::VALUE,
+    true_class: rb_sys::VALUE,
+    false_class: rb_sys::VALUE,
+}
+
+impl NativeClasses {
+    fn new(ruby: &Ruby) -> NativeClasses {
+        NativeClasses {
+            integer: ruby.class_integer().as_raw(),
+            float: ruby.class_float().as_raw(),
+            string: ruby.class_string().as_raw(),
+            array: ruby.class_array().as_raw(),
+            hash: ruby.class_hash().as_raw(),
+            true_class: ruby.class_true_class().as_raw(),
+            false_class: ruby.class_false_class().as_raw(),
+        }
+    }
+}
+
+/// A Fixnum's value, read from the VALUE itself (Ruby tags Fixnums with the lowest bit).
+fn fixnum(value: Value) -> Option<i64> {
+    let raw = value.as_raw() as i64;
+    (raw & 1 == 1).then_some(raw >> 1)
+}
+
+impl<'a> StrictWriter<'a> {
+    fn new(ruby: &Ruby, class_name: &'a str, jobs: usize) -> StrictWriter<'a> {
+        StrictWriter {
+            strict: Strict {
+                class_name,
+                bad: None,
+            },
+            args: BulkArgs::with_capacity(jobs),
+            classes: NativeClasses::new(ruby),
+        }
+    }
+
     fn json(&mut self, value: &impl serde::Serialize) {
         serde_json::to_writer(self.args.buffer(), value).expect("a JSON value serializes");
     }
 
+    fn text(&mut self, ruby: &Ruby, s: RString) -> Result<(), Error> {
+        // SAFETY: the str is written out before any Ruby code can run.
+        match unsafe { s.test_as_str() } {
+            Some(text) => self.json(&text),
+            None => self.json(&utf8(ruby, s)?),
+        }
+        Ok(())
+    }
+
     fn write(&mut self, ruby: &Ruby, value: Value, depth: usize) -> Result<(), Error> {
-        if let Some(json) = literal(ruby, value, depth)? {
-            self.json(&json);
+        if depth > MAX_NESTING {
+            return Err(too_deep(ruby));
+        }
+        if let Some(i) = fixnum(value) {
+            self.json(&i);
             return Ok(());
         }
-        if is(value, ruby.class_integer()) {
-            if let Some(int) = Integer::from_value(value) {
-                match int.to_i64() {
-                    Ok(i) => self.json(&i),
-                    Err(_) => self.json(&integer(int)?),
-                }
-                return Ok(());
-            }
+        if value.is_nil() {
+            self.args.buffer().extend_from_slice(b"null");
+            return Ok(());
         }
-        if is(value, ruby.class_float()) {
-            if let Some(f) = Float::from_value(value) {
-                let json = finite_float(f.to_f64()).unwrap_or_else(|| self.strict.refuse(value));
-                self.json(&json);
-                return Ok(());
-            }
-        }
-        if is(value, ruby.class_string()) {
+        let class = class_of(value);
+        let classes = &self.classes;
+        if class == classes.string {
             if let Some(s) = RString::from_value(value) {
-                // SAFETY: the str is written out before any Ruby code can run.
-                match unsafe { s.test_as_str() } {
-                    Some(text) => self.json(&text),
-                    None => self.json(&utf8(ruby, s)?),
-                }
-                return Ok(());
+                return self.text(ruby, s);
             }
-        }
-        if is(value, ruby.class_array()) {
+        } else if class == classes.array {
             if let Some(list) = RArray::from_value(value) {
                 self.args.buffer().push(b'[');
-                for (i, entry) in list.into_iter().enumerate() {
+                // By index, reading the length each time: no copy of the Array is made, and
+                // an `inspect` run for an error message cannot pull it from under us.
+                let mut i = 0;
+                while i < list.len() {
                     if i > 0 {
                         self.args.buffer().push(b',');
                     }
+                    let entry: Value = list.entry(i as isize)?;
                     self.write(ruby, entry, depth + 1)?;
+                    i += 1;
                 }
                 self.args.buffer().push(b']');
                 return Ok(());
             }
-        }
-        if is(value, ruby.class_hash()) {
+        } else if class == classes.hash {
             if let Some(hash) = RHash::from_value(value) {
                 self.args.buffer().push(b'{');
                 let mut first = true;
@@ -354,17 +398,31 @@ impl StrictWriter<'_> {
                         self.args.buffer().push(b',');
                     }
                     first = false;
-                    // SAFETY: as above.
-                    match unsafe { key.test_as_str() } {
-                        Some(text) => self.json(&text),
-                        None => self.json(&utf8(ruby, key)?),
-                    }
+                    self.text(ruby, key)?;
                     self.args.buffer().push(b':');
                     self.write(ruby, entry, depth + 1)?;
                 }
                 self.args.buffer().push(b'}');
                 return Ok(());
             }
+        } else if class == classes.float {
+            if let Some(f) = Float::from_value(value) {
+                let json = finite_float(f.to_f64()).unwrap_or_else(|| self.strict.refuse(value));
+                self.json(&json);
+                return Ok(());
+            }
+        } else if class == classes.integer {
+            if let Some(int) = Integer::from_value(value) {
+                let json = integer(int)?;
+                self.json(&json);
+                return Ok(());
+            }
+        } else if class == classes.true_class {
+            self.args.buffer().extend_from_slice(b"true");
+            return Ok(());
+        } else if class == classes.false_class {
+            self.args.buffer().extend_from_slice(b"false");
+            return Ok(());
         }
         let json = self.strict.refuse(value);
         self.json(&json);

@@ -48,9 +48,9 @@ async fn write(client: Client, prepared: &PreparedPush) -> rustq_core::Result<()
 /// `push(item) → jid`
 pub fn push(ruby: &Ruby, item: RHash) -> Result<String, Error> {
     let session = client::session(ruby)?;
-    let mut prepared = prepared(ruby, &session, item, false)?;
+    let prepared = prepared(ruby, &session, item, false)?;
     session.run(ruby, |client| write(client, &prepared))?;
-    Ok(prepared.jids.remove(0))
+    Ok(prepared.jids.get(0).to_string())
 }
 
 /// `push_bulk(items) → [jid, …]`. Redis is written on rustq's runtime while this thread builds
