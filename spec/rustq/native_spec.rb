@@ -45,6 +45,32 @@ RSpec.describe "rustq's native bridge" do
     redis.call("CLIENT", "UNPAUSE")
   end
 
+  # A single-threaded program: Ruby calls the unblock function from its signal handler, so the
+  # trap runs (and raises) as soon as the signal comes, not when Redis answers.
+  it "lets a signal's trap interrupt a push that the main thread of a script waits on" do
+    script = <<~RUBY
+      require "rustq"
+      require "redis"
+      Rustq::Client.push("class" => "A", "args" => [])
+      Redis.new(url: ENV.fetch("REDIS_URL")).call("CLIENT", "PAUSE", "4000", "WRITE")
+      trap("USR1") { raise Interrupt, "usr1" }
+      Process.detach(Process.spawn("sleep 0.3 && kill -USR1 \#{Process.pid}"))
+      started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      begin
+        Rustq::Client.push("class" => "A", "args" => [])
+        puts "pushed"
+      rescue Interrupt => e
+        puts "\#{e.message} after \#{(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).round(2)}"
+      end
+    RUBY
+    out = IO.popen([RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script], err: [:child, :out], &:read)
+
+    expect(out).to match(/\Ausr1 after (\d+\.\d+)\n\z/)
+    expect(out[/after (\S+)/, 1].to_f).to be < 1.5
+  ensure
+    redis.call("CLIENT", "UNPAUSE")
+  end
+
   it "builds a new runtime and client in a forked child, and the parent keeps working" do
     Rustq::Client.push("class" => "A", "args" => ["parent before"])
     parent_pid = native.runtime_pid

@@ -7,11 +7,14 @@
 //! parent's and builds its own.
 
 use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use magnus::{prelude::*, Error, RHash, RString, Ruby, Value};
 use rustq_core::{Client, ClientOptions, RedisConfig, WireVersion};
+use tokio::io::unix::AsyncFd;
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 
@@ -241,7 +244,7 @@ impl Session {
     }
 
     /// Runs `work` with this thread's client (connecting on first use) with the GVL released.
-    /// An interrupt of the Ruby thread cancels the wait.
+    /// An interrupt of the Ruby thread (`Thread#raise`, `#kill`, a signal) cancels the wait.
     ///
     /// Each Ruby thread drives its own connection on its own single-threaded runtime, so a
     /// push is a write and a read on the calling thread: no hand-off to a runtime thread and
@@ -252,8 +255,13 @@ impl Session {
         F: FnOnce(Client) -> Fut,
         Fut: Future<Output = rustq_core::Result<T>>,
     {
-        let cancel = Notify::new();
-        let outcome = gvl::without_gvl(
+        // Built (once per thread) holding the GVL, so the unblock function knows what to wake.
+        let wake_fd = THREAD_CLIENT.with(|cell| {
+            ThreadClient::current(&mut cell.borrow_mut(), &self.settings).map(|c| c.wake_fd())
+        });
+        let wake_fd = wake_fd.map_err(|message| errors::internal(ruby, &message))?;
+        let interrupted = AtomicBool::new(false);
+        let outcome = gvl::without_gvl_signal_safe(
             ruby,
             || -> Result<Option<rustq_core::Result<T>>, String> {
                 THREAD_CLIENT.with(|cell| {
@@ -261,6 +269,7 @@ impl Session {
                     let local = ThreadClient::current(&mut slot, &self.settings)?;
                     let runtime = &local.runtime;
                     let client = &mut local.client;
+                    let wake = &local.wake;
                     let settings = &self.settings;
                     Ok(runtime.block_on(async {
                         let call = async {
@@ -272,17 +281,36 @@ impl Session {
                             }
                             work(client.clone().expect("connected above")).await
                         };
-                        tokio::select! {
-                            biased;
-                            // notify_one stores a permit, so an interrupt that arrives before
-                            // this point still cancels.
-                            () = cancel.notified() => None,
-                            result = call => Some(result),
+                        tokio::pin!(call);
+                        loop {
+                            tokio::select! {
+                                biased;
+                                // A wake left over from an earlier call is drained and ignored;
+                                // one that came before this wait began is seen at once.
+                                ready = wake.readable() => {
+                                    if let Ok(mut guard) = ready {
+                                        drain(wake.as_raw_fd());
+                                        guard.clear_ready();
+                                    }
+                                    if interrupted.load(Ordering::SeqCst) {
+                                        return None;
+                                    }
+                                }
+                                result = &mut call => return Some(result),
+                            }
                         }
                     }))
                 })
             },
-            || cancel.notify_one(),
+            // Async-signal-safe: an atomic store and write(2).
+            || {
+                interrupted.store(true, Ordering::SeqCst);
+                let one: u64 = 1;
+                // SAFETY: writes 8 bytes from a live u64 to this thread's eventfd.
+                unsafe {
+                    libc::write(wake_fd, std::ptr::addr_of!(one).cast(), 8);
+                }
+            },
         )?;
         match outcome {
             Ok(Some(Ok(value))) => Ok(value),
@@ -293,12 +321,23 @@ impl Session {
     }
 }
 
+/// Empties an eventfd (non-blocking: one read resets its counter).
+fn drain(fd: RawFd) {
+    let mut count: u64 = 0;
+    // SAFETY: reads at most 8 bytes into a live u64.
+    unsafe {
+        libc::read(fd, std::ptr::addr_of_mut!(count).cast(), 8);
+    }
+}
+
 /// One Ruby thread's runtime and connection, rebuilt after a fork or a new `configure`.
 struct ThreadClient {
     pid: u32,
     settings: Arc<Settings>,
     runtime: tokio::runtime::Runtime,
     client: Option<Client>,
+    /// An eventfd on `runtime`: the unblock function writes to it to cut a wait short.
+    wake: AsyncFd<OwnedFd>,
 }
 
 thread_local! {
@@ -327,13 +366,35 @@ impl ThreadClient {
                 .enable_all()
                 .build()
                 .map_err(|e| format!("cannot start rustq's runtime: {e}"))?;
+            // SAFETY: eventfd returns a new descriptor (or -1), owned from here on.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(format!(
+                    "cannot create an eventfd: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            // SAFETY: `fd` is open and nothing else owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let wake = {
+                let _entered = runtime.enter();
+                // SAFETY: an OwnedFd's descriptor stays open, and the same, until it is dropped
+                // with the AsyncFd.
+                unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                    .map_err(|e| format!("cannot watch an eventfd: {e}"))?
+            };
             *slot = Some(ThreadClient {
                 pid,
                 settings: settings.clone(),
                 runtime,
                 client: None,
+                wake,
             });
         }
         Ok(slot.as_mut().expect("built above"))
+    }
+
+    fn wake_fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
     }
 }
