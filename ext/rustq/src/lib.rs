@@ -17,6 +17,9 @@
 
 use magnus::{function, method, prelude::*, Error, Ruby};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod client;
 mod convert;
 mod errors;
