@@ -54,7 +54,8 @@ RSpec.describe "rustq's native bridge" do
       Rustq::Client.push("class" => "A", "args" => [])
       Redis.new(url: ENV.fetch("REDIS_URL")).call("CLIENT", "PAUSE", "4000", "WRITE")
       trap("USR1") { raise Interrupt, "usr1" }
-      Process.detach(Process.spawn("sleep 0.3 && kill -USR1 \#{Process.pid}"))
+      # No Ruby thread (Process.detach would start one): the script stays single-threaded.
+      killer = Process.spawn("sleep 0.3 && kill -USR1 \#{Process.pid}")
       started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
       begin
         Rustq::Client.push("class" => "A", "args" => [])
@@ -62,6 +63,7 @@ RSpec.describe "rustq's native bridge" do
       rescue Interrupt => e
         puts "\#{e.message} after \#{(Process.clock_gettime(Process::CLOCK_MONOTONIC) - started).round(2)}"
       end
+      Process.wait(killer)
     RUBY
     out = IO.popen([RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script], err: [:child, :out], &:read)
 
