@@ -8,8 +8,8 @@
 
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use magnus::{prelude::*, Error, RHash, RString, Ruby, Value};
@@ -26,16 +26,34 @@ pub struct Settings {
     pub options: ClientOptions,
 }
 
-/// What this process has built: the runtime the worker engine runs on, and a connection on it.
+/// What this process has built: the runtime the worker engine runs on, and the one bulk pushes
+/// write on (built on the first bulk push).
 struct Process {
     pid: u32,
     runtime: Arc<Runtime>,
-    shared: SharedClient,
+    bulk: Arc<OnceLock<Bulk>>,
 }
 
-/// A connection driven by the shared runtime, for writes that run while the calling Ruby thread
-/// goes on (see [`Session::spawn`]); rebuilt when the settings change.
-type SharedClient = Arc<tokio::sync::Mutex<Option<(Arc<Settings>, Client)>>>;
+/// A runtime of its own (a bulk push of 100,000 jobs renders for ~30 ms, which must not hold up
+/// the worker engine's runtime) and a connection on it, for writes that run while the calling
+/// Ruby thread goes on (see [`Session::spawn`]). The connection is rebuilt when the settings
+/// change.
+struct Bulk {
+    runtime: Runtime,
+    client: tokio::sync::Mutex<Option<(Arc<Settings>, Client)>>,
+}
+
+/// A write started by [`Session::spawn`]; dropped before [`Session::wait`] took it (an exception
+/// while the jids were built, an interrupt raised before the wait began), it is cancelled.
+pub struct Spawned<T>(Option<tokio::task::JoinHandle<rustq_core::Result<T>>>);
+
+impl<T> Drop for Spawned<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
 
 struct State {
     settings: Arc<Settings>,
@@ -131,7 +149,7 @@ fn duration(ruby: &Ruby, name: &str, secs: Value) -> Result<Duration, Error> {
 /// The runtime and settings for one call, taken from the shared state under the GVL.
 pub struct Session {
     runtime: Arc<Runtime>,
-    shared: SharedClient,
+    bulk: Arc<OnceLock<Bulk>>,
     pub settings: Arc<Settings>,
 }
 
@@ -161,13 +179,13 @@ pub fn session(ruby: &Ruby) -> Result<Session, Error> {
         state.process = Some(Process {
             pid,
             runtime: Arc::new(runtime),
-            shared: SharedClient::default(),
+            bulk: Arc::default(),
         });
     }
     let process = state.process.as_ref().expect("built above");
     Ok(Session {
         runtime: process.runtime.clone(),
-        shared: process.shared.clone(),
+        bulk: process.bulk.clone(),
         settings: state.settings.clone(),
     })
 }
@@ -178,20 +196,40 @@ impl Session {
         self.runtime.clone()
     }
 
-    /// Starts `work` on the shared runtime with the process's shared client (connecting on first
-    /// use), and returns at once: the calling thread keeps the GVL and goes on (building what it
-    /// returns to Ruby) while Redis is written. [`Session::wait`] waits for the outcome.
-    pub fn spawn<F, Fut, T>(&self, work: F) -> tokio::task::JoinHandle<rustq_core::Result<T>>
+    /// Starts `work` on the bulk runtime with its client (connecting on first use), and returns
+    /// at once: the calling thread keeps the GVL and goes on (building what it returns to Ruby)
+    /// while Redis is written. [`Session::wait`] waits for the outcome.
+    pub fn spawn<F, Fut, T>(&self, ruby: &Ruby, work: F) -> Result<Spawned<T>, Error>
     where
         F: FnOnce(Client) -> Fut + Send + 'static,
         Fut: Future<Output = rustq_core::Result<T>> + Send + 'static,
         T: Send + 'static,
     {
-        let shared = self.shared.clone();
+        let bulk = match self.bulk.get() {
+            Some(bulk) => bulk,
+            None => {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("rustq-bulk")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| {
+                        errors::internal(ruby, &format!("cannot start rustq's runtime: {e}"))
+                    })?;
+                // Two threads racing here: one runtime is kept, the other dropped unused.
+                let _ = self.bulk.set(Bulk {
+                    runtime,
+                    client: tokio::sync::Mutex::new(None),
+                });
+                self.bulk.get().expect("set above")
+            }
+        };
+        let shared = self.bulk.clone();
         let settings = self.settings.clone();
-        self.runtime.spawn(async move {
+        let task = bulk.runtime.spawn(async move {
+            let bulk = shared.get().expect("built before the task");
             let client = {
-                let mut slot = shared.lock().await;
+                let mut slot = bulk.client.lock().await;
                 match &*slot {
                     Some((built_with, client)) if Arc::ptr_eq(built_with, &settings) => {
                         client.clone()
@@ -205,7 +243,8 @@ impl Session {
                 }
             };
             work(client).await
-        })
+        });
+        Ok(Spawned(Some(task)))
     }
 
     /// Waits, with the GVL released, for what [`Session::spawn`] started. An interrupt of the
@@ -213,26 +252,31 @@ impl Session {
     pub fn wait<T: Send + 'static>(
         &self,
         ruby: &Ruby,
-        mut task: tokio::task::JoinHandle<rustq_core::Result<T>>,
+        mut spawned: Spawned<T>,
     ) -> Result<T, Error> {
+        let Some(bulk) = self.bulk.get() else {
+            return Err(errors::internal(ruby, "no bulk runtime to wait on"));
+        };
         let cancel = Notify::new();
         let outcome = gvl::without_gvl(
             ruby,
             || {
-                self.runtime.block_on(async {
+                let task = spawned.0.as_mut().expect("taken only by Drop");
+                bulk.runtime.block_on(async {
                     tokio::select! {
                         biased;
-                        () = cancel.notified() => {
-                            task.abort();
-                            None
-                        }
-                        joined = &mut task => Some(joined),
+                        () = cancel.notified() => None,
+                        joined = task => Some(joined),
                     }
                 })
             },
             || cancel.notify_one(),
-        )?;
-        match outcome {
+        );
+        // Finished: nothing to cancel. Otherwise (interrupted), dropping `spawned` cancels it.
+        if matches!(outcome, Ok(Some(_))) {
+            spawned.0 = None;
+        }
+        match outcome? {
             Some(Ok(Ok(value))) => Ok(value),
             Some(Ok(Err(e))) => Err(errors::from_core(ruby, e)),
             Some(Err(e)) => Err(errors::internal(
@@ -256,11 +300,11 @@ impl Session {
         Fut: Future<Output = rustq_core::Result<T>>,
     {
         // Built (once per thread) holding the GVL, so the unblock function knows what to wake.
-        let wake_fd = THREAD_CLIENT.with(|cell| {
-            ThreadClient::current(&mut cell.borrow_mut(), &self.settings).map(|c| c.wake_fd())
-        });
-        let wake_fd = wake_fd.map_err(|message| errors::internal(ruby, &message))?;
-        let interrupted = AtomicBool::new(false);
+        let (wake, call) = THREAD_CLIENT
+            .with(|cell| {
+                ThreadClient::current(&mut cell.borrow_mut(), &self.settings).map(|c| c.arm())
+            })
+            .map_err(|message| errors::internal(ruby, &message))?;
         let outcome = gvl::without_gvl_signal_safe(
             ruby,
             || -> Result<Option<rustq_core::Result<T>>, String> {
@@ -269,10 +313,10 @@ impl Session {
                     let local = ThreadClient::current(&mut slot, &self.settings)?;
                     let runtime = &local.runtime;
                     let client = &mut local.client;
-                    let wake = &local.wake;
+                    let readiness = &local.readiness;
                     let settings = &self.settings;
                     Ok(runtime.block_on(async {
-                        let call = async {
+                        let call_future = async {
                             if client.is_none() {
                                 *client = Some(
                                     Client::connect_with(&settings.redis, settings.options.clone())
@@ -281,37 +325,31 @@ impl Session {
                             }
                             work(client.clone().expect("connected above")).await
                         };
-                        tokio::pin!(call);
+                        tokio::pin!(call_future);
                         loop {
                             tokio::select! {
                                 biased;
-                                // A wake left over from an earlier call is drained and ignored;
-                                // one that came before this wait began is seen at once.
-                                ready = wake.readable() => {
+                                // A wake meant for an earlier call is drained and ignored; one
+                                // that came before this wait began is seen at once.
+                                ready = readiness.readable() => {
                                     if let Ok(mut guard) = ready {
-                                        drain(wake.as_raw_fd());
+                                        drain(readiness.as_raw_fd());
                                         guard.clear_ready();
                                     }
-                                    if interrupted.load(Ordering::SeqCst) {
+                                    if wake.interrupted(call) {
                                         return None;
                                     }
                                 }
-                                result = &mut call => return Some(result),
+                                result = &mut call_future => return Some(result),
                             }
                         }
                     }))
                 })
             },
-            // Async-signal-safe: an atomic store and write(2).
-            || {
-                interrupted.store(true, Ordering::SeqCst);
-                let one: u64 = 1;
-                // SAFETY: writes 8 bytes from a live u64 to this thread's eventfd.
-                unsafe {
-                    libc::write(wake_fd, std::ptr::addr_of!(one).cast(), 8);
-                }
-            },
-        )?;
+            wake,
+        );
+        wake.disarm();
+        let outcome = outcome?;
         match outcome {
             Ok(Some(Ok(value))) => Ok(value),
             Ok(Some(Err(e))) => Err(errors::from_core(ruby, e)),
@@ -330,14 +368,74 @@ fn drain(fd: RawFd) {
     }
 }
 
+/// How an interrupt reaches a Ruby thread's waiting push. Ruby may call the unblock function from
+/// a signal handler on any thread, even just after the push has returned, so this is never
+/// freed (one per thread and process) and its eventfd never closed: a late call only leaves a
+/// wake that the next push drains and ignores. Each push has a number; an interrupt is for the
+/// push that was armed when it came.
+struct Wake {
+    fd: RawFd,
+    armed: AtomicU64,
+    hit: AtomicU64,
+    next: AtomicU64,
+}
+
+impl Wake {
+    fn new() -> Result<&'static Wake, String> {
+        // SAFETY: eventfd returns a new descriptor (or -1), which this Wake keeps open forever.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!(
+                "cannot create an eventfd: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(Box::leak(Box::new(Wake {
+            fd,
+            armed: AtomicU64::new(0),
+            hit: AtomicU64::new(0),
+            next: AtomicU64::new(1),
+        })))
+    }
+
+    /// Numbers the push about to wait; interrupts from now on are for it.
+    fn arm(&self) -> u64 {
+        let call = self.next.fetch_add(1, Ordering::SeqCst);
+        self.armed.store(call, Ordering::SeqCst);
+        call
+    }
+
+    fn disarm(&self) {
+        self.armed.store(0, Ordering::SeqCst);
+    }
+
+    fn interrupted(&self, call: u64) -> bool {
+        self.hit.load(Ordering::SeqCst) == call
+    }
+}
+
+impl gvl::Unblock for Wake {
+    /// Async-signal-safe: atomics and write(2) only.
+    fn unblock(&self) {
+        self.hit
+            .store(self.armed.load(Ordering::SeqCst), Ordering::SeqCst);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd that is never closed.
+        unsafe {
+            libc::write(self.fd, std::ptr::addr_of!(one).cast(), 8);
+        }
+    }
+}
+
 /// One Ruby thread's runtime and connection, rebuilt after a fork or a new `configure`.
 struct ThreadClient {
     pid: u32,
     settings: Arc<Settings>,
     runtime: tokio::runtime::Runtime,
     client: Option<Client>,
-    /// An eventfd on `runtime`: the unblock function writes to it to cut a wait short.
-    wake: AsyncFd<OwnedFd>,
+    wake: &'static Wake,
+    /// A duplicate of `wake`'s eventfd, watched by `runtime` (and closed with it).
+    readiness: AsyncFd<OwnedFd>,
 }
 
 thread_local! {
@@ -366,21 +464,22 @@ impl ThreadClient {
                 .enable_all()
                 .build()
                 .map_err(|e| format!("cannot start rustq's runtime: {e}"))?;
-            // SAFETY: eventfd returns a new descriptor (or -1), owned from here on.
-            let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-            if fd < 0 {
+            let wake = Wake::new()?;
+            // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor (or -1), owned from here on.
+            let dup = unsafe { libc::fcntl(wake.fd, libc::F_DUPFD_CLOEXEC, 0) };
+            if dup < 0 {
                 return Err(format!(
-                    "cannot create an eventfd: {}",
+                    "cannot duplicate an eventfd: {}",
                     std::io::Error::last_os_error()
                 ));
             }
-            // SAFETY: `fd` is open and nothing else owns it.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let wake = {
+            // SAFETY: `dup` is open and nothing else owns it.
+            let dup = unsafe { OwnedFd::from_raw_fd(dup) };
+            let readiness = {
                 let _entered = runtime.enter();
                 // SAFETY: an OwnedFd's descriptor stays open, and the same, until it is dropped
                 // with the AsyncFd.
-                unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) }
                     .map_err(|e| format!("cannot watch an eventfd: {e}"))?
             };
             *slot = Some(ThreadClient {
@@ -389,12 +488,14 @@ impl ThreadClient {
                 runtime,
                 client: None,
                 wake,
+                readiness,
             });
         }
         Ok(slot.as_mut().expect("built above"))
     }
 
-    fn wake_fd(&self) -> RawFd {
-        self.wake.as_raw_fd()
+    /// This thread's wake, armed for the push about to wait, and that push's number.
+    fn arm(&self) -> (&'static Wake, u64) {
+        (self.wake, self.wake.arm())
     }
 }

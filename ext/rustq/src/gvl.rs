@@ -20,25 +20,43 @@ where
     W: FnOnce() -> R,
     U: Fn() + Sync,
 {
-    nogvl(ruby, work, unblock, 0)
+    // Ruby calls `unblock` only while it is registered, under the thread's interrupt lock, so a
+    // borrow of this frame's closure is enough.
+    nogvl(ruby, work, &unblock, 0)
 }
 
-/// [`without_gvl`] for an `unblock` that is async-signal-safe: it only stores atomics and
-/// calls `write(2)`, so Ruby may call it straight from a signal handler. Otherwise Ruby 3.1
-/// starts a helper thread to call it for every call made by the main thread of a
-/// single-threaded program (a script, a rake task): 9 futex calls and about 45 µs per push.
-pub fn without_gvl_signal_safe<W, R, U>(ruby: &Ruby, work: W, unblock: U) -> Result<R, Error>
+/// What an interrupt does to a waiting call. Any `Fn() + Sync` closure is one.
+pub trait Unblock: Sync {
+    fn unblock(&self);
+}
+
+impl<F: Fn() + Sync> Unblock for F {
+    fn unblock(&self) {
+        self()
+    }
+}
+
+/// [`without_gvl`] for an `unblock` that is async-signal-safe (it only touches atomics and calls
+/// `write(2)`) and lives for the whole process: Ruby may call it straight from a signal handler,
+/// on any thread, even just after this call has returned, so it must not borrow this frame.
+/// Otherwise Ruby 3.1 starts a helper thread to call it for every call made by the main thread
+/// of a single-threaded program (a script, a rake task): 9 futex calls and ~45 µs per push.
+pub fn without_gvl_signal_safe<W, R, U>(
+    ruby: &Ruby,
+    work: W,
+    unblock: &'static U,
+) -> Result<R, Error>
 where
     W: FnOnce() -> R,
-    U: Fn() + Sync,
+    U: Unblock,
 {
     nogvl(ruby, work, unblock, rb_sys::RB_NOGVL_UBF_ASYNC_SAFE as i32)
 }
 
-fn nogvl<W, R, U>(ruby: &Ruby, work: W, unblock: U, flags: i32) -> Result<R, Error>
+fn nogvl<W, R, U>(ruby: &Ruby, work: W, unblock: &U, flags: i32) -> Result<R, Error>
 where
     W: FnOnce() -> R,
-    U: Fn() + Sync,
+    U: Unblock,
 {
     struct Call<W, R> {
         work: Option<W>,
@@ -54,12 +72,12 @@ where
         std::ptr::null_mut()
     }
 
-    unsafe extern "C" fn unblock_fn<U: Fn()>(data: *mut c_void) {
-        // SAFETY: `data` is `unblock` below, borrowed for the whole call; `U: Sync` makes the
-        // call from Ruby's interrupting thread sound.
+    unsafe extern "C" fn unblock_fn<U: Unblock>(data: *mut c_void) {
+        // SAFETY: `data` is `unblock` below, alive as long as Ruby may call this (see the two
+        // callers); `U: Sync` makes the call from another thread sound.
         let unblock = unsafe { &*data.cast_const().cast::<U>() };
         // Unwinding out of an `extern "C"` fn aborts; a failed unblock only means a slower stop.
-        let _ = catch_unwind(AssertUnwindSafe(unblock));
+        let _ = catch_unwind(AssertUnwindSafe(|| unblock.unblock()));
     }
 
     let mut state = Call::<W, R> {
@@ -67,7 +85,7 @@ where
         result: None,
     };
     let data = std::ptr::addr_of_mut!(state).cast::<c_void>();
-    let unblock_data = std::ptr::addr_of!(unblock).cast_mut().cast::<c_void>();
+    let unblock_data = std::ptr::from_ref(unblock).cast_mut().cast::<c_void>();
     // rb_nogvl raises pending interrupts once `call` returns; `protect` turns that into an
     // `Err` instead of a longjmp across these Rust frames.
     magnus::rb_sys::protect(|| unsafe {

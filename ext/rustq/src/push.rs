@@ -63,7 +63,10 @@ pub fn push_bulk(ruby: &Ruby, items: RHash) -> Result<RArray, Error> {
     }
     let written = {
         let prepared = prepared.clone();
-        session.spawn(move |client| async move { write(client, &prepared).await })
+        session.spawn(
+            ruby,
+            move |client| async move { write(client, &prepared).await },
+        )?
     };
     let jids = ruby.ary_from_iter(prepared.jids.iter().map(|jid| ruby.str_new(jid)));
     session.wait(ruby, written)?;
