@@ -98,6 +98,44 @@ RSpec.describe "rustq's native bridge" do
     expect(queue_payloads[1]["jid"]).to eq(child_jid)
   end
 
+  it "forks while other threads push and bulk-push, and every child pushes at once" do
+    stop = false
+    pushers = Array.new(3) do |t|
+      Thread.new { Rustq::Client.push("class" => "A", "args" => [t]) until stop }
+    end
+    pushers << Thread.new do
+      Rustq::Client.push_bulk("class" => "B", "args" => Array.new(20_000) { |i| [i, "x" * 20] }) until stop
+    end
+    sleep 0.2
+    children = Array.new(8) do |n|
+      sleep 0.05
+      fork do
+        Rustq::Client.push("class" => "Child", "args" => [n])
+        Rustq::Client.push_bulk("class" => "ChildBulk", "args" => [[n], [n]])
+        exit!(0)
+      end
+    end
+    deadline = Time.now + 20
+    statuses = children.map do |pid|
+      loop do
+        _, status = Process.waitpid2(pid, Process::WNOHANG)
+        break status if status
+        if Time.now > deadline
+          Process.kill("KILL", pid)
+          break nil
+        end
+        sleep 0.01
+      end
+    end
+    stop = true
+    pushers.each(&:join)
+
+    expect(statuses).to all(be_success), "a forked child hung or failed: #{statuses.inspect}"
+    children_args = queue_payloads.select { |p| p["class"] == "Child" }.map { |p| p["args"] }
+    expect(children_args).to match_array((0...8).map { |n| [n] })
+    expect(queue_payloads.count { |p| p["class"] == "ChildBulk" }).to eq(16)
+  end
+
   context "errors" do
     around do |example|
       example.run
