@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 use serde_json::Value;
 
 use crate::error::{Error, JobError, Result};
-use crate::job::{generate_jid, Fields, Jids, Job};
+use crate::job::{generate_jid, segment, Fields, Jids, Job};
 use crate::wire::{self, keys, WireVersion};
 
 /// Where the current time comes from (tests pin it; everything else uses the system clock).
@@ -124,11 +124,7 @@ impl BulkArgs {
 
     /// Job `index`'s arguments as JSON.
     fn get(&self, index: usize) -> &[u8] {
-        let start = match index {
-            0 => 0,
-            i => self.ends[i - 1],
-        };
-        &self.json[start..self.ends[index]]
+        &self.json[segment(&self.ends, index)]
     }
 }
 

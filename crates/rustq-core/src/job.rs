@@ -270,6 +270,15 @@ pub fn generate_jid() -> String {
     hex::encode(bytes)
 }
 
+/// Where the `index`th of several pieces stored back to back lies, given where each one ends.
+pub(crate) fn segment(ends: &[usize], index: usize) -> std::ops::Range<usize> {
+    let start = match index {
+        0 => 0,
+        i => ends[i - 1],
+    };
+    start..ends[index]
+}
+
 /// Job ids in push order, back to back in one buffer: a bulk push makes 100,000 at once.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Jids {
@@ -309,11 +318,7 @@ impl Jids {
 
     /// The `index`th jid. Panics past the end, like slice indexing.
     pub fn get(&self, index: usize) -> &str {
-        let start = match index {
-            0 => 0,
-            i => self.ends[i - 1],
-        };
-        &self.text[start..self.ends[index]]
+        &self.text[segment(&self.ends, index)]
     }
 
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {

@@ -453,18 +453,24 @@ impl ThreadClient {
             // (or close) it here.
             std::mem::forget(slot.take());
         }
+        // New settings: a new runtime and connection, but this thread (in this process) keeps
+        // its Wake, which is never freed.
+        let mut kept_wake = None;
         if slot
             .as_ref()
             .is_some_and(|c| !Arc::ptr_eq(&c.settings, settings))
         {
-            *slot = None;
+            kept_wake = slot.take().map(|c| c.wake);
         }
         if slot.is_none() {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| format!("cannot start rustq's runtime: {e}"))?;
-            let wake = Wake::new()?;
+            let wake = match kept_wake {
+                Some(wake) => wake,
+                None => Wake::new()?,
+            };
             // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor (or -1), owned from here on.
             let dup = unsafe { libc::fcntl(wake.fd, libc::F_DUPFD_CLOEXEC, 0) };
             if dup < 0 {

@@ -89,16 +89,23 @@ struct QueueState {
     closed: bool,
     /// Ruby threads waiting for a job, without the GVL.
     idle: usize,
-    /// Wake-ups granted to idle threads and not yet claimed by one.
-    tokens: usize,
-    /// A thread has been woken and has not yet looked at the queue holding the GVL; while one
-    /// has, no other is woken.
-    waking: bool,
+    /// Where the one wake-up that may be under way is; while one is, no other thread is woken.
+    waking: Waking,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Waking {
+    #[default]
+    No,
+    /// Granted to the idle threads (one was notified) and not yet claimed by one.
+    Granted,
+    /// Claimed by a thread that has not yet looked at the queue holding the GVL.
+    Claimed,
 }
 
 /// How a wait of a Ruby thread ended.
 enum Wait {
-    /// Woken to take a job: it is now this thread's to clear `waking` (see [`JobQueue::next`]).
+    /// Woken to take a job: the wake-up is this thread's to end (see [`JobQueue::next`]).
     Woken,
     /// Nothing to wait for: a job came or the engine stopped before the thread went to sleep.
     Look,
@@ -125,9 +132,8 @@ impl JobQueue {
 
     /// Wakes an idle thread, unless one is already on its way.
     fn wake_one(&self, state: &mut QueueState) {
-        if !state.waking && state.idle > state.tokens {
-            state.waking = true;
-            state.tokens += 1;
+        if state.waking == Waking::No && state.idle > 0 {
+            state.waking = Waking::Granted;
             self.wake.notify_one();
         }
     }
@@ -136,7 +142,7 @@ impl JobQueue {
     /// next idle thread may be woken in its place.
     fn forgo_wake(&self) {
         let mut state = self.lock();
-        state.waking = false;
+        state.waking = Waking::No;
         if !state.jobs.is_empty() {
             self.wake_one(&mut state);
         }
@@ -149,7 +155,7 @@ impl JobQueue {
         loop {
             let mut state = self.lock();
             if woken {
-                state.waking = false;
+                state.waking = Waking::No;
             }
             let Some(mut dispatch) = state.jobs.pop_front() else {
                 return if state.closed { Err(()) } else { Ok(None) };
@@ -175,18 +181,15 @@ impl JobQueue {
         loop {
             if interrupted.load(Ordering::Acquire) {
                 state.idle -= 1;
-                // A wake-up granted while this thread was counted idle goes to another.
-                if state.tokens > state.idle {
-                    state.tokens -= 1;
-                    state.waking = false;
-                    if !state.jobs.is_empty() {
-                        self.wake_one(&mut state);
-                    }
+                // A wake-up granted while no other thread is left idle to claim it lapses. (With
+                // others left, one claims it: the interrupt woke them all.)
+                if state.waking == Waking::Granted && state.idle == 0 {
+                    state.waking = Waking::No;
                 }
                 return Wait::Interrupted;
             }
-            if state.tokens > 0 {
-                state.tokens -= 1;
+            if state.waking == Waking::Granted {
+                state.waking = Waking::Claimed;
                 state.idle -= 1;
                 return Wait::Woken;
             }
