@@ -33,11 +33,13 @@ module Rustq
       @worker = Native::Worker.new(["rustq-worker", *argv])
       $stdout.sync = true
       boot_application
-      @processor = Processor.new
+      @processor = Processor.new(sidekiq: @sidekiq)
       Rustq.stopping = false
       @self_read, @self_write = IO.pipe
       trap_signals
+      @sidekiq&.fire(:startup)
       @worker.start
+      @sidekiq&.fire(:heartbeat)
       logger.info { "rustq-worker #{VERSION} running #{@worker.concurrency} Ruby threads as #{@worker.identity}" }
       @threads = Array.new(@worker.concurrency) { |i| start_thread(i) }
       watch_engine
@@ -62,11 +64,15 @@ module Rustq
         ENV["RAILS_ENV"] = ENV["RACK_ENV"] = environment
       end
       path = @worker.require_path || "."
-      if File.directory?(path)
-        unless File.exist?(File.join(path, "config", "application.rb"))
-          raise UsageError, "rustq-worker: #{File.expand_path(path)} is not a Rails app; " \
-            "point -r at a Rails app's root or at a Ruby file that loads your job classes\n"
-        end
+      rails = File.directory?(path)
+      if rails && !File.exist?(File.join(path, "config", "application.rb"))
+        raise UsageError, "rustq-worker: #{File.expand_path(path)} is not a Rails app; " \
+          "point -r at a Rails app's root or at a Ruby file that loads your job classes\n"
+      end
+      # Before the app: its Sidekiq.configure_server blocks run only in a Sidekiq server.
+      require_relative "sidekiq_server"
+      @sidekiq = SidekiqServer.load(concurrency: @worker.concurrency, rails: rails)
+      if rails
         # config/environment.rb initializes the app: eager loading follows config.eager_load
         # (on in production), and the Railtie sets the ActiveJob adapter up.
         require File.expand_path(File.join(path, "config", "environment.rb"))
@@ -114,9 +120,12 @@ module Rustq
             logger.info { "rustq-worker: SIG#{event}: stopping; running jobs get the shutdown timeout" }
             Rustq.stopping = true
             @worker.signal(event)
+            @sidekiq&.fire(:quiet)
+            @sidekiq&.fire(:shutdown)
           when "TSTP"
             logger.info { "rustq-worker: SIGTSTP: quiet, no new jobs" }
             @worker.signal(event)
+            @sidekiq&.fire(:quiet)
           when "TTIN"
             @worker.signal(event)
             dump_threads
@@ -212,8 +221,12 @@ module Rustq
     # Rustq::JobTimeout (their job is back on its queue), then end like the idle ones; a thread
     # whose job ignores it is killed.
     def finish(threads)
+      # Sidekiq's events fire once each: here when the engine stopped without a signal.
+      @sidekiq&.fire(:quiet)
+      @sidekiq&.fire(:shutdown)
       stop_abandoned_jobs
       threads.each { |thread| thread.join(2) || thread.kill }
+      @sidekiq&.fire(:exit)
       logger.info { "rustq-worker stopped" }
     end
 

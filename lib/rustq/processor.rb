@@ -23,12 +23,29 @@ module Rustq
 
     # Runs `payload` (a parsed job) in this thread, without any checks of Redis or retries:
     # what Rustq::Testing's inline mode and #process share.
-    def self.execute(payload, klass = job_class(payload))
+    def self.execute(payload, klass = job_class(payload), job = nil)
       return run_active_job(payload) if klass == :active_job
 
-      job = klass.new
-      job.jid = payload["jid"] if job.respond_to?(:jid=)
+      job ||= instance(payload, klass)
       job.perform(*payload["args"])
+    end
+
+    # A new instance of the job class, with its jid; for ActiveJob, of the wrapper class the
+    # payload names (what Sidekiq's server middleware is given), or a plain Object when that
+    # class is not loaded.
+    def self.instance(payload, klass)
+      if klass == :active_job
+        wrapper = begin
+          Object.const_get(payload["class"])
+        rescue NameError
+          nil
+        end
+        job = wrapper.is_a?(Class) ? wrapper.new : Object.new
+      else
+        job = klass.new
+      end
+      job.jid = payload["jid"] if job.respond_to?(:jid=)
+      job
     end
 
     # The class to run for `payload`, :active_job for an ActiveJob wrapper, or an error.
@@ -63,8 +80,11 @@ module Rustq
     end
     private_class_method :run_active_job
 
-    def initialize(logger: Rustq.logger)
+    # `sidekiq`: a Rustq::SidekiqServer when the app has Sidekiq (its server middleware, error
+    # and death handlers then run as under Sidekiq).
+    def initialize(logger: Rustq.logger, sidekiq: nil)
       @logger = logger
+      @sidekiq = sidekiq
       app = defined?(::Rails) && ::Rails.respond_to?(:application) && ::Rails.application
       @reloader = app.reloader if app.respond_to?(:reloader)
     end
@@ -76,12 +96,17 @@ module Rustq
       klass = nil
       within_app do
         klass = self.class.job_class(payload)
-        self.class.execute(payload, klass)
+        if @sidekiq&.middleware?
+          job = self.class.instance(payload, klass)
+          @sidekiq.around(job, payload, queue) { self.class.execute(payload, klass, job) }
+        else
+          self.class.execute(payload, klass)
+        end
       end
       nil
     # Everything a job raises fails that job only, `exit` and `abort` (SystemExit) included.
     rescue Exception => e # rubocop:disable Lint/RescueException
-      failure(payload || {}, klass, e, outlook, queue)
+      failure(payload || {}, klass, e, outlook, queue, json)
     end
 
     private
@@ -92,7 +117,9 @@ module Rustq
       @reloader ? @reloader.wrap(&block) : yield
     end
 
-    def failure(payload, klass, error, outlook, queue)
+    # The answer for a failed job. Sidekiq's order: the job's own hooks, death handlers (when it
+    # dies), then error handlers.
+    def failure(payload, klass, error, outlook, queue, json)
       message = error_message(error)
       @logger.warn { "#{payload["wrapped"] || payload["class"]} JID-#{payload["jid"]} failed: #{error.class.name}: #{message}\n#{Array(error.backtrace).first(10).join("\n")}" }
       result = {
@@ -100,19 +127,37 @@ module Rustq
         "message" => message,
         "backtrace" => Array(error.backtrace).map { |line| utf8(line) }
       }
-      return result.merge("retry_in" => "kill") if error.is_a?(NotAJobClass)
-      return result unless klass.is_a?(Class)
+      died = dies(payload, klass, error, outlook, queue, result)
+      if @sidekiq
+        @sidekiq.job_died(died, error) if died
+        @sidekiq.job_failed(error, payload, json)
+      end
+      result
+    end
+
+    # Fills in what the engine does with the failed job (result["retry_in"]) and runs the job's
+    # retry hooks. Returns the payload as death handlers see it when the job dies, else nil.
+    def dies(payload, klass, error, outlook, queue, result)
+      if error.is_a?(NotAJobClass)
+        result["retry_in"] = "kill"
+        return payload
+      end
+      # retry: false: Sidekiq hands death handlers the job as it was.
+      return payload if outlook == "no_retry"
 
       msg = failed_payload(payload, result, queue)
+      return (msg if outlook == "exhausted") unless klass.is_a?(Class)
+
       case outlook
       when "retry"
         retry_in = retry_in(klass, msg["retry_count"], error, msg)
-        retries_exhausted(klass, msg, error) if retry_in == "kill"
         result["retry_in"] = retry_in
+        retries_exhausted(klass, msg, error) if retry_in == "kill"
+        msg if %w[kill discard].include?(retry_in)
       when "exhausted"
         retries_exhausted(klass, msg, error)
+        msg
       end
-      result
     end
 
     # `sidekiq_retry_in { |count, exception| }`: seconds (a positive number; anything else is

@@ -125,6 +125,52 @@ RSpec.describe "rustq-worker" do
       expect([Sidekiq::Stats.new.processed, Sidekiq::Stats.new.failed]).to eq([10, 9])
     end
 
+    it "runs the app's Sidekiq.configure_server: server middleware, error and death handlers, lifecycle events" do
+      ok = Rustq::Client.push("class" => "RecordJob", "args" => ["ok"])
+      skipped = Rustq::Client.push("class" => "RecordJob", "args" => ["skip"])
+      sidekiq_job = Sidekiq::Client.push("class" => "SidekiqRecordJob", "args" => ["sidekiq"])
+      retried = Rustq::Client.push("class" => "ExitJob", "args" => ["exit"])
+      no_retry = Rustq::Client.push("class" => "ExitJob", "args" => ["abort"], "retry" => false)
+      killed = Rustq::Client.push("class" => "KilledJob", "args" => ["kill"])
+      exhausted = Rustq::Client.push("class" => "ExitJob", "args" => ["exit"], "retry" => 0)
+      refused = Rustq::Client.push("class" => "Kernel", "args" => ["x"])
+
+      w = worker("-r", "./spec/fixtures/worker_sidekiq_server_app.rb", "-c", "1")
+      w.await("every job") { Sidekiq::Stats.new.processed == 8 && Sidekiq::DeadSet.new.size == 3 }
+      w.signal("TSTP")
+      w.await("the quiet event") { redis.lrange("events", 0, -1).any? { |e| e.include?("quiet") } }
+      expect(w.stop.exitstatus).to eq(0)
+
+      events = redis.lrange("events", 0, -1).map { |json| JSON.parse(json) }
+      names = events.map { |e| e["event"] }
+      by = events.group_by { |e| e["event"] }
+      # configure_server ran at boot, as in a Sidekiq server; startup and heartbeat before any job.
+      expect(names.first(3)).to eq(%w[booted startup heartbeat])
+      expect(by["booted"].first["server"]).to be(true)
+      expect(names.last(2)).to eq(%w[quiet shutdown])
+
+      # Middleware around every job it could instantiate (not the refused Kernel); "skip" was not run.
+      expect(by["middleware"].to_h { |e| [e["jid"], e["instance"]] }).to eq(
+        ok => "RecordJob", skipped => "RecordJob", sidekiq_job => "SidekiqRecordJob", retried => "ExitJob",
+        no_retry => "ExitJob", killed => "KilledJob", exhausted => "ExitJob"
+      )
+      expect(by["middleware"].map { |e| e["queue"] }.uniq).to eq(["default"])
+      expect(ledger.map { |e| e["name"] || e["job"] }).to contain_exactly("ok", "sidekiq", "killed")
+
+      context = "Job raised exception"
+      expect(by["error"].map { |e| [e["jid"], e["context"]] }).to contain_exactly(
+        [retried, context], [no_retry, context], [killed, context], [exhausted, context], [refused, context]
+      )
+      # Death: retry: false (the job as it was), retry_in :kill and retries used up (with the
+      # failure filled in), a refused class. Not the job that will be retried.
+      expect(by["death"].map { |e| [e["jid"], e["error_class"]] }).to contain_exactly(
+        [no_retry, nil], [killed, "ArgumentError"], [exhausted, "SystemExit"], [refused, nil]
+      )
+      expect(Sidekiq::RetrySet.new.map(&:jid)).to eq([retried])
+      expect(Sidekiq::DeadSet.new.map(&:jid)).to contain_exactly(killed, exhausted, refused)
+      expect(Sidekiq::Stats.new.failed).to eq(5)
+    end
+
     # Short jobs are handed to the Ruby threads ahead of time (WorkerOptions#dispatch_ahead): the
     # Web UI must still count only jobs a thread has begun, and quieting must give back the ones
     # no thread has begun yet.
@@ -222,6 +268,12 @@ RSpec.describe "rustq-worker" do
       expect(Sidekiq::RetrySet.new.size).to eq(0)
       expect(Sidekiq::DeadSet.new.size).to eq(0)
       expect(w.log).to include("greeting now") # Rails.logger
+      # Sidekiq's server middleware (config/application.rb) saw every run: ActiveJob jobs through
+      # Sidekiq's wrapper class, as under Sidekiq.
+      middleware = redis.lrange("middleware", 0, -1).map { |json| JSON.parse(json) }
+      expect(middleware.size).to eq(7)
+      expect(middleware).to include({"instance" => "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper", "jid" => jids["now"]})
+      expect(middleware).to include({"instance" => "SidekiqStyleJob", "jid" => jids["sidekiq"]})
 
       expect(w.stop.exitstatus).to eq(0)
     end

@@ -1,0 +1,125 @@
+# frozen_string_literal: true
+
+module Rustq
+  # Sidekiq's server-side configuration, for apps that have Sidekiq. `rustq-worker` stands in for
+  # `sidekiq`, so what an app registers in `Sidekiq.configure_server` runs here as it would there:
+  #
+  #   server middleware   around every job, as (job instance, payload Hash, queue)
+  #   error_handlers      (exception, {context:, job:, jobstr:}) on every failure
+  #   death_handlers      (payload, exception) when a job dies: dead set, retry: false, :discard
+  #   on(:startup) ...    :startup, :heartbeat, :quiet, :shutdown and (Sidekiq 7+) :exit
+  #
+  # Sidekiq runs `configure_server` blocks only when `Sidekiq.server?`, which is
+  # `defined?(Sidekiq::CLI)`; so, like `sidekiq` itself, rustq-worker loads Sidekiq's CLI before
+  # the app boots. It works with Sidekiq 6 (settings on `Sidekiq`) and 7/8 (settings on
+  # `Sidekiq.default_configuration`).
+  class SidekiqServer
+    # Loads Sidekiq's server side before the app boots, when the app can have Sidekiq: the bundle
+    # lists it or, without Bundler, it is installed. Returns nil when Sidekiq is not there.
+    def self.load(concurrency:, rails:)
+      return unless available?
+
+      require "sidekiq/cli"
+      # Sidekiq's CLI loads its Railtie before booting a Rails app; so do we.
+      if rails
+        require "rails"
+        require "sidekiq/rails"
+      end
+      new(concurrency: concurrency)
+    rescue LoadError
+      nil
+    end
+
+    def self.available?
+      if defined?(::Bundler) && ::Bundler.respond_to?(:setup)
+        Gem.loaded_specs.key?("sidekiq")
+      else
+        !Gem::Specification.find_all_by_name("sidekiq").empty?
+      end
+    end
+
+    def initialize(concurrency:)
+      # Sidekiq 7+: a Config object; Sidekiq 6: the module and its options Hash.
+      @config = ::Sidekiq.respond_to?(:default_configuration) ? ::Sidekiq.default_configuration : nil
+      # Sidekiq sizes its server-side Redis pool (pushes from inside jobs) from the concurrency.
+      settings[:concurrency] = concurrency
+    end
+
+    # Whether the app added server middleware.
+    def middleware?
+      !middleware.empty?
+    end
+
+    # Runs the block inside the server middleware chain. A middleware that does not yield skips
+    # the job, which then counts as done (Sidekiq's rule).
+    def around(instance, payload, queue, &block)
+      middleware.invoke(instance, payload, queue, &block)
+    end
+
+    # A job failed.
+    def job_failed(error, payload, json)
+      notify(error, context: "Job raised exception", job: payload, jobstr: json)
+    end
+
+    # A job died: it goes to the dead set, or had retry: false, or was discarded.
+    def job_died(payload, error)
+      settings[:death_handlers].each do |handler|
+        handler.call(payload, error)
+      rescue => e
+        notify(e, context: "Error calling death handler", job: payload)
+      end
+    end
+
+    # Sidekiq's lifecycle events: each block once, in order (reverse for :quiet, :shutdown and
+    # :exit, as Sidekiq). A :startup block that raises stops the worker from starting.
+    def fire(event)
+      blocks = settings[:lifecycle_events][event]
+      return unless blocks
+
+      blocks = blocks.reverse if %i[quiet shutdown exit].include?(event)
+      blocks.each do |block|
+        block.call
+      rescue => e
+        Rustq.logger.error { "Sidekiq #{event} event failed: #{e.class}: #{e.message}" }
+        notify(e, context: "Exception during Sidekiq lifecycle event.", event: event)
+        raise if event == :startup
+      end
+      settings[:lifecycle_events][event].clear
+    end
+
+    private
+
+    def settings
+      @config || ::Sidekiq.options
+    end
+
+    def middleware
+      @config ? @config.server_middleware : ::Sidekiq.server_middleware
+    end
+
+    # Every error handler but Sidekiq's default one, which only logs (rustq logs failures itself).
+    # Sidekiq 7+ passes its config as a third argument to handlers that take one.
+    def notify(error, context)
+      settings[:error_handlers].each do |handler|
+        next if default_handler?(handler)
+
+        if @config && arity(handler) != 2
+          handler.call(error, context, @config)
+        else
+          handler.call(error, context)
+        end
+      rescue Exception => e # rubocop:disable Lint/RescueException
+        Rustq.logger.error { "!!! ERROR HANDLER THREW AN ERROR !!! #{e.class}: #{e.message}" }
+      end
+    end
+
+    def arity(handler)
+      handler.respond_to?(:arity) ? handler.arity : handler.method(:call).arity
+    end
+
+    def default_handler?(handler)
+      (defined?(::Sidekiq::ExceptionHandler::Logger) && handler.is_a?(::Sidekiq::ExceptionHandler::Logger)) ||
+        (defined?(::Sidekiq::Config::ERROR_HANDLER) && handler.equal?(::Sidekiq::Config::ERROR_HANDLER))
+    end
+  end
+end
