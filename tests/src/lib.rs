@@ -79,6 +79,16 @@ pub struct TestWorker {
 impl TestWorker {
     /// Starts `binary` with `args` against `redis`, logging to a file next to the server.
     pub fn start(binary: &str, redis: &RedisServer, args: &[&str]) -> TestWorker {
+        TestWorker::start_with_env(binary, redis, args, &[])
+    }
+
+    /// As [`TestWorker::start`], with more environment variables.
+    pub fn start_with_env(
+        binary: &str,
+        redis: &RedisServer,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestWorker {
         let n = std::fs::read_dir(redis.dir())
             .map(|d| d.count())
             .unwrap_or(0);
@@ -88,6 +98,7 @@ impl TestWorker {
         cmd.args(args)
             .env("REDIS_URL", redis.url())
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .current_dir(redis.dir())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log"))

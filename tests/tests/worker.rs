@@ -327,6 +327,65 @@ puts JSON.generate(Sidekiq::DeadSet.new.map { |j| [j["jid"], j["error_class"], j
     assert!(worker.log_text().contains("rustq-worker started"));
 }
 
+/// A unit written for Sidekiq (`Type=notify`, `WatchdogSec=`) works unchanged: READY=1 once
+/// the process is registered, WATCHDOG=1 every half WATCHDOG_USEC, STOPPING=1 on TERM.
+#[test]
+fn tells_systemd_it_is_ready_alive_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+
+    let redis = RedisServer::start();
+    let socket_path = redis.dir().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let config = config_file(&redis, FAST);
+    let mut worker = TestWorker::start_with_env(
+        WORKER,
+        &redis,
+        &["-C", config.as_str(), "-t", "2"],
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = socket
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no notice from the worker ({e}):\n{}", worker_log(&redis)));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next(), "READY=1");
+    assert_eq!(
+        redis.cli(&["SCARD", "processes"]),
+        "1",
+        "ready only once registered"
+    );
+    // 200 ms apart: two pings within a second.
+    assert_eq!([next(), next()], ["WATCHDOG=1", "WATCHDOG=1"]);
+    worker.signal("TERM");
+    let mut notices = Vec::new();
+    while notices.last().map(String::as_str) != Some("STOPPING=1") {
+        notices.push(next());
+        assert!(notices.len() < 20, "no STOPPING=1: {notices:?}");
+    }
+    assert!(worker
+        .wait(Duration::from_secs(10))
+        .expect("stops")
+        .success());
+}
+
+fn worker_log(redis: &RedisServer) -> String {
+    std::fs::read_dir(redis.dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("worker-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect()
+}
+
 #[test]
 fn web_ui_signals_quiet_and_stop_the_process() {
     let redis = RedisServer::start();

@@ -21,6 +21,7 @@ use crate::processor::Processor;
 use crate::recovery::Recovery;
 use crate::scheduled::Poller;
 use crate::stats::Counters;
+use crate::systemd::{self, Notifier};
 
 /// Tells a running worker to quiet down or stop; cheap to clone.
 #[derive(Clone, Default)]
@@ -210,6 +211,14 @@ impl Worker {
             options.average_scheduled_poll_interval,
         ));
         background.spawn(dump_loop(busy.clone(), control.clone()));
+        // Under systemd (`Type=notify`): ready now, registered and about to fetch.
+        let systemd = Notifier::from_env().map(Arc::new);
+        if let Some(notifier) = &systemd {
+            if let Some(every) = systemd::watchdog_interval() {
+                background.spawn(systemd::watchdog(notifier.clone(), every));
+            }
+            notifier.notify("READY=1");
+        }
 
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let acker = tokio::spawn(ack::run(conn.clone(), identity.clone(), ack_rx));
@@ -267,6 +276,9 @@ impl Worker {
 
         // Quiet: nothing new is fetched; the heartbeat goes on (quiet=true) until stop.
         control.stopped().await;
+        if let Some(notifier) = &systemd {
+            notifier.notify("STOPPING=1");
+        }
         tracing::info!(
             running = busy.len(),
             timeout_s = options.shutdown_timeout.as_secs_f64(),

@@ -4,7 +4,8 @@
 //! list), [`processor`] runs it with its [`handler`], [`job_retry`] decides what a failure means,
 //! [`ack`] writes the outcome, [`scheduled`] brings due retries and scheduled jobs back,
 //! [`heartbeat`] keeps the process visible with its [`stats`], [`recovery`] rescues the jobs of
-//! processes that died, and [`launcher`] runs the whole life of a process.
+//! processes that died, and [`launcher`] runs the whole life of a process (telling [`systemd`]
+//! when it is ready and when it stops, as `sidekiq` does).
 //!
 //! ```no_run
 //! use rustq_engine::{Failure, JobContext, Registry, Worker, WorkerOptions};
@@ -34,6 +35,7 @@ pub mod processor;
 pub mod recovery;
 pub mod scheduled;
 pub mod stats;
+pub mod systemd;
 
 pub use handler::{
     Backoff, Failure, FailureKind, Handler, HandlerOptions, JobContext, JobResult, Registry,
