@@ -30,7 +30,7 @@ module Rustq
     end
 
     def run(argv)
-      @worker = Native::Worker.new(["rustq-worker", *argv])
+      @worker = Native::Worker.new(["rustq-worker", *argv], method(:render_erb).to_proc)
       $stdout.sync = true
       boot_application
       @processor = Processor.new(sidekiq: @sidekiq)
@@ -56,6 +56,12 @@ module Rustq
     end
 
     private
+
+    # The config file's ERB, rendered as Sidekiq renders sidekiq.yml (before the app boots).
+    def render_erb(text)
+      require "erb"
+      ERB.new(text).result
+    end
 
     # Sidekiq's rules: a directory (the default: the current one) is a Rails app root whose
     # config/environment.rb boots it; anything else is a Ruby file to require.

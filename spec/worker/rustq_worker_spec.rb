@@ -57,6 +57,23 @@ RSpec.describe "rustq-worker" do
   end
 
   describe "a plain Ruby app (-r FILE)" do
+    it "renders ERB in the config file with Ruby, as Sidekiq renders sidekiq.yml" do
+      config = File.join(Dir.mktmpdir("rustq-spec"), "sidekiq.yml")
+      File.write(config, <<~YAML)
+        :concurrency: <%= [2, 3].sum %>
+        :tag: <%= ENV.fetch("RUSTQ_SPEC_UNSET", "erb").upcase %>
+      YAML
+      w = worker("-r", plain_app, "-C", config)
+      process = w.await("the process in Sidekiq::ProcessSet") { processes.first }
+      expect([process["concurrency"], process["tag"]]).to eq([5, "ERB"])
+      expect(w.stop.exitstatus).to eq(0)
+
+      File.write(config, ":concurrency: <%= NoSuchConstant %>\n")
+      out = IO.popen({"REDIS_URL" => REDIS_SERVER.url}, ["ruby", "-I", "lib", RustqWorkerProcess::EXE, "-r", plain_app, "-C", config],
+        chdir: RustqWorkerProcess::ROOT, err: [:child, :out], &:read)
+      expect([$?.exitstatus, out]).to match([2, a_string_including("sidekiq.yml", "NoSuchConstant")])
+    end
+
     it "runs Rustq::Job and Sidekiq::Worker classes pushed by rustq's and Sidekiq's clients, visible in Sidekiq::ProcessSet" do
       jids = [
         Rustq::Client.push("class" => "RecordJob", "args" => ["from rustq"]),

@@ -105,8 +105,21 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    parse_from_with(args, &crate::erb::render_env)
+}
+
+/// [`parse_from`] with `render` for ERB in the config file (see
+/// [`WorkerOptions::apply_file_with`]).
+pub fn parse_from_with<I, T>(
+    args: I,
+    render: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<Parsed, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
     let cli = Cli::try_parse_from(args)?;
-    let options = build_options(&cli)
+    let options = build_options(&cli, render)
         .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{e}\n")))?;
     Ok(Parsed {
         options,
@@ -162,7 +175,10 @@ pub fn main(registry: Registry) -> ExitCode {
     })
 }
 
-fn build_options(cli: &Cli) -> Result<WorkerOptions, String> {
+fn build_options(
+    cli: &Cli,
+    render: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<WorkerOptions, String> {
     let mut options = WorkerOptions::default();
     let environment = cli.environment.clone().or_else(|| {
         ["RAILS_ENV", "RACK_ENV", "APP_ENV"]
@@ -178,7 +194,7 @@ fn build_options(cli: &Cli) -> Result<WorkerOptions, String> {
     });
     if let Some(path) = &config {
         options
-            .apply_file(path, environment.as_deref())
+            .apply_file_with(path, environment.as_deref(), render)
             .map_err(|e| e.to_string())?;
     }
     if let Some(url) = &cli.redis_url {

@@ -24,6 +24,7 @@
 
 pub mod ack;
 pub mod cli;
+pub mod erb;
 pub mod fetch;
 pub mod handler;
 pub mod heartbeat;

@@ -138,15 +138,34 @@ impl WorkerOptions {
     /// an environment section (`production:`) overriding the top level, and rustq's own keys
     /// (`wire_version`, `job_timeout`, `heartbeat_interval`, `max_recoveries`, `fetch_batch`, `prefetch`,
     /// `redis_url`, `handlers`) at the top level or under `rustq:`.
+    ///
+    /// ERB tags are rendered first, as Sidekiq does, by [`crate::erb::render_env`] (environment
+    /// lookups only); [`WorkerOptions::apply_file_with`] takes another renderer.
     pub fn apply_file(
         &mut self,
         path: &Path,
         environment: Option<&str>,
     ) -> Result<(), ConfigError> {
+        self.apply_file_with(path, environment, &crate::erb::render_env)
+    }
+
+    /// [`WorkerOptions::apply_file`] with `render` for files holding ERB (`<%`): the gem's
+    /// `rustq-worker` passes Ruby's own ERB.
+    pub fn apply_file_with(
+        &mut self,
+        path: &Path,
+        environment: Option<&str>,
+        render: &dyn Fn(&str) -> Result<String, String>,
+    ) -> Result<(), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
+        let text = if text.contains("<%") {
+            render(&text).map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
+        } else {
+            text
+        };
         self.apply_yaml(&text, environment)
     }
 
@@ -359,6 +378,48 @@ fn normalize_keys(v: Yaml) -> Yaml {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_file_with_erb_is_rendered_first() {
+        let dir = std::env::temp_dir().join(format!("rustq-erb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sidekiq.yml");
+        // PATH is set everywhere; the other name nowhere.
+        std::fs::write(
+            &path,
+            ":concurrency: <%= ENV.fetch(\"RUSTQ_TEST_UNSET_CONCURRENCY\", 7) %>\n\
+             :tag: <%= ENV[\"PATH\"] ? \"x\" : \"y\" %>\n",
+        )
+        .unwrap();
+        let error = WorkerOptions::default()
+            .apply_file(&path, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("sidekiq.yml: `<%= ENV[\"PATH\"] ? \"x\" : \"y\" %>` is Ruby"),
+            "{error}"
+        );
+
+        std::fs::write(
+            &path,
+            ":concurrency: <%= ENV.fetch(\"RUSTQ_TEST_UNSET_CONCURRENCY\", 7) %>\n\
+             :tag: <%= ENV[\"RUSTQ_TEST_UNSET_TAG\"] || \"billing\" %>\n",
+        )
+        .unwrap();
+        let mut o = WorkerOptions::default();
+        o.apply_file(&path, None).unwrap();
+        assert_eq!((o.concurrency, o.tag.as_deref()), (7, Some("billing")));
+
+        // Another renderer (the gem passes Ruby's ERB) sees the whole text.
+        let mut o = WorkerOptions::default();
+        o.apply_file_with(&path, None, &|text| {
+            assert!(text.starts_with(":concurrency: <%="));
+            Ok(":concurrency: 3\n".into())
+        })
+        .unwrap();
+        assert_eq!(o.concurrency, 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn reads_a_sidekiq_yml() {

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, OnceLock};
 use std::time::Duration;
 
-use magnus::{prelude::*, Error, RArray, RHash, RString, Ruby, Symbol, Value};
+use magnus::{block::Proc, prelude::*, Error, RArray, RHash, RString, Ruby, Symbol, Value};
 use rustq_engine::cli::{self, Parsed};
 use rustq_engine::job_retry::{self, Outlook, RetryPolicy};
 use rustq_engine::{
@@ -416,11 +416,16 @@ pub struct Reply {
 }
 
 impl Worker {
-    /// `Worker.new(argv)`: parses `rustq-worker` arguments (`argv[0]` is the program name) and
-    /// the config file exactly as the standalone binary does. `--help`, `--version` and bad
-    /// options raise `Rustq::UsageError` whose `status` is the exit code (0 or 2).
-    pub fn new(ruby: &Ruby, argv: Vec<String>) -> Result<Worker, Error> {
-        let parsed = cli::parse_from(argv).map_err(|e| {
+    /// `Worker.new(argv, erb)`: parses `rustq-worker` arguments (`argv[0]` is the program name)
+    /// and the config file exactly as the standalone binary does, except that ERB in the file is
+    /// rendered by `erb` (a Proc taking and returning the text: Ruby's own ERB, as Sidekiq).
+    /// `--help`, `--version` and bad options raise `Rustq::UsageError` whose `status` is the
+    /// exit code (0 or 2).
+    pub fn new(ruby: &Ruby, argv: Vec<String>, erb: Proc) -> Result<Worker, Error> {
+        let render = |text: &str| -> Result<String, String> {
+            erb.call::<_, String>((text,)).map_err(|e| e.to_string())
+        };
+        let parsed = cli::parse_from_with(argv, &render).map_err(|e| {
             let status = if e.exit_code() == 0 { 0 } else { 2 };
             errors::usage(ruby, e.render().to_string(), status)
         })?;
