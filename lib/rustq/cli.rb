@@ -39,7 +39,7 @@ module Rustq
       trap_signals
       @sidekiq&.fire(:startup)
       @worker.start
-      @sidekiq&.fire(:heartbeat)
+      @beats = 0
       logger.info { "rustq-worker #{VERSION} running #{@worker.concurrency} Ruby threads as #{@worker.identity}" }
       @threads = Array.new(@worker.concurrency) { |i| start_thread(i) }
       watch_engine
@@ -75,6 +75,10 @@ module Rustq
         raise UsageError, "rustq-worker: #{File.expand_path(path)} is not a Rails app; " \
           "point -r at a Rails app's root or at a Ruby file that loads your job classes\n"
       end
+      # A Rails app's config/boot.rb sets Bundler up: load it first, so that what the bundle
+      # holds (Sidekiq or not, which version) decides below, as under `bundle exec`.
+      boot = File.join(path, "config", "boot.rb")
+      require File.expand_path(boot) if rails && File.exist?(boot)
       # Before the app: its Sidekiq.configure_server blocks run only in a Sidekiq server.
       require_relative "sidekiq_server"
       @sidekiq = SidekiqServer.load(concurrency: @worker.concurrency, rails: rails)
@@ -139,7 +143,23 @@ module Rustq
         end
         stop_abandoned_jobs
         replace_dead_threads
+        fire_sidekiq_events
       end
+    end
+
+    # Sidekiq's lifecycle events follow the engine: :heartbeat after its first heartbeat, :beat
+    # after each one, :quiet and :shutdown however it was told (a signal or the Web UI).
+    def fire_sidekiq_events
+      return unless @sidekiq
+
+      beats = @worker.beats
+      if beats > @beats
+        @beats = beats
+        @sidekiq.fire(:heartbeat)
+        @sidekiq.fire(:beat)
+      end
+      @sidekiq.fire(:quiet) if @worker.quiet?
+      @sidekiq.fire(:shutdown) if @worker.stopping?
     end
 
     # A job that ends its own thread (Thread.exit, Thread#kill) has been failed already (see
@@ -187,7 +207,8 @@ module Rustq
         reported = false
         begin
           @busy_lock.synchronize { @busy[Thread.current] = reply }
-          answer = Thread.handle_interrupt(JobTimeout => :immediate) { @processor.process(json, queue, outlook) }
+          # Only the job itself may be interrupted by Rustq::JobTimeout (see Processor#process).
+          answer = @processor.process(json, queue, outlook)
           report(reply, answer)
           reported = true
         ensure

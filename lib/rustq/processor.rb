@@ -91,16 +91,20 @@ module Rustq
 
     # Runs the job in `json` (fetched from `queue`); `outlook` is what the engine will do with a
     # failure: "retry", "exhausted" (dead set) or "no_retry". Returns nil or a failure Hash.
+    # Rustq::JobTimeout (the worker gave up on the job) may interrupt the job itself only, never
+    # the failure handling around it.
     def process(json, queue, outlook)
       payload = JSON.parse(json)
       klass = nil
-      within_app do
-        klass = self.class.job_class(payload)
-        if @sidekiq&.middleware?
-          job = self.class.instance(payload, klass)
-          @sidekiq.around(job, payload, queue) { self.class.execute(payload, klass, job) }
-        else
-          self.class.execute(payload, klass)
+      Thread.handle_interrupt(JobTimeout => :immediate) do
+        within_app do
+          klass = self.class.job_class(payload)
+          if @sidekiq&.middleware?
+            job = self.class.instance(payload, klass)
+            @sidekiq.around(job, payload, queue) { self.class.execute(payload, klass, job) }
+          else
+            self.class.execute(payload, klass)
+          end
         end
       end
       nil
@@ -127,12 +131,25 @@ module Rustq
         "message" => message,
         "backtrace" => Array(error.backtrace).map { |line| utf8(line) }
       }
+      # The engine has given up on this job (time limit: retried; shutdown: back on its queue)
+      # and decides alone; like Sidekiq::Shutdown, this is no failure for hooks and handlers.
+      return result if timed_out?(error)
+
       died = dies(payload, klass, error, outlook, queue, result)
       if @sidekiq
         @sidekiq.job_died(died, error) if died
         @sidekiq.job_failed(error, payload, json)
       end
       result
+    end
+
+    def timed_out?(error)
+      3.times do
+        return true if error.is_a?(JobTimeout)
+
+        error = error.cause or return false
+      end
+      false
     end
 
     # Fills in what the engine does with the failed job (result["retry_in"]) and runs the job's

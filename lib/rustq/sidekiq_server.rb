@@ -14,35 +14,41 @@ module Rustq
   # the app boots. It works with Sidekiq 6 (settings on `Sidekiq`) and 7/8 (settings on
   # `Sidekiq.default_configuration`).
   class SidekiqServer
-    # Loads Sidekiq's server side before the app boots, when the app can have Sidekiq: the bundle
-    # lists it or, without Bundler, it is installed. Returns nil when Sidekiq is not there.
+    # Loads Sidekiq's server side before the app boots, when the app has Sidekiq: its bundle lists
+    # it or, without Bundler, it is installed. Returns nil when Sidekiq is not there (or cannot
+    # load on this Ruby).
     def self.load(concurrency:, rails:)
       return unless available?
 
       require "sidekiq/cli"
+      server = new(concurrency: concurrency)
       # Sidekiq's CLI loads its Railtie before booting a Rails app; so do we.
       if rails
         require "rails"
         require "sidekiq/rails"
       end
-      new(concurrency: concurrency)
-    rescue LoadError
+      server
+    rescue LoadError, StandardError => e
+      Rustq.logger.warn { "rustq-worker: Sidekiq's server side did not load (#{e.class}: #{e.message}); Sidekiq.configure_server blocks will not run" }
       nil
     end
 
     def self.available?
-      if defined?(::Bundler) && ::Bundler.respond_to?(:setup)
-        Gem.loaded_specs.key?("sidekiq")
-      else
-        !Gem::Specification.find_all_by_name("sidekiq").empty?
-      end
+      return Gem.loaded_specs.key?("sidekiq") if defined?(::Bundler) && ::Bundler.respond_to?(:setup)
+
+      !Gem::Specification.find_all_by_name("sidekiq").empty?
     end
 
     def initialize(concurrency:)
-      # Sidekiq 7+: a Config object; Sidekiq 6: the module and its options Hash.
+      # Sidekiq 7+: a Config object; 6.5: `Sidekiq[key]`; 6.4 and older: `Sidekiq.options`.
       @config = ::Sidekiq.respond_to?(:default_configuration) ? ::Sidekiq.default_configuration : nil
+      @settings = @config || (::Sidekiq.respond_to?(:[]) ? ::Sidekiq : ::Sidekiq.options)
+      # What Sidekiq 7+ registers for itself when its CLI loads (execution metrics, which the
+      # engine writes already; iterable-job interrupts): the app's own configuration starts empty.
+      middleware.clear
+      @settings[:lifecycle_events].each_value(&:clear)
       # Sidekiq sizes its server-side Redis pool (pushes from inside jobs) from the concurrency.
-      settings[:concurrency] = concurrency
+      @settings[:concurrency] = concurrency
     end
 
     # Whether the app added server middleware.
@@ -63,18 +69,19 @@ module Rustq
 
     # A job died: it goes to the dead set, or had retry: false, or was discarded.
     def job_died(payload, error)
-      settings[:death_handlers].each do |handler|
+      @settings[:death_handlers].each do |handler|
         handler.call(payload, error)
       rescue => e
         notify(e, context: "Error calling death handler", job: payload)
       end
     end
 
-    # Sidekiq's lifecycle events: each block once, in order (reverse for :quiet, :shutdown and
-    # :exit, as Sidekiq). A :startup block that raises stops the worker from starting.
+    # Sidekiq's lifecycle events, in order (reverse for :quiet, :shutdown and :exit, as
+    # Sidekiq): each block once, but :beat's at every heartbeat. A :startup block that raises
+    # stops the worker from starting.
     def fire(event)
-      blocks = settings[:lifecycle_events][event]
-      return unless blocks
+      blocks = @settings[:lifecycle_events][event]
+      return if blocks.nil? || blocks.empty?
 
       blocks = blocks.reverse if %i[quiet shutdown exit].include?(event)
       blocks.each do |block|
@@ -84,14 +91,10 @@ module Rustq
         notify(e, context: "Exception during Sidekiq lifecycle event.", event: event)
         raise if event == :startup
       end
-      settings[:lifecycle_events][event].clear
+      @settings[:lifecycle_events][event].clear unless event == :beat
     end
 
     private
-
-    def settings
-      @config || ::Sidekiq.options
-    end
 
     def middleware
       @config ? @config.server_middleware : ::Sidekiq.server_middleware
@@ -100,7 +103,7 @@ module Rustq
     # Every error handler but Sidekiq's default one, which only logs (rustq logs failures itself).
     # Sidekiq 7+ passes its config as a third argument to handlers that take one.
     def notify(error, context)
-      settings[:error_handlers].each do |handler|
+      @settings[:error_handlers].each do |handler|
         next if default_handler?(handler)
 
         if @config && arity(handler) != 2
@@ -117,8 +120,10 @@ module Rustq
       handler.respond_to?(:arity) ? handler.arity : handler.method(:call).arity
     end
 
+    # Sidekiq's own logging handler: 6.4's Logger, 6.5's DEFAULT_ERROR_HANDLER, 7+'s ERROR_HANDLER.
     def default_handler?(handler)
       (defined?(::Sidekiq::ExceptionHandler::Logger) && handler.is_a?(::Sidekiq::ExceptionHandler::Logger)) ||
+        (defined?(::Sidekiq::DEFAULT_ERROR_HANDLER) && handler == ::Sidekiq::DEFAULT_ERROR_HANDLER) ||
         (defined?(::Sidekiq::Config::ERROR_HANDLER) && handler.equal?(::Sidekiq::Config::ERROR_HANDLER))
     end
   end

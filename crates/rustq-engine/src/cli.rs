@@ -29,7 +29,7 @@ enum LogFormat {
 #[derive(Parser, Debug)]
 #[command(name = "rustq-worker", version, about, long_about = None)]
 struct Cli {
-    /// Config file in sidekiq.yml shape (default: config/rustq.yml, else config/sidekiq.yml).
+    /// Config file in sidekiq.yml shape (default: config/rustq.yml, else config/sidekiq.yml, else config/sidekiq.yml.erb).
     #[arg(short = 'C', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Jobs to run at once.
@@ -186,11 +186,15 @@ fn build_options(
             .find_map(|v| std::env::var(v).ok())
     });
     let config = cli.config.clone().or_else(|| {
-        ["config/rustq.yml", "config/sidekiq.yml"]
-            .iter()
-            .map(Path::new)
-            .find(|p| p.exists())
-            .map(Path::to_path_buf)
+        [
+            "config/rustq.yml",
+            "config/sidekiq.yml",
+            "config/sidekiq.yml.erb",
+        ]
+        .iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .map(Path::to_path_buf)
     });
     if let Some(path) = &config {
         options

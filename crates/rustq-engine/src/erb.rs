@@ -31,8 +31,9 @@ fn render_with(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
             rest = after;
             continue;
         }
-        let end = tag
+        let end = tag[2..]
             .find("%>")
+            .map(|i| i + 2)
             .ok_or_else(|| format!("unclosed ERB tag: {}", first_line(tag)))?;
         let body = &tag[2..end];
         rest = &tag[end + 2..];
@@ -44,7 +45,13 @@ fn render_with(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
         };
         let value = Parser { src: code, pos: 0 }
             .expression(env)
-            .map_err(|()| unsupported(&tag[..end + 2]))?;
+            .map_err(|e| match e {
+                Refusal::Unsupported => unsupported(&tag[..end + 2]),
+                Refusal::KeyNotFound(name) => format!(
+                    "`{}`: KeyError: key not found: \"{name}\" (the environment has no {name})",
+                    &tag[..end + 2]
+                ),
+            })?;
         out.push_str(value.as_deref().unwrap_or(""));
     }
     out.push_str(rest);
@@ -63,33 +70,51 @@ fn unsupported(tag: &str) -> String {
     )
 }
 
+/// Why a tag was not rendered.
+enum Refusal {
+    /// Ruby this evaluator does not know.
+    Unsupported,
+    /// `ENV.fetch("NAME")` without a default, and no NAME (Ruby raises KeyError).
+    KeyNotFound(String),
+}
+
 struct Parser<'a> {
     src: &'a str,
     pos: usize,
 }
 
 impl Parser<'_> {
-    /// `primary ( "||" primary )* ( "." conversion )?`, and nothing after it.
-    fn expression(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<Value, ()> {
-        let mut value = self.primary(env)?;
+    /// `operand ( "||" operand )*`, and nothing after it.
+    fn expression(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<Value, Refusal> {
+        let mut value = self.operand(env)?;
         while self.eat("||") {
-            let fallback = self.primary(env)?;
+            // Ruby evaluates the right side only when the left is nil (a missing
+            // ENV.fetch there must not fail a value that is set).
+            let fallback = self.operand(env);
             if value.is_none() {
-                value = fallback;
+                value = fallback?;
+            } else if let Err(Refusal::Unsupported) = fallback {
+                return Err(Refusal::Unsupported);
             }
-        }
-        if self.eat(".") {
-            value = self.conversion(value)?;
         }
         self.skip_space();
         if self.pos == self.src.len() {
             Ok(value)
         } else {
-            Err(())
+            Err(Refusal::Unsupported)
         }
     }
 
-    fn primary(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<Value, ()> {
+    /// `primary ( "." conversion )?`: a method call binds tighter than `||`.
+    fn operand(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<Value, Refusal> {
+        let value = self.primary(env)?;
+        if self.eat(".") {
+            return self.conversion(value);
+        }
+        Ok(value)
+    }
+
+    fn primary(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<Value, Refusal> {
         self.skip_space();
         if self.eat("ENV") {
             if self.eat("[") {
@@ -116,14 +141,14 @@ impl Parser<'_> {
                 (Some(value), _) => Ok(Some(value)),
                 (None, Some(default)) => Ok(default),
                 // Ruby raises KeyError here; so does the config.
-                (None, None) => Err(()),
+                (None, None) => Err(Refusal::KeyNotFound(name)),
             };
         }
         self.literal()
     }
 
     /// A String, Integer, Float, nil, true or false literal.
-    fn literal(&mut self) -> Result<Value, ()> {
+    fn literal(&mut self) -> Result<Value, Refusal> {
         self.skip_space();
         if matches!(self.peek(), Some('"' | '\'')) {
             return self.string().map(Some);
@@ -145,28 +170,31 @@ impl Parser<'_> {
             .map_or(rest.len(), |(i, _)| i);
         let number = rest[..len].trim_end_matches('.').replace('_', "");
         if number.is_empty() || number.parse::<f64>().is_err() {
-            return Err(());
+            return Err(Refusal::Unsupported);
         }
         self.pos += rest[..len].trim_end_matches('.').len();
         Ok(Some(number))
     }
 
     /// A double- or single-quoted string without interpolation.
-    fn string(&mut self) -> Result<String, ()> {
+    fn string(&mut self) -> Result<String, Refusal> {
         self.skip_space();
-        let quote = self.peek().filter(|c| *c == '"' || *c == '\'').ok_or(())?;
+        let quote = self
+            .peek()
+            .filter(|c| *c == '"' || *c == '\'')
+            .ok_or(Refusal::Unsupported)?;
         let body = &self.src[self.pos + 1..];
-        let end = body.find(quote).ok_or(())?;
+        let end = body.find(quote).ok_or(Refusal::Unsupported)?;
         let text = &body[..end];
         if text.contains('\\') || (quote == '"' && text.contains("#{")) {
-            return Err(());
+            return Err(Refusal::Unsupported);
         }
         self.pos += end + 2;
         Ok(text.to_string())
     }
 
-    /// Ruby's `to_i`/`to_f`/`to_s` of a String or nil.
-    fn conversion(&mut self, value: Value) -> Result<Value, ()> {
+    /// Ruby's `to_i`/`to_f`/`to_s` of a String or nil (`12.to_f` prints as `12.0`).
+    fn conversion(&mut self, value: Value) -> Result<Value, Refusal> {
         let text = value.unwrap_or_default();
         if self.eat("to_i") {
             let text = text.trim_start();
@@ -177,12 +205,11 @@ impl Parser<'_> {
             let number: i64 = text[..sign + digits].parse().unwrap_or(0);
             Ok(Some(number.to_string()))
         } else if self.eat("to_f") {
-            let number: f64 = text.trim().parse().unwrap_or(0.0);
-            Ok(Some(number.to_string()))
+            Ok(Some(ruby_float(leading_float(&text))))
         } else if self.eat("to_s") {
             Ok(Some(text))
         } else {
-            Err(())
+            Err(Refusal::Unsupported)
         }
     }
 
@@ -205,12 +232,50 @@ impl Parser<'_> {
         }
     }
 
-    fn expect(&mut self, token: &str) -> Result<(), ()> {
+    fn expect(&mut self, token: &str) -> Result<(), Refusal> {
         if self.eat(token) {
             Ok(())
         } else {
-            Err(())
+            Err(Refusal::Unsupported)
         }
+    }
+}
+
+/// The number at the start of `text`, as Ruby's `String#to_f` reads it (0.0 when none).
+fn leading_float(text: &str) -> f64 {
+    let text = text.trim_start();
+    let bytes = text.as_bytes();
+    let mut end = usize::from(matches!(bytes.first(), Some(b'+' | b'-')));
+    let digits = |from: usize| {
+        from + bytes[from..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count()
+    };
+    let whole = digits(end);
+    if whole == end {
+        return 0.0;
+    }
+    end = whole;
+    if bytes.get(end) == Some(&b'.') && bytes.get(end + 1).is_some_and(u8::is_ascii_digit) {
+        end = digits(end + 1);
+    }
+    if matches!(bytes.get(end), Some(b'e' | b'E')) {
+        let sign = usize::from(matches!(bytes.get(end + 1), Some(b'+' | b'-')));
+        let exponent = digits(end + 1 + sign);
+        if exponent > end + 1 + sign {
+            end = exponent;
+        }
+    }
+    text[..end].parse().unwrap_or(0.0)
+}
+
+/// A Float as Ruby prints it: always with a fraction (`12.0`).
+fn ruby_float(number: f64) -> String {
+    if number.is_finite() && number.fract() == 0.0 && number.abs() < 1e16 {
+        format!("{number:.1}")
+    } else {
+        number.to_string()
     }
 }
 
@@ -243,6 +308,13 @@ mod tests {
             (r#"<%= ENV["JUNK"].to_i %>"#, "7"),
             (r#"<%= ENV["MISSING"].to_i %>"#, "0"),
             ("<%= 2.5 %>", "2.5"),
+            (r#"<%= ENV["JUNK"] || "5".to_i %>"#, "7 dwarves"),
+            (r#"<%= ENV["MISSING"] || "5".to_i %>"#, "5"),
+            (r#"<%= ENV["NAME"] || ENV.fetch("MISSING") %>"#, "billing"),
+            (r#"<%= ENV["JUNK"].to_f %>"#, "7.0"),
+            (r#"<%= ENV["THREADS"].to_f %>"#, "12.0"),
+            (r#"<%= "2.5e1x".to_f %>"#, "25.0"),
+            (r#"<%= "inf".to_f %>"#, "0.0"),
             ("<%= 10_000 %>", "10000"),
             ("<%# a comment %>", ""),
             ("<%%= literal %>", "<%= literal %>"),
@@ -263,19 +335,27 @@ mod tests {
         for input in [
             "<%= Rails.env %>",
             "<% if true %>x<% end %>",
-            r#"<%= ENV.fetch("MISSING") %>"#,
             r#"<%= ENV["NAME"].upcase %>"#,
             r##"<%= "#{ENV["NAME"]}-x" %>"##,
             "<%= ENV['NAME'] ",
+            "<%>",
+            "<%= ENV[\"NAMÉ\"].é %>",
+            "ü<%= é %>",
         ] {
             let error = render(input).unwrap_err();
             assert!(
-                error.contains("cannot run") || error.contains("unclosed"),
+                error.contains("cannot run")
+                    || error.contains("unclosed")
+                    || error.contains("KeyError"),
                 "{input}: {error}"
             );
         }
         assert!(render("<%= Rails.env %>")
             .unwrap_err()
             .starts_with("`<%= Rails.env %>` is Ruby"));
+        assert_eq!(
+            render(r#"<%= ENV.fetch("MISSING") %>"#).unwrap_err(),
+            r#"`<%= ENV.fetch("MISSING") %>`: KeyError: key not found: "MISSING" (the environment has no MISSING)"#
+        );
     }
 }

@@ -35,6 +35,7 @@ struct ControlState {
     stop: AtomicBool,
     changed: Notify,
     dump: Notify,
+    beats: AtomicU64,
 }
 
 impl Control {
@@ -61,6 +62,16 @@ impl Control {
 
     pub fn is_stopping(&self) -> bool {
         self.inner.stop.load(Ordering::SeqCst)
+    }
+
+    /// How many heartbeats have been written so far (a host fires Sidekiq's `:heartbeat` and
+    /// `:beat` events from it).
+    pub fn beats(&self) -> u64 {
+        self.inner.beats.load(Ordering::SeqCst)
+    }
+
+    fn beaten(&self) {
+        self.inner.beats.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Resolves once `quiet` (or `stop`) has been asked for.
@@ -181,6 +192,7 @@ impl Worker {
         // Visible first, registered second, fetching last: nobody may recover a process that is
         // registered but has not beaten yet.
         retry_until_ok(&control, "heartbeat", || heartbeat.beat(false)).await;
+        control.beaten();
         retry_until_ok(&control, "register", || {
             recovery.register(&queue_names, options.concurrency)
         })
@@ -569,7 +581,11 @@ async fn heartbeat_loop(
             _ = tokio::time::sleep(every) => {}
             _ = control.quieted(), if !control.is_quiet() => {}
         }
-        match heartbeat.beat(control.is_quiet()).await {
+        let beat = heartbeat.beat(control.is_quiet()).await;
+        if beat.is_ok() {
+            control.beaten();
+        }
+        match beat {
             Ok(Some(signal)) => {
                 tracing::info!(signal = ?signal, "signal from the Web UI");
                 control.apply(signal);

@@ -46,6 +46,8 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     worker.define_method("next_job", method!(worker::Worker::next_job, 0))?;
     worker.define_method("signal", method!(worker::Worker::signal, 1))?;
     worker.define_method("stopping?", method!(worker::Worker::stopping, 0))?;
+    worker.define_method("quiet?", method!(worker::Worker::quiet, 0))?;
+    worker.define_method("beats", method!(worker::Worker::beats, 0))?;
     worker.define_method("wait", method!(worker::Worker::wait, 1))?;
     let reply = native.define_class("Reply", ruby.class_object())?;
     reply.define_method("complete", method!(worker::Reply::complete, 1))?;

@@ -605,6 +605,16 @@ impl Worker {
         self.control.is_stopping()
     }
 
+    /// `quiet?`: no new jobs are fetched (TSTP, the Web UI's Quiet, or stopping).
+    pub fn quiet(&self) -> bool {
+        self.control.is_quiet()
+    }
+
+    /// `beats`: how many heartbeats the engine has written.
+    pub fn beats(&self) -> u64 {
+        self.control.beats()
+    }
+
     /// `wait(seconds)`: true once the engine has stopped (raising `Rustq::Error` if it failed),
     /// false after `seconds` or when interrupted (a signal trap runs meanwhile). No GVL held.
     pub fn wait(ruby: &Ruby, rb_self: &Worker, seconds: f64) -> Result<bool, Error> {
