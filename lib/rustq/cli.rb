@@ -75,21 +75,18 @@ module Rustq
         raise UsageError, "rustq-worker: #{File.expand_path(path)} is not a Rails app; " \
           "point -r at a Rails app's root or at a Ruby file that loads your job classes\n"
       end
-      # A Rails app's config/boot.rb sets Bundler up: load it first, so that what the bundle
-      # holds (Sidekiq or not, which version) decides below, as under `bundle exec`.
-      boot = File.join(path, "config", "boot.rb")
-      require File.expand_path(boot) if rails && File.exist?(boot)
-      # Before the app: its Sidekiq.configure_server blocks run only in a Sidekiq server.
+      # Its Sidekiq.configure_server blocks run only in a Sidekiq server: see SidekiqServer.watch.
       require_relative "sidekiq_server"
-      @sidekiq = SidekiqServer.load(concurrency: @worker.concurrency, rails: rails)
-      if rails
-        # config/environment.rb initializes the app: eager loading follows config.eager_load
-        # (on in production), and the Railtie sets the ActiveJob adapter up.
-        require File.expand_path(File.join(path, "config", "environment.rb"))
-      elsif File.exist?(path)
-        require File.expand_path(path)
-      else
-        raise UsageError, "rustq-worker: no such file or directory to require: #{path}\n"
+      @sidekiq = SidekiqServer.watch(concurrency: @worker.concurrency) do
+        if rails
+          # config/environment.rb initializes the app: eager loading follows config.eager_load
+          # (on in production), and the Railtie sets the ActiveJob adapter up.
+          require File.expand_path(File.join(path, "config", "environment.rb"))
+        elsif File.exist?(path)
+          require File.expand_path(path)
+        else
+          raise UsageError, "rustq-worker: no such file or directory to require: #{path}\n"
+        end
       end
       # An app that does not require rustq itself (a plain -r file) still gets all of it.
       require_relative "../rustq"

@@ -10,33 +10,72 @@ module Rustq
   #   on(:startup) ...    :startup, :heartbeat, :quiet, :shutdown and (Sidekiq 7+) :exit
   #
   # Sidekiq runs `configure_server` blocks only when `Sidekiq.server?`, which is
-  # `defined?(Sidekiq::CLI)`; so, like `sidekiq` itself, rustq-worker loads Sidekiq's CLI before
-  # the app boots. It works with Sidekiq 6 (settings on `Sidekiq`) and 7/8 (settings on
-  # `Sidekiq.default_configuration`).
+  # `defined?(Sidekiq::CLI)`. `sidekiq` loads its CLI before the app; rustq-worker loads it the
+  # moment the app itself has loaded Sidekiq while booting (see .watch), so an app without
+  # Sidekiq never gets it, whatever is installed. It works with Sidekiq 6 (settings on `Sidekiq`)
+  # and 7/8 (settings on `Sidekiq.default_configuration`).
   class SidekiqServer
-    # Loads Sidekiq's server side before the app boots, when the app has Sidekiq: its bundle lists
-    # it or, without Bundler, it is installed. Returns nil when Sidekiq is not there (or cannot
-    # load on this Ruby).
-    def self.load(concurrency:, rails:)
-      return unless available?
-
-      require "sidekiq/cli"
-      server = new(concurrency: concurrency)
-      # Sidekiq's CLI loads its Railtie before booting a Rails app; so do we.
-      if rails
-        require "rails"
-        require "sidekiq/rails"
+    class << self
+      # Runs the block (the app's boot, whose own `require` of the app is the first one seen)
+      # and returns a SidekiqServer if the app loaded Sidekiq, else nil. Sidekiq's CLI is loaded
+      # right after the outermost `require` that brought Sidekiq in returns, before the app's
+      # next line (its `Sidekiq.configure_server` call) runs.
+      def watch(concurrency:)
+        @concurrency = concurrency
+        @server = nil
+        @started = false
+        @depth = -1
+        [::Kernel, ::Kernel.singleton_class].each { |mod| mod.prepend(RequireWatch) unless mod <= RequireWatch }
+        @watching = true
+        start if defined?(::Sidekiq::VERSION)
+        yield
+        @watching = false
+        # Loaded some other way (load, require_relative): too late for configure_server blocks
+        # that already ran, but middleware added later and the handlers still work.
+        start if defined?(::Sidekiq::VERSION)
+        @server
+      ensure
+        @watching = false
       end
-      server
-    rescue LoadError, StandardError => e
-      Rustq.logger.warn { "rustq-worker: Sidekiq's server side did not load (#{e.class}: #{e.message}); Sidekiq.configure_server blocks will not run" }
-      nil
+
+      def watching?
+        @watching
+      end
+
+      def entered
+        @depth += 1
+      end
+
+      def left
+        @depth -= 1
+        start if @depth.zero? && defined?(::Sidekiq::VERSION)
+      end
+
+      private
+
+      def start
+        return if @started
+
+        @started = true
+        require "sidekiq/cli"
+        @server = new(concurrency: @concurrency)
+      rescue LoadError, StandardError => e
+        Rustq.logger.warn { "rustq-worker: Sidekiq's server side did not load (#{e.class}: #{e.message}); Sidekiq.configure_server blocks will not run" }
+      end
     end
 
-    def self.available?
-      return Gem.loaded_specs.key?("sidekiq") if defined?(::Bundler) && ::Bundler.respond_to?(:setup)
+    # Counts nested requires while the app boots (see SidekiqServer.watch).
+    module RequireWatch
+      def require(path)
+        return super unless SidekiqServer.watching?
 
-      !Gem::Specification.find_all_by_name("sidekiq").empty?
+        SidekiqServer.entered
+        begin
+          super
+        ensure
+          SidekiqServer.left
+        end
+      end
     end
 
     def initialize(concurrency:)
