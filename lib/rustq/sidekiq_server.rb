@@ -10,82 +10,38 @@ module Rustq
   #   on(:startup) ...    :startup, :heartbeat, :quiet, :shutdown and (Sidekiq 7+) :exit
   #
   # Sidekiq runs `configure_server` blocks only when `Sidekiq.server?`, which is
-  # `defined?(Sidekiq::CLI)`. `sidekiq` loads its CLI before the app; rustq-worker loads it the
-  # moment the app itself has loaded Sidekiq while booting (see .watch), so an app without
-  # Sidekiq never gets it, whatever is installed. It works with Sidekiq 6 (settings on `Sidekiq`)
-  # and 7/8 (settings on `Sidekiq.default_configuration`).
+  # `defined?(Sidekiq::CLI)`. `sidekiq` loads its CLI before the app; rustq-worker registers
+  # `Sidekiq::CLI` as an autoload the moment the app first opens `module Sidekiq` while booting
+  # (see .watch), so `server?` is true before anything can call `configure_server`, nothing is
+  # loaded that the app does not load itself, and an app without Sidekiq never gets it. It works
+  # with Sidekiq 6 (settings on `Sidekiq`) and 7/8 (settings on `Sidekiq.default_configuration`).
   class SidekiqServer
-    class << self
-      # Runs the block (the app's boot, whose own `require` of the app is the first one seen)
-      # and returns a SidekiqServer if the app loaded Sidekiq, else nil. Sidekiq's CLI is loaded
-      # right after the outermost `require` that brought Sidekiq in returns, before the app's
-      # next line (its `Sidekiq.configure_server` call) runs.
-      def watch(concurrency:)
-        @concurrency = concurrency
-        @server = nil
-        @started = false
-        @depth = -1
-        [::Kernel, ::Kernel.singleton_class].each { |mod| mod.prepend(RequireWatch) unless mod <= RequireWatch }
-        @watching = true
-        start if defined?(::Sidekiq::VERSION)
-        yield
-        @watching = false
-        # Loaded some other way (load, require_relative): too late for configure_server blocks
-        # that already ran, but middleware added later and the handlers still work.
-        start if defined?(::Sidekiq::VERSION)
-        @server
-      ensure
-        @watching = false
-      end
+    # Runs the block (the app's boot) and returns a SidekiqServer if the app loaded Sidekiq,
+    # else nil.
+    def self.watch(concurrency:)
+      server_side = ->(mod) { mod.autoload(:CLI, "sidekiq/cli") unless mod.const_defined?(:CLI, false) }
+      if defined?(::Sidekiq)
+        server_side.call(::Sidekiq)
+      else
+        trace = TracePoint.new(:class) do |tp|
+          next unless tp.self.is_a?(Module) && tp.self.name == "Sidekiq"
 
-      def watching?
-        @watching
-      end
-
-      def entered
-        @depth += 1
-      end
-
-      def left
-        @depth -= 1
-        start if @depth.zero? && defined?(::Sidekiq::VERSION)
-      end
-
-      private
-
-      def start
-        return if @started
-
-        @started = true
-        require "sidekiq/cli"
-        @server = new(concurrency: @concurrency)
-      rescue LoadError, StandardError => e
-        Rustq.logger.warn { "rustq-worker: Sidekiq's server side did not load (#{e.class}: #{e.message}); Sidekiq.configure_server blocks will not run" }
-      end
-    end
-
-    # Counts nested requires while the app boots (see SidekiqServer.watch).
-    module RequireWatch
-      def require(path)
-        return super unless SidekiqServer.watching?
-
-        SidekiqServer.entered
-        begin
-          super
-        ensure
-          SidekiqServer.left
+          server_side.call(tp.self)
+          tp.disable
         end
+        trace.enable
       end
+      yield
+      new(concurrency: concurrency) if defined?(::Sidekiq) && ::Sidekiq.respond_to?(:configure_server)
+    ensure
+      trace&.disable
     end
 
     def initialize(concurrency:)
       # Sidekiq 7+: a Config object; 6.5: `Sidekiq[key]`; 6.4 and older: `Sidekiq.options`.
       @config = ::Sidekiq.respond_to?(:default_configuration) ? ::Sidekiq.default_configuration : nil
       @settings = @config || (::Sidekiq.respond_to?(:[]) ? ::Sidekiq : ::Sidekiq.options)
-      # What Sidekiq 7+ registers for itself when its CLI loads (execution metrics, which the
-      # engine writes already; iterable-job interrupts): the app's own configuration starts empty.
-      middleware.clear
-      @settings[:lifecycle_events].each_value(&:clear)
+      drop_sidekiqs_own
       # Sidekiq sizes its server-side Redis pool (pushes from inside jobs) from the concurrency.
       @settings[:concurrency] = concurrency
     end
@@ -134,6 +90,20 @@ module Rustq
     end
 
     private
+
+    # What Sidekiq 7+'s CLI registers for itself should something load it (execution metrics,
+    # which the engine writes already; iterable-job interrupts, which need Sidekiq's processor).
+    def drop_sidekiqs_own
+      %w[Sidekiq::Metrics::Middleware Sidekiq::Job::InterruptHandler].each do |name|
+        klass = Object.const_get(name) if Object.const_defined?(name)
+        middleware.remove(klass) if klass
+      rescue NameError
+        nil
+      end
+      @settings[:lifecycle_events].each_value do |blocks|
+        blocks.reject! { |block| block.source_location&.first.to_s.include?("/sidekiq/metrics/") }
+      end
+    end
 
     def middleware
       @config ? @config.server_middleware : ::Sidekiq.server_middleware
