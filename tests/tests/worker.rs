@@ -327,6 +327,34 @@ puts JSON.generate(Sidekiq::DeadSet.new.map { |j| [j["jid"], j["error_class"], j
     assert!(worker.log_text().contains("rustq-worker started"));
 }
 
+/// `dead_max_jobs` from the config file, as in sidekiq.yml. Sidekiq trims with
+/// `ZREMRANGEBYRANK dead 0 -dead_max_jobs` after each addition, which keeps the newest
+/// `dead_max_jobs - 1`; so does rustq.
+#[test]
+fn the_dead_set_keeps_what_dead_max_jobs_says() {
+    let redis = RedisServer::start();
+    let config = config_file(&redis, &format!("{FAST}:dead_max_jobs: 3\n"));
+    let worker = TestWorker::start(WORKER, &redis, &["-C", config.as_str(), "-c", "1"]);
+    ruby(
+        &redis.url(),
+        r#"
+require "sidekiq"
+5.times { |i| Sidekiq::Client.push("class" => "FailJob", "args" => [i], "retry" => 0, "jid" => i.to_s * 24) }
+"#,
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || redis
+            .cli(&["GET", "stat:failed"])
+            == "5"),
+        "{}",
+        worker.log_text()
+    );
+    let dead = redis.cli(&["ZRANGE", "dead", "0", "-1"]);
+    assert_eq!(dead.lines().count(), 2, "{dead}");
+    assert!(dead.contains(&"4".repeat(24)), "the newest stay: {dead}");
+    assert!(dead.contains(&"3".repeat(24)), "the newest stay: {dead}");
+}
+
 /// A unit written for Sidekiq (`Type=notify`, `WatchdogSec=`) works unchanged: READY=1 once
 /// the process is registered, WATCHDOG=1 every half WATCHDOG_USEC, STOPPING=1 on TERM.
 #[test]

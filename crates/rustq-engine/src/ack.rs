@@ -22,7 +22,13 @@ pub struct Completion {
 const BATCH: usize = 512;
 
 /// Adds the commands for one completion to an atomic pipeline.
-pub fn add_commands(pipe: &mut redis::Pipeline, identity: &str, c: &Completion, now: f64) {
+pub fn add_commands(
+    pipe: &mut redis::Pipeline,
+    identity: &str,
+    c: &Completion,
+    now: f64,
+    dead: DeadSetLimits,
+) {
     let inprogress = rkeys::inprogress(identity, &c.unit.queue);
     match &c.action {
         Action::Acknowledge => {}
@@ -30,7 +36,7 @@ pub fn add_commands(pipe: &mut redis::Pipeline, identity: &str, c: &Completion, 
             pipe.zadd(keys::RETRY, payload, wire::format_float(*at))
                 .ignore();
         }
-        Action::Dead { payload } => add_dead(pipe, payload, now),
+        Action::Dead { payload } => add_dead(pipe, payload, now, dead),
         Action::Requeue => {
             pipe.rpush(keys::queue(&c.unit.queue), &c.unit.raw).ignore();
         }
@@ -38,19 +44,37 @@ pub fn add_commands(pipe: &mut redis::Pipeline, identity: &str, c: &Completion, 
     pipe.lrem(inprogress, -1, &c.unit.raw).ignore();
 }
 
-/// `DeadSet#kill`: add, then drop entries older than 180 days and all but the newest 10,000.
-pub fn add_dead(pipe: &mut redis::Pipeline, payload: &str, now: f64) {
+/// How much the dead set keeps: Sidekiq's `dead_max_jobs` (10,000) and `dead_timeout_in_seconds`
+/// (180 days), settable in the config file as in `sidekiq.yml`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeadSetLimits {
+    pub max_jobs: i64,
+    pub timeout_secs: f64,
+}
+
+impl Default for DeadSetLimits {
+    fn default() -> Self {
+        DeadSetLimits {
+            max_jobs: wire::DEAD_MAX_JOBS,
+            timeout_secs: wire::DEAD_TIMEOUT_SECS,
+        }
+    }
+}
+
+/// `DeadSet#kill`: add, then drop entries older than the timeout and all but the newest
+/// `max_jobs`.
+pub fn add_dead(pipe: &mut redis::Pipeline, payload: &str, now: f64, limits: DeadSetLimits) {
     pipe.zadd(keys::DEAD, payload, wire::format_float(now))
         .ignore()
         .cmd("ZREMRANGEBYSCORE")
         .arg(keys::DEAD)
         .arg("-inf")
-        .arg(wire::format_float(now - wire::DEAD_TIMEOUT_SECS))
+        .arg(wire::format_float(now - limits.timeout_secs))
         .ignore()
         .cmd("ZREMRANGEBYRANK")
         .arg(keys::DEAD)
         .arg(0)
-        .arg(-wire::DEAD_MAX_JOBS)
+        .arg(-limits.max_jobs)
         .ignore();
 }
 
@@ -61,6 +85,7 @@ pub async fn run(
     conn: ConnectionManager,
     identity: String,
     mut rx: mpsc::UnboundedReceiver<Completion>,
+    dead: DeadSetLimits,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while let Some(first) = rx.recv().await {
@@ -75,7 +100,7 @@ pub async fn run(
         pipe.atomic();
         let now = wire::now_secs();
         for c in &batch {
-            add_commands(&mut pipe, &identity, c, now);
+            add_commands(&mut pipe, &identity, c, now, dead);
         }
         let mut backoff = Duration::from_millis(50);
         loop {

@@ -181,12 +181,15 @@ impl Worker {
             counters.clone(),
             busy.clone(),
         ));
-        let recovery = Arc::new(Recovery::new(
-            conn.clone(),
-            &identity,
-            options.max_recoveries,
-            options.wire,
-        ));
+        let recovery = Arc::new(
+            Recovery::new(
+                conn.clone(),
+                &identity,
+                options.max_recoveries,
+                options.wire,
+            )
+            .with_dead_set(options.dead_set),
+        );
         let queue_names: Vec<String> = options.queues.iter().map(|q| q.name.clone()).collect();
 
         // Visible first, registered second, fetching last: nobody may recover a process that is
@@ -217,7 +220,7 @@ impl Worker {
             options.heartbeat_interval,
         ));
         background.spawn(poll_loop(
-            Poller::new(conn.clone(), &identity, options.wire),
+            Poller::new(conn.clone(), &identity, options.wire).with_dead_set(options.dead_set),
             control.clone(),
             options.poll_interval_average,
             options.average_scheduled_poll_interval,
@@ -233,7 +236,12 @@ impl Worker {
         }
 
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-        let acker = tokio::spawn(ack::run(conn.clone(), identity.clone(), ack_rx));
+        let acker = tokio::spawn(ack::run(
+            conn.clone(),
+            identity.clone(),
+            ack_rx,
+            options.dead_set,
+        ));
         let running = Arc::new(Semaphore::new(options.concurrency));
         let processor = Arc::new(Processor {
             registry,

@@ -5,6 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use rustq_core::{RedisConfig, Retry, WireVersion};
+
+use crate::ack::DeadSetLimits;
 use serde_norway::Value as Yaml;
 
 /// A queue and its weight, as in `-q critical,3`.
@@ -90,6 +92,8 @@ pub struct WorkerOptions {
     /// through the engine. Busy counts, timing and requeue-on-quiet follow the real starts.
     pub dispatch_ahead: bool,
     pub handlers: BTreeMap<String, HandlerConfig>,
+    /// `dead_max_jobs` and `dead_timeout_in_seconds`, as in `sidekiq.yml`.
+    pub dead_set: DeadSetLimits,
 }
 
 impl Default for WorkerOptions {
@@ -115,6 +119,7 @@ impl Default for WorkerOptions {
             prefetch: 100,
             dispatch_ahead: false,
             handlers: BTreeMap::new(),
+            dead_set: DeadSetLimits::default(),
         }
     }
 }
@@ -134,7 +139,8 @@ impl WorkerOptions {
     }
 
     /// Applies a `sidekiq.yml`-shaped file: `concurrency`, `queues` (names or `[name, weight]`),
-    /// `timeout`, `tag`, `labels`, `max_retries`, keys with or without Sidekiq's leading colon,
+    /// `timeout`, `tag`, `labels`, `max_retries`, `dead_max_jobs`, `dead_timeout_in_seconds`, keys
+    /// with or without Sidekiq's leading colon,
     /// an environment section (`production:`) overriding the top level, and rustq's own keys
     /// (`wire_version`, `job_timeout`, `heartbeat_interval`, `max_recoveries`, `fetch_batch`, `prefetch`,
     /// `redis_url`, `handlers`) at the top level or under `rustq:`.
@@ -228,6 +234,22 @@ impl WorkerOptions {
         }
         if let Some(n) = uint("max_retries")? {
             self.max_retries = n as u32;
+        }
+        if let Some(n) = uint("dead_max_jobs")? {
+            if n == 0 {
+                return Err(invalid("dead_max_jobs", "at least 1"));
+            }
+            self.dead_set.max_jobs = i64::try_from(n).unwrap_or(i64::MAX);
+        }
+        if let Some(t) = secs("dead_timeout_in_seconds")? {
+            self.dead_set.timeout_secs = t.as_secs_f64();
+        }
+        if map.get("capsules").is_some() {
+            return Err(ConfigError::Invalid(
+                "`capsules` (Sidekiq 7) are not supported: run one rustq-worker per capsule, with \
+                 its own -q and -c"
+                    .into(),
+            ));
         }
         if let Some(n) = uint("max_recoveries")? {
             self.max_recoveries = n as u32;
@@ -434,6 +456,8 @@ mod tests {
   - low
 :tag: billing
 :labels: [a, b]
+:dead_max_jobs: 50000
+:dead_timeout_in_seconds: 86400
 production:
   :concurrency: 20
 rustq:
@@ -467,6 +491,13 @@ rustq:
         assert!(!o.strict_order());
         assert_eq!(o.tag.as_deref(), Some("billing"));
         assert_eq!(o.labels, vec!["a", "b"]);
+        assert_eq!(
+            o.dead_set,
+            DeadSetLimits {
+                max_jobs: 50_000,
+                timeout_secs: 86_400.0
+            }
+        );
         assert_eq!(o.wire, WireVersion::V8);
         let report = &o.handlers["ReportJob"];
         assert_eq!(
@@ -498,6 +529,16 @@ rustq:
             .unwrap_err()
             .to_string();
         assert!(err.contains("exec"), "{err}");
+        let err = o
+            .apply_yaml(":capsules:\n  :single:\n    :concurrency: 1\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("one rustq-worker per capsule"), "{err}");
+        let err = o
+            .apply_yaml(":dead_max_jobs: 0", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dead_max_jobs"), "{err}");
     }
 
     #[test]

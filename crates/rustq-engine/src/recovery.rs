@@ -15,7 +15,7 @@ use redis::AsyncCommands;
 use rustq_core::wire::{self, keys};
 use rustq_core::Job;
 
-use crate::ack::add_dead;
+use crate::ack::{add_dead, DeadSetLimits};
 use crate::keys as rkeys;
 
 const RECOVER: &str = r#"
@@ -84,6 +84,7 @@ pub struct Recovery {
     max_recoveries: u32,
     wire: rustq_core::WireVersion,
     script: redis::Script,
+    dead: DeadSetLimits,
 }
 
 impl Recovery {
@@ -99,7 +100,14 @@ impl Recovery {
             max_recoveries,
             wire,
             script: redis::Script::new(RECOVER),
+            dead: DeadSetLimits::default(),
         }
+    }
+
+    /// Limits for the dead set (jobs buried after `max_recoveries` deaths); Sidekiq's by default.
+    pub fn with_dead_set(mut self, limits: DeadSetLimits) -> Recovery {
+        self.dead = limits;
+        self
     }
 
     /// Records that this process fetches from `queues` running `concurrency` jobs at once, so
@@ -203,7 +211,7 @@ impl Recovery {
                         now,
                     ),
                 };
-                add_dead(&mut pipe, &payload, now);
+                add_dead(&mut pipe, &payload, now, self.dead);
                 pipe.lrem(rkeys::POISON, -1, raw).ignore();
             }
             pipe.query_async::<()>(&mut conn).await?;

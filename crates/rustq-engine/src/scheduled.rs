@@ -12,7 +12,7 @@ use redis::AsyncCommands;
 use rustq_core::wire::{self, keys, WireVersion};
 use rustq_core::Job;
 
-use crate::ack::add_dead;
+use crate::ack::{add_dead, DeadSetLimits};
 use crate::keys as rkeys;
 use crate::processor::poison_payload;
 
@@ -34,6 +34,7 @@ pub struct Poller {
     scheduling: String,
     wire: WireVersion,
     script: redis::Script,
+    dead: DeadSetLimits,
 }
 
 impl Poller {
@@ -43,7 +44,14 @@ impl Poller {
             scheduling: rkeys::scheduling(identity),
             wire,
             script: redis::Script::new(TAKE_DUE),
+            dead: DeadSetLimits::default(),
         }
+    }
+
+    /// Limits for the dead set (unreadable scheduled jobs end there); Sidekiq's by default.
+    pub fn with_dead_set(mut self, limits: DeadSetLimits) -> Poller {
+        self.dead = limits;
+        self
     }
 
     /// Moves every due job of `retry` then `schedule` to its queue. Returns how many moved.
@@ -98,6 +106,7 @@ impl Poller {
                     pipe,
                     &poison_payload(raw, "default", &e, self.wire, now),
                     now,
+                    self.dead,
                 );
             }
         }
