@@ -57,13 +57,17 @@ RSpec.describe "rustq-worker" do
   end
 
   describe "a plain Ruby app (-r FILE)" do
-    it "renders ERB in the config file with Ruby, as Sidekiq renders sidekiq.yml" do
+    it "renders ERB in the config file with Ruby, as Sidekiq renders sidekiq.yml, and boots the file it names" do
       config = File.join(Dir.mktmpdir("rustq-spec"), "sidekiq.yml")
       File.write(config, <<~YAML)
         :concurrency: <%= [2, 3].sum %>
         :tag: <%= ENV.fetch("RUSTQ_SPEC_UNSET", "erb").upcase %>
+        :require: #{plain_app}
       YAML
-      w = worker("-r", plain_app, "-C", config)
+      jid = Rustq::Client.push("class" => "RecordJob", "args" => ["booted from the config's require"])
+      w = worker("-C", config)
+      w.await("the job") { ledger.any? }
+      expect(ledger.first).to include("jid" => jid)
       process = w.await("the process in Sidekiq::ProcessSet") { processes.first }
       expect([process["concurrency"], process["tag"]]).to eq([5, "ERB"])
       expect(w.stop.exitstatus).to eq(0)

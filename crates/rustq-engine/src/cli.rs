@@ -84,7 +84,8 @@ struct Cli {
 #[derive(Debug)]
 pub struct Parsed {
     pub options: WorkerOptions,
-    /// `-r`: what a Ruby host should load (the standalone binary refuses it).
+    /// `-r`, else the config file's `require` (as Sidekiq merges them): what a Ruby host should
+    /// load. The standalone binary refuses `-r` and ignores the file's.
     pub require: Option<String>,
     /// `-e`: the environment asked for on the command line (a Ruby host sets `RAILS_ENV`).
     pub environment: Option<String>,
@@ -122,8 +123,8 @@ where
     let options = build_options(&cli, render)
         .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{e}\n")))?;
     Ok(Parsed {
+        require: cli.require.clone().or_else(|| options.require.clone()),
         options,
-        require: cli.require.clone(),
         environment: cli.environment.clone(),
         cli,
     })
@@ -139,11 +140,14 @@ pub fn main(registry: Registry) -> ExitCode {
             return ExitCode::from(if e.exit_code() == 0 { 0 } else { 2 });
         }
     };
-    if parsed.require.is_some() {
+    if parsed.cli.require.is_some() {
         eprintln!("rustq-worker: -r/--require runs Ruby jobs: start the gem's `bundle exec rustq-worker` in your app instead");
         return ExitCode::from(2);
     }
     parsed.init_logging();
+    if let Some(path) = &parsed.require {
+        tracing::info!(require = %path, "the config file's `require` is for the gem's rustq-worker (Ruby jobs); ignored here");
+    }
     let options = parsed.options;
     let mut registry = registry;
     registry.add_configured(&options.handlers);

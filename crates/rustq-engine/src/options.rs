@@ -94,6 +94,8 @@ pub struct WorkerOptions {
     pub handlers: BTreeMap<String, HandlerConfig>,
     /// `dead_max_jobs` and `dead_timeout_in_seconds`, as in `sidekiq.yml`.
     pub dead_set: DeadSetLimits,
+    /// `require`: the file or Rails root a Ruby host loads when `-r` is not given.
+    pub require: Option<String>,
 }
 
 impl Default for WorkerOptions {
@@ -120,6 +122,7 @@ impl Default for WorkerOptions {
             dispatch_ahead: false,
             handlers: BTreeMap::new(),
             dead_set: DeadSetLimits::default(),
+            require: None,
         }
     }
 }
@@ -272,6 +275,10 @@ impl WorkerOptions {
         if let Some(v) = uint("wire_version")? {
             self.wire = WireVersion::from_number(v as i64)
                 .ok_or_else(|| invalid("wire_version", "7 or 8"))?;
+        }
+        if let Some(path) = map.get("require") {
+            self.require =
+                Some(yaml_scalar(path).ok_or_else(|| invalid("require", "a file or directory"))?);
         }
         if let Some(tag) = map.get("tag") {
             self.tag = tag.as_str().map(str::to_string);
@@ -458,6 +465,7 @@ mod tests {
 :labels: [a, b]
 :dead_max_jobs: 50000
 :dead_timeout_in_seconds: 86400
+:require: ./lib/boot.rb
 production:
   :concurrency: 20
 rustq:
@@ -491,6 +499,7 @@ rustq:
         assert!(!o.strict_order());
         assert_eq!(o.tag.as_deref(), Some("billing"));
         assert_eq!(o.labels, vec!["a", "b"]);
+        assert_eq!(o.require.as_deref(), Some("./lib/boot.rb"));
         assert_eq!(
             o.dead_set,
             DeadSetLimits {
