@@ -90,6 +90,16 @@ module Rustq
       end
       # An app that does not require rustq itself (a plain -r file) still gets all of it.
       require_relative "../rustq"
+      adopt_sidekiqs_redis
+    end
+
+    # Sidekiq's server reads the Redis its configure_server names before REDIS_URL; so does this
+    # worker, unless --redis-url or the config file named one.
+    def adopt_sidekiqs_redis
+      url = @sidekiq&.redis_url or return
+      if (redacted = @worker.adopt_redis_url(url))
+        logger.info { "rustq-worker: using the Redis of Sidekiq.configure_server: #{redacted}" }
+      end
     end
 
     # Like Sidekiq's: trap handlers may not lock anything (not even to log), so they only write

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "uri"
+
 module Rustq
   # Sidekiq's server-side configuration, for apps that have Sidekiq. `rustq-worker` stands in for
   # `sidekiq`, so what an app registers in `Sidekiq.configure_server` runs here as it would there:
@@ -46,6 +48,25 @@ module Rustq
       @settings[:concurrency] = concurrency
     end
 
+    # The Redis the app's Sidekiq server would use (its `config.redis` in configure_server, else
+    # Sidekiq's default from REDIS_URL/REDIS_PROVIDER) as a URL, read from a pooled client without
+    # connecting; nil when it cannot be told or carried over (Sentinels, TLS options).
+    def redis_url
+      return unless redis_configured?
+
+      ::Sidekiq.redis do |conn|
+        if conn.respond_to?(:_client) && conn._client.respond_to?(:options) # redis-rb 4 (Sidekiq 6)
+          url_from(conn._client.options)
+        elsif conn.respond_to?(:config) # redis-client (Sidekiq 7+)
+          c = conn.config
+          url_from(scheme: c.ssl? ? "rediss" : "redis", host: c.host, port: c.port, path: c.path, db: c.db,
+            username: c.username, password: c.password, ssl_params: c.ssl_params, sentinels: c.respond_to?(:sentinels) && c.sentinels)
+        end
+      end
+    rescue StandardError, ScriptError
+      nil
+    end
+
     # Whether the app added server middleware.
     def middleware?
       !middleware.empty?
@@ -90,6 +111,28 @@ module Rustq
     end
 
     private
+
+    # Whether the app gave Sidekiq a Redis (`config.redis = ...`): 7+ keeps it in the config,
+    # 6 builds its pool at once.
+    def redis_configured?
+      if @config
+        given = @config.instance_variable_get(:@redis_config)
+        given.is_a?(Hash) && !given.empty?
+      else
+        !::Sidekiq.instance_variable_get(:@redis).nil?
+      end
+    end
+
+    def url_from(options)
+      return if options[:sentinels] || (options[:ssl_params] && !options[:ssl_params].empty?)
+
+      db = options[:db].to_i
+      return "unix://#{options[:path]}?db=#{db}" if options[:path]
+
+      user, password = [options[:username], options[:password]].map { |part| part && URI.encode_www_form_component(part.to_s) }
+      auth = password ? "#{user}:#{password}@" : ""
+      "#{options[:scheme] || "redis"}://#{auth}#{options[:host] || "127.0.0.1"}:#{options[:port] || 6379}/#{db}"
+    end
 
     # What Sidekiq 7+'s CLI registers for itself should something load it (execution metrics,
     # which the engine writes already; iterable-job interrupts, which need Sidekiq's processor).

@@ -9,14 +9,15 @@ class RustqWorkerProcess
 
   attr_reader :pid
 
-  def initialize(*args, chdir: ROOT)
+  def initialize(*args, chdir: ROOT, env: {})
     @args = args
     @chdir = chdir
+    @env = env
     @log = Tempfile.new(["rustq-worker", ".log"])
   end
 
   def start
-    env = {"REDIS_URL" => REDIS_SERVER.url, "RAILS_ENV" => "development"}
+    env = {"REDIS_URL" => REDIS_SERVER.url, "RAILS_ENV" => "development"}.merge(@env)
     @pid = Process.spawn(env, "ruby", "-I", File.join(ROOT, "lib"), EXE, *@args,
       chdir: @chdir, in: File::NULL, out: @log.path, err: [:child, :out])
     self

@@ -14,8 +14,8 @@ RSpec.describe "rustq-worker" do
 
   after { workers.each(&:kill) }
 
-  def worker(*args, chdir: RustqWorkerProcess::ROOT)
-    RustqWorkerProcess.new(*args, chdir: chdir).start.tap { |w| workers << w }
+  def worker(*args, chdir: RustqWorkerProcess::ROOT, env: {})
+    RustqWorkerProcess.new(*args, chdir: chdir, env: env).start.tap { |w| workers << w }
   end
 
   def ledger
@@ -196,6 +196,28 @@ RSpec.describe "rustq-worker" do
       )
       expect(Sidekiq::DeadSet.new.map(&:jid)).to contain_exactly(killed, exhausted, refused)
       expect(Sidekiq::Stats.new.failed).to eq(6)
+    end
+
+    it "works the Redis that Sidekiq.configure_server names, unless rustq's own settings name one" do
+      Rustq::Client.push("class" => "RecordJob", "args" => ["on Sidekiq's server Redis"])
+      app = "./spec/fixtures/worker_sidekiq_redis_app.rb"
+      # REDIS_URL names another database: Sidekiq's server would still use the one its config names.
+      other_db = REDIS_SERVER.url.sub(%r{/0\z}, "/15")
+      env = {"REDIS_URL" => other_db, "SIDEKIQ_SERVER_REDIS_URL" => REDIS_SERVER.url}
+      w = worker("-r", app, env: env)
+      w.await("the job, taken from database 0") { Sidekiq::Stats.new.processed == 1 }
+      expect(Sidekiq::Queue.new.size).to eq(0)
+      expect(w.log).to include("using the Redis of Sidekiq.configure_server")
+      expect(w.stop.exitstatus).to eq(0)
+
+      # --redis-url wins, as rustq's own setting.
+      Rustq::Client.push("class" => "RecordJob", "args" => ["stays"])
+      w = worker("-r", app, "--redis-url", other_db, env: env)
+      w.await("the process on database 15") { w.log.include?("Ruby threads") }
+      sleep 1
+      expect(Sidekiq::Queue.new.size).to eq(1)
+      expect(w.log).not_to include("using the Redis of Sidekiq.configure_server")
+      expect(w.stop.exitstatus).to eq(0)
     end
 
     # Short jobs are handed to the Ruby threads ahead of time (WorkerOptions#dispatch_ahead): the

@@ -14,7 +14,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::{HandlerConfig, HandlerSpec, QueueWeight, Registry, Worker, WorkerOptions};
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use rustq_core::WireVersion;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -119,8 +120,11 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = Cli::try_parse_from(args)?;
-    let options = build_options(&cli, render)
+    let matches = Cli::command().try_get_matches_from(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    // `--redis-url` itself, not `REDIS_URL` (which clap reads into the same field).
+    let redis_url_given = matches.value_source("redis_url") == Some(ValueSource::CommandLine);
+    let options = build_options(&cli, redis_url_given, render)
         .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{e}\n")))?;
     Ok(Parsed {
         require: cli.require.clone().or_else(|| options.require.clone()),
@@ -181,6 +185,7 @@ pub fn main(registry: Registry) -> ExitCode {
 
 fn build_options(
     cli: &Cli,
+    redis_url_given: bool,
     render: &dyn Fn(&str) -> Result<String, String>,
 ) -> Result<WorkerOptions, String> {
     let mut options = WorkerOptions::default();
@@ -207,6 +212,7 @@ fn build_options(
     }
     if let Some(url) = &cli.redis_url {
         options.redis.url = url.clone();
+        options.redis_url_given |= redis_url_given;
     }
     if let Some(ca) = &cli.redis_ca_file {
         options.redis.ca_file = Some(ca.clone());

@@ -159,6 +159,11 @@ impl Worker {
         &self.identity
     }
 
+    /// The options it will run with; a host may still change them before [`Worker::run`].
+    pub fn options_mut(&mut self) -> &mut WorkerOptions {
+        &mut self.options
+    }
+
     /// Runs until stopped. Redis being away (at start or later) is waited out, never fatal.
     pub async fn run(self) -> Result<(), EngineError> {
         let Worker {

@@ -96,6 +96,9 @@ pub struct WorkerOptions {
     pub dead_set: DeadSetLimits,
     /// `require`: the file or Rails root a Ruby host loads when `-r` is not given.
     pub require: Option<String>,
+    /// The Redis URL came from the config file or `--redis-url`, not from `REDIS_URL` or the
+    /// default: a Ruby host then keeps it over the app's `Sidekiq.configure_server` one.
+    pub redis_url_given: bool,
 }
 
 impl Default for WorkerOptions {
@@ -123,6 +126,7 @@ impl Default for WorkerOptions {
             handlers: BTreeMap::new(),
             dead_set: DeadSetLimits::default(),
             require: None,
+            redis_url_given: false,
         }
     }
 }
@@ -285,6 +289,7 @@ impl WorkerOptions {
         }
         if let Some(url) = map.get("redis_url").and_then(Yaml::as_str) {
             self.redis.url = url.to_string();
+            self.redis_url_given = true;
         }
         if let Some(labels) = map.get("labels") {
             self.labels = labels

@@ -43,6 +43,10 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     worker.define_method("concurrency", method!(worker::Worker::concurrency, 0))?;
     worker.define_method("identity", method!(worker::Worker::identity, 0))?;
     worker.define_method("start", method!(worker::Worker::start, 0))?;
+    worker.define_method(
+        "adopt_redis_url",
+        method!(worker::Worker::adopt_redis_url, 1),
+    )?;
     worker.define_method("next_job", method!(worker::Worker::next_job, 0))?;
     worker.define_method("signal", method!(worker::Worker::signal, 1))?;
     worker.define_method("stopping?", method!(worker::Worker::stopping, 0))?;

@@ -491,6 +491,34 @@ impl Worker {
         self.identity.clone()
     }
 
+    /// `adopt_redis_url(url)`: before `start`, the Redis the app's `Sidekiq.configure_server`
+    /// names, used unless `--redis-url` or the config file named one (Sidekiq's own order: its
+    /// server config wins over `REDIS_URL`). Returns the redacted URL in use from now on, or nil
+    /// when it was not adopted.
+    pub fn adopt_redis_url(
+        ruby: &Ruby,
+        rb_self: &Worker,
+        url: String,
+    ) -> Result<Option<String>, Error> {
+        let mut pending = rb_self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((engine, _)) = pending.as_mut() else {
+            return Err(errors::internal(
+                ruby,
+                "this worker has already been started",
+            ));
+        };
+        let options = engine.options_mut();
+        if options.redis_url_given || same_server(&options.redis.url, &url) {
+            return Ok(None);
+        }
+        let mut redis = options.redis.clone();
+        redis.url = url;
+        redis.client().map_err(|e| errors::from_core(ruby, e))?;
+        let redacted = redis.redacted_url();
+        options.redis = redis;
+        Ok(Some(redacted))
+    }
+
     /// Sets up logging as the flags ask and starts the engine on rustq's runtime. Once.
     pub fn start(ruby: &Ruby, rb_self: &Worker) -> Result<(), Error> {
         let Some((engine, parsed)) = rb_self
@@ -643,6 +671,22 @@ impl Worker {
             Some(Ok(())) => Ok(true),
             Some(Err(e)) => Err(errors::internal(ruby, &format!("rustq-worker failed: {e}"))),
         }
+    }
+}
+
+/// Whether two Redis URLs name the same server, database and user (`redis://h:6379` and
+/// `redis://h:6379/0` do).
+fn same_server(a: &str, b: &str) -> bool {
+    use redis::IntoConnectionInfo;
+    match (a.into_connection_info(), b.into_connection_info()) {
+        (Ok(a), Ok(b)) => {
+            let (x, y) = (a.redis_settings(), b.redis_settings());
+            a.addr() == b.addr()
+                && x.db() == y.db()
+                && x.username() == y.username()
+                && x.password() == y.password()
+        }
+        _ => a == b,
     }
 }
 
