@@ -100,6 +100,8 @@ module Rustq
       if (redacted = @worker.adopt_redis_url(url))
         logger.info { "rustq-worker: using the Redis of Sidekiq.configure_server: #{redacted}" }
       end
+    rescue Rustq::Error => e
+      logger.warn { "rustq-worker: cannot use the Redis of Sidekiq.configure_server (#{e.message}); name it with --redis-url" }
     end
 
     # Like Sidekiq's: trap handlers may not lock anything (not even to log), so they only write

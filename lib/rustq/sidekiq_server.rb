@@ -1,6 +1,6 @@
 # frozen_string_literal: true
 
-require "uri"
+require "erb"
 
 module Rustq
   # Sidekiq's server-side configuration, for apps that have Sidekiq. `rustq-worker` stands in for
@@ -18,6 +18,9 @@ module Rustq
   # loaded that the app does not load itself, and an app without Sidekiq never gets it. It works
   # with Sidekiq 6 (settings on `Sidekiq`) and 7/8 (settings on `Sidekiq.default_configuration`).
   class SidekiqServer
+    MODULE_NAME = Module.instance_method(:name)
+    private_constant :MODULE_NAME
+
     # Runs the block (the app's boot) and returns a SidekiqServer if the app loaded Sidekiq,
     # else nil.
     def self.watch(concurrency:)
@@ -26,7 +29,8 @@ module Rustq
         server_side.call(::Sidekiq)
       else
         trace = TracePoint.new(:class) do |tp|
-          next unless tp.self.is_a?(Module) && tp.self.name == "Sidekiq"
+          # Module#name itself: a class may define a `name` of its own.
+          next unless MODULE_NAME.bind_call(tp.self) == "Sidekiq"
 
           server_side.call(tp.self)
           tp.disable
@@ -56,11 +60,16 @@ module Rustq
 
       ::Sidekiq.redis do |conn|
         if conn.respond_to?(:_client) && conn._client.respond_to?(:options) # redis-rb 4 (Sidekiq 6)
-          url_from(conn._client.options)
+          options = conn._client.options
+          url_from(**options.slice(:host, :port, :path, :db, :username, :password, :ssl_params, :sentinels),
+            scheme: options[:ssl] || options[:scheme] == "rediss" ? "rediss" : "redis")
         elsif conn.respond_to?(:config) # redis-client (Sidekiq 7+)
           c = conn.config
+          # A Sentinel config would ask the sentinels for the master on `host`.
+          next if c.respond_to?(:sentinel?) && c.sentinel?
+
           url_from(scheme: c.ssl? ? "rediss" : "redis", host: c.host, port: c.port, path: c.path, db: c.db,
-            username: c.username, password: c.password, ssl_params: c.ssl_params, sentinels: c.respond_to?(:sentinels) && c.sentinels)
+            username: c.username, password: c.password, ssl_params: c.ssl_params)
         end
       end
     rescue StandardError, ScriptError
@@ -123,15 +132,21 @@ module Rustq
       end
     end
 
-    def url_from(options)
-      return if options[:sentinels] || (options[:ssl_params] && !options[:ssl_params].empty?)
+    # A URL the engine's Redis client reads: percent-encoded credentials, IPv6 hosts in
+    # brackets, unix sockets as `unix:///abs/path?db=N&user=U&pass=P`.
+    def url_from(scheme:, host: nil, port: nil, path: nil, db: nil, username: nil, password: nil, ssl_params: nil, sentinels: nil)
+      return if sentinels || (ssl_params && !ssl_params.empty?)
 
-      db = options[:db].to_i
-      return "unix://#{options[:path]}?db=#{db}" if options[:path]
-
-      user, password = [options[:username], options[:password]].map { |part| part && URI.encode_www_form_component(part.to_s) }
-      auth = password ? "#{user}:#{password}@" : ""
-      "#{options[:scheme] || "redis"}://#{auth}#{options[:host] || "127.0.0.1"}:#{options[:port] || 6379}/#{db}"
+      encode = ->(part) { part && ERB::Util.url_encode(part.to_s) }
+      user, pass = encode.call(username), encode.call(password)
+      if path
+        query = ["db=#{db.to_i}", user && "user=#{user}", pass && "pass=#{pass}"].compact.join("&")
+        return "unix://#{File.expand_path(path)}?#{query}"
+      end
+      host = (host || "127.0.0.1").to_s
+      host = "[#{host}]" if host.include?(":") && !host.start_with?("[")
+      auth = pass ? "#{user}:#{pass}@" : ""
+      "#{scheme}://#{auth}#{host}:#{port || 6379}/#{db.to_i}"
     end
 
     # What Sidekiq 7+'s CLI registers for itself should something load it (execution metrics,

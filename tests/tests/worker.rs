@@ -342,10 +342,14 @@ require "sidekiq"
 5.times { |i| Sidekiq::Client.push("class" => "FailJob", "args" => [i], "retry" => 0, "jid" => i.to_s * 24) }
 "#,
     );
+    // Stats are counted before the outcome is written: wait for the last job in the dead set.
     assert!(
         wait_until(Duration::from_secs(20), || redis
             .cli(&["GET", "stat:failed"])
-            == "5"),
+            == "5"
+            && redis
+                .cli(&["ZRANGE", "dead", "0", "-1"])
+                .contains(&"4".repeat(24))),
         "{}",
         worker.log_text()
     );

@@ -212,7 +212,9 @@ fn build_options(
     }
     if let Some(url) = &cli.redis_url {
         options.redis.url = url.clone();
-        options.redis_url_given |= redis_url_given;
+        // From REDIS_URL (which also overrides the file's `redis_url`), it was not named for
+        // rustq: the app's Sidekiq server config may still name another.
+        options.redis_url_given = redis_url_given;
     }
     if let Some(ca) = &cli.redis_ca_file {
         options.redis.ca_file = Some(ca.clone());
