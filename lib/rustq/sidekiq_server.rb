@@ -9,7 +9,8 @@ module Rustq
   #   server middleware   around every job, as (job instance, payload Hash, queue)
   #   error_handlers      (exception, {context:, job:, jobstr:}) on every failure
   #   death_handlers      (payload, exception) when a job dies: dead set, retry: false, :discard
-  #   on(:startup) ...    :startup, :heartbeat, :quiet, :shutdown and (Sidekiq 7+) :exit
+  #   on(:startup) ...    :startup, :heartbeat, :beat (7+), :quiet, :shutdown, :exit (7+)
+  #   config.redis        the Redis the worker works, unless rustq's own settings name one
   #
   # Sidekiq runs `configure_server` blocks only when `Sidekiq.server?`, which is
   # `defined?(Sidekiq::CLI)`. `sidekiq` loads its CLI before the app; rustq-worker registers
