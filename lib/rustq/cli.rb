@@ -139,12 +139,9 @@ module Rustq
             logger.info { "rustq-worker: SIG#{event}: stopping; running jobs get the shutdown timeout" }
             Rustq.stopping = true
             @worker.signal(event)
-            @sidekiq&.fire(:quiet)
-            @sidekiq&.fire(:shutdown)
           when "TSTP"
             logger.info { "rustq-worker: SIGTSTP: quiet, no new jobs" }
             @worker.signal(event)
-            @sidekiq&.fire(:quiet)
           when "TTIN"
             @worker.signal(event)
             dump_threads

@@ -199,8 +199,9 @@ impl Worker {
 
         // Visible first, registered second, fetching last: nobody may recover a process that is
         // registered but has not beaten yet.
-        retry_until_ok(&control, "heartbeat", || heartbeat.beat(false)).await;
-        control.beaten();
+        if retry_until_ok(&control, "heartbeat", || heartbeat.beat(false)).await {
+            control.beaten();
+        }
         retry_until_ok(&control, "register", || {
             recovery.register(&queue_names, options.concurrency)
         })
@@ -372,7 +373,8 @@ async fn connect(options: &WorkerOptions, control: &Control) -> Option<Connectio
     }
 }
 
-async fn retry_until_ok<F, Fut, T>(control: &Control, what: &str, mut f: F)
+/// Calls `f` until it succeeds (true) or the worker is told to stop (false).
+async fn retry_until_ok<F, Fut, T>(control: &Control, what: &str, mut f: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -380,11 +382,11 @@ where
     let mut backoff = Duration::from_millis(250);
     loop {
         match f().await {
-            Ok(_) => return,
+            Ok(_) => return true,
             Err(e) => {
                 tracing::warn!(error = %e, step = what, "Redis error; retrying");
                 if control.is_stopping() {
-                    return;
+                    return false;
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -527,32 +527,23 @@ rustq:
 
     #[test]
     fn bad_config_is_explained() {
-        let mut o = WorkerOptions::default();
-        let err = o
-            .apply_yaml("concurrency: lots", None)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("concurrency"), "{err}");
-        let err = o
-            .apply_yaml("queues: [\"bad name\"]", None)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("queue name"), "{err}");
-        let err = o
-            .apply_yaml("handlers: {X: {run: y}}", None)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("exec"), "{err}");
-        let err = o
-            .apply_yaml(":capsules:\n  :single:\n    :concurrency: 1\n", None)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("one rustq-worker per capsule"), "{err}");
-        let err = o
-            .apply_yaml(":dead_max_jobs: 0", None)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("dead_max_jobs"), "{err}");
+        let cases = [
+            ("concurrency: lots", "concurrency"),
+            ("queues: [\"bad name\"]", "queue name"),
+            ("handlers: {X: {run: y}}", "exec"),
+            (
+                ":capsules:\n  :single:\n    :concurrency: 1\n",
+                "one rustq-worker per capsule",
+            ),
+            (":dead_max_jobs: 0", "dead_max_jobs"),
+        ];
+        for (yaml, expected) in cases {
+            let err = WorkerOptions::default()
+                .apply_yaml(yaml, None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{yaml}: {err}");
+        }
     }
 
     #[test]
