@@ -209,12 +209,12 @@ module Rustq
 
     def run_jobs_until_stopped
       while (job = next_job)
-        reply, queue, json, outlook = job
+        reply, queue, payload, outlook = job
         reported = false
         begin
           @busy_lock.synchronize { @busy[Thread.current] = reply }
           # Only the job itself may be interrupted by Rustq::JobTimeout (see Processor#process).
-          answer = @processor.process(json, queue, outlook)
+          answer = @processor.process(payload, queue, outlook, reply)
           report(reply, answer)
           reported = true
         ensure

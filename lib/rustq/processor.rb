@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "json"
+require_relative "errors"
 
 module Rustq
   # Runs one job the rustq-worker engine fetched, in this Ruby process, and says how it went.
@@ -20,6 +21,9 @@ module Rustq
   class Processor
     # What Sidekiq's JobRetry writes when an exception's message itself raises.
     UNREADABLE_MESSAGE = "!!! ERROR MESSAGE THREW AN ERROR !!!"
+
+    # Where Rustq::JobTimeout may interrupt: in the job only (see #process).
+    INTERRUPTIBLE = { JobTimeout => :immediate }.freeze
 
     # Runs `payload` (a parsed job) in this thread, without any checks of Redis or retries:
     # what Rustq::Testing's inline mode and #process share.
@@ -89,19 +93,22 @@ module Rustq
       @reloader = app.reloader if app.respond_to?(:reloader)
     end
 
-    # Runs the job in `json` (fetched from `queue`); `outlook` is what the engine will do with a
-    # failure: "retry", "exhausted" (dead set) or "no_retry". Returns nil or a failure Hash.
+    # Runs the job `job` fetched from `queue`: a Hash as JSON.parse makes it (what the engine
+    # hands over) or the payload's JSON text. `outlook` is what the engine will do with a
+    # failure: "retry", "exhausted" (dead set) or "no_retry". `source` gives the payload's JSON
+    # as stored, for error handlers: a String, or anything whose #payload_json does (the
+    # engine's Reply, asked only when a job fails). Returns nil or a failure Hash.
     # Rustq::JobTimeout (the worker gave up on the job) may interrupt the job itself only, never
     # the failure handling around it.
-    def process(json, queue, outlook)
-      payload = JSON.parse(json)
+    def process(job, queue, outlook, source = job)
+      payload = job.is_a?(String) ? JSON.parse(job) : job
       klass = nil
-      Thread.handle_interrupt(JobTimeout => :immediate) do
+      Thread.handle_interrupt(INTERRUPTIBLE) do
         within_app do
           klass = self.class.job_class(payload)
           if @sidekiq&.middleware?
-            job = self.class.instance(payload, klass)
-            @sidekiq.around(job, payload, queue) { self.class.execute(payload, klass, job) }
+            instance = self.class.instance(payload, klass)
+            @sidekiq.around(instance, payload, queue) { self.class.execute(payload, klass, instance) }
           else
             self.class.execute(payload, klass)
           end
@@ -110,7 +117,7 @@ module Rustq
       nil
     # Everything a job raises fails that job only, `exit` and `abort` (SystemExit) included.
     rescue Exception => e # rubocop:disable Lint/RescueException
-      failure(payload || {}, klass, e, outlook, queue, json)
+      failure(payload || {}, klass, e, outlook, queue, source)
     end
 
     private
@@ -123,7 +130,7 @@ module Rustq
 
     # The answer for a failed job. Sidekiq's order: the job's own hooks, death handlers (when it
     # dies), then error handlers.
-    def failure(payload, klass, error, outlook, queue, json)
+    def failure(payload, klass, error, outlook, queue, source)
       message = error_message(error)
       @logger.warn { "#{payload["wrapped"] || payload["class"]} JID-#{payload["jid"]} failed: #{error.class.name}: #{message}\n#{Array(error.backtrace).first(10).join("\n")}" }
       result = {
@@ -138,7 +145,7 @@ module Rustq
       died = dies(payload, klass, error, outlook, queue, result)
       if @sidekiq
         @sidekiq.job_died(died, error) if died
-        @sidekiq.job_failed(error, payload, json)
+        @sidekiq.job_failed(error, payload, source.respond_to?(:payload_json) ? source.payload_json : source.to_s)
       end
       result
     end

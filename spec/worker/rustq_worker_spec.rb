@@ -78,6 +78,21 @@ RSpec.describe "rustq-worker" do
       expect([$?.exitstatus, out]).to match([2, a_string_including("sidekiq.yml", "NoSuchConstant")])
     end
 
+    it "hands a job's arguments to Ruby exactly as JSON.parse reads them" do
+      args = '[12345678901234567890123, -98765432109876543210, 18446744073709551615, -9223372036854775808, ' \
+             '0, -0, 1.5, 1e3, 2.5E-3, -0.0, 1e400, 100000000000000000000.0, 0.1, "\\u00fc \\u0000 \u00e9 \\ud83d\\ude00", ' \
+             '{"a": 1, "b": [true, false, null], "a": 2, "": {}}, [], [[[]]]]'
+      redis.lpush("queue:default", %({"class":"ArgsJob","args":#{args},"queue":"default","jid":"0123456789abcdef01234567"}))
+      w = worker("-r", plain_app)
+      entry = w.await("the job") { ledger.first }
+      expected = JSON.parse(args)
+      actual = Marshal.load(entry["marshal"].unpack1("m0")) # rubocop:disable Security/MarshalLoad
+      expect(actual.map { |a| [a.class, a] }.inspect).to eq(expected.map { |a| [a.class, a] }.inspect)
+      expect(Marshal.dump(actual)).to eq(Marshal.dump(expected))
+      expect(entry["frozen_keys"]).to be(true)
+      expect(w.stop.exitstatus).to eq(0)
+    end
+
     it "runs Rustq::Job and Sidekiq::Worker classes pushed by rustq's and Sidekiq's clients, visible in Sidekiq::ProcessSet" do
       jids = [
         Rustq::Client.push("class" => "RecordJob", "args" => ["from rustq"]),
@@ -186,6 +201,8 @@ RSpec.describe "rustq-worker" do
       expect(by["error"].map { |e| [e["jid"], e["context"]] }).to contain_exactly(
         [retried, context], [no_retry, context], [killed, context], [exhausted, context], [refused, context]
       )
+      # jobstr: the payload's JSON as it was in Redis.
+      expect(by["error"].map { |e| e["jobstr_jid"] }).to eq(by["error"].map { |e| e["jid"] })
       # Death: retry: false (the job as it was), retry_in :kill and retries used up (with the
       # failure filled in), a refused class. Not the job that will be retried.
       expect(by["death"].map { |e| [e["jid"], e["error_class"]] }).to contain_exactly(

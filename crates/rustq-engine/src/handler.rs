@@ -82,6 +82,16 @@ impl JobContext {
         }
     }
 
+    /// The payload's JSON as stored in Redis, shared rather than copied, when known.
+    pub fn raw_json(&self) -> Option<Arc<str>> {
+        self.raw.clone()
+    }
+
+    /// The parsed payload, shared: for a handler that hands it to threads of its own.
+    pub fn shared_job(&self) -> Arc<Job> {
+        self.job.clone()
+    }
+
     /// For a handler that queues jobs for its own threads ([`Handler::signals_start`]): the job
     /// has just begun on one of them. It then counts as busy (Web UI, heartbeat) from now on.
     pub fn started(&self) {

@@ -25,6 +25,7 @@ mod convert;
 mod errors;
 mod gvl;
 mod push;
+mod to_ruby;
 mod worker;
 
 #[magnus::init(name = "rustq")]
@@ -56,5 +57,6 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     let reply = native.define_class("Reply", ruby.class_object())?;
     reply.define_method("complete", method!(worker::Reply::complete, 1))?;
     reply.define_method("abandoned?", method!(worker::Reply::abandoned, 0))?;
+    reply.define_method("payload_json", method!(worker::Reply::payload_json, 0))?;
     Ok(())
 }

@@ -27,6 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, OnceLock};
 use std::time::Duration;
 
 use magnus::{block::Proc, prelude::*, Error, RArray, RHash, RString, Ruby, Symbol, Value};
+use rustq_core::Job;
 use rustq_engine::cli::{self, Parsed};
 use rustq_engine::job_retry::{self, Outlook, RetryPolicy};
 use rustq_engine::{
@@ -36,12 +37,15 @@ use rustq_engine::{
 use tokio::runtime::Runtime;
 use tokio::sync::{oneshot, watch, Notify};
 
-use crate::{client, errors, gvl};
+use crate::{client, errors, gvl, to_ruby};
 
 /// One job on its way to a Ruby thread. `claim` decides, once, whether a Ruby thread takes it
 /// (`TAKEN`) or the engine gives it back unstarted because the process is quieting (`WITHDRAWN`).
 struct Dispatch {
-    payload: String,
+    /// The payload as the engine parsed it; Ruby gets it as a Hash built from this.
+    job: Arc<Job>,
+    /// Its JSON as stored in Redis, when known (for error handlers' `jobstr`).
+    raw: Option<Arc<str>>,
     queue: String,
     outlook: Outlook,
     claim: Arc<AtomicU8>,
@@ -306,7 +310,8 @@ impl rustq_engine::Handler for RubyHandler {
         };
         let claim = Arc::new(AtomicU8::new(WAITING));
         self.jobs.0.push(Dispatch {
-            payload: ctx.payload_json().into_owned(),
+            job: ctx.shared_job(),
+            raw: ctx.raw_json(),
             queue: ctx.queue().to_string(),
             outlook: job_retry::outlook(ctx.job(), None, self.policy, rustq_core::wire::now_secs()),
             claim: claim.clone(),
@@ -411,6 +416,8 @@ pub struct Worker {
 #[magnus::wrap(class = "Rustq::Native::Reply", free_immediately, size)]
 pub struct Reply {
     reply: Mutex<Option<oneshot::Sender<JobResult>>>,
+    job: Arc<Job>,
+    raw: Option<Arc<str>>,
     answers: Arc<Answers>,
     jobs: Arc<JobQueue>,
 }
@@ -552,13 +559,15 @@ impl Worker {
         Ok(())
     }
 
-    /// The next job as `[reply, queue, payload_json, outlook]` (outlook: "retry", "exhausted" or
-    /// "no_retry": what a failure will lead to), or nil once the engine has stopped. Takes a job
-    /// holding the GVL, waits for one without it; `Thread#kill`/`#raise` interrupt the wait.
+    /// The next job as `[reply, queue, payload, outlook]`, or nil once the engine has stopped.
+    /// `payload` is the job as a Hash, as `JSON.parse` would make it (see [`to_ruby`]); `queue`
+    /// and `outlook` ("retry", "exhausted" or "no_retry": what a failure will lead to) are
+    /// frozen Strings. Takes a job holding the GVL, waits for one without it;
+    /// `Thread#kill`/`#raise` interrupt the wait.
     pub fn next_job(
         ruby: &Ruby,
         rb_self: &Worker,
-    ) -> Result<Option<(Reply, String, String, &'static str)>, Error> {
+    ) -> Result<Option<(Reply, Value, RHash, Value)>, Error> {
         let queue = &rb_self.jobs;
         let mut woken = false;
         let dispatch = loop {
@@ -597,19 +606,23 @@ impl Worker {
                 }
             }
         };
+        let payload = to_ruby::hash(ruby, dispatch.job.fields());
+        let outlook = match dispatch.outlook {
+            Outlook::Retry => "retry",
+            Outlook::Exhausted => "exhausted",
+            Outlook::NoRetry => "no_retry",
+        };
         Ok(Some((
             Reply {
                 reply: Mutex::new(Some(dispatch.reply)),
+                job: dispatch.job,
+                raw: dispatch.raw,
                 answers: rb_self.answers.clone(),
                 jobs: rb_self.jobs.clone(),
             },
-            dispatch.queue,
-            dispatch.payload,
-            match dispatch.outlook {
-                Outlook::Retry => "retry",
-                Outlook::Exhausted => "exhausted",
-                Outlook::NoRetry => "no_retry",
-            },
+            to_ruby::word(ruby, &dispatch.queue),
+            payload,
+            to_ruby::word(ruby, outlook),
         )))
     }
 
@@ -713,6 +726,15 @@ impl Reply {
         let out_of_jobs = rb_self.jobs.lock().jobs.is_empty();
         rb_self.answers.file(reply, result, out_of_jobs);
         Ok(true)
+    }
+
+    /// `payload_json`: the job's JSON as it was stored in Redis (what Sidekiq's error handlers
+    /// get as `jobstr`).
+    pub fn payload_json(&self) -> String {
+        match &self.raw {
+            Some(raw) => raw.to_string(),
+            None => self.job.to_json(),
+        }
     }
 
     /// True once the engine no longer waits for this job: it went over its time limit (it is
