@@ -18,6 +18,8 @@
 //! The raw `rb_*` calls below cannot raise on the values they are given (new Hashes and Arrays,
 //! valid UTF-8, digit strings) short of running out of memory, which Ruby raises anywhere.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::CString;
 
 use magnus::rb_sys::FromRawValue;
@@ -36,9 +38,34 @@ pub fn hash(_ruby: &Ruby, fields: &Fields) -> RHash {
 unsafe fn object(fields: &Fields) -> VALUE {
     let hash = rb_sys::rb_hash_new();
     for (key, value) in fields {
-        rb_sys::rb_hash_aset(hash, interned(key), convert(value));
+        rb_sys::rb_hash_aset(hash, key_string(key), convert(value));
     }
     hash
+}
+
+thread_local! {
+    /// Hash keys made so far on this thread: payloads repeat the same few dozen (Sidekiq's
+    /// fields, ActiveJob's), and a lookup here is cheaper than Ruby's fstring table. Each is kept
+    /// alive for good (`rb_gc_register_mark_object`), so the cache is bounded.
+    static KEYS: RefCell<HashMap<Box<str>, VALUE>> = RefCell::default();
+}
+
+/// How many keys [`KEYS`] keeps per thread; keys past that are made each time.
+const KEYS_CACHED: usize = 256;
+
+/// A Hash key, as [`interned`] makes it, from the cache when it is there.
+unsafe fn key_string(key: &str) -> VALUE {
+    if let Some(v) = KEYS.with_borrow(|keys| keys.get(key).copied()) {
+        return v;
+    }
+    let v = interned(key);
+    KEYS.with_borrow_mut(|keys| {
+        if keys.len() < KEYS_CACHED {
+            rb_sys::rb_gc_register_mark_object(v);
+            keys.insert(key.into(), v);
+        }
+    });
+    v
 }
 
 unsafe fn convert(value: &Json) -> VALUE {

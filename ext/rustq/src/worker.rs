@@ -42,10 +42,11 @@ use crate::{client, errors, gvl, to_ruby};
 /// One job on its way to a Ruby thread. `claim` decides, once, whether a Ruby thread takes it
 /// (`TAKEN`) or the engine gives it back unstarted because the process is quieting (`WITHDRAWN`).
 struct Dispatch {
-    /// The payload as the engine parsed it; Ruby gets it as a Hash built from this.
+    /// The payload as the engine parsed it; Ruby gets it as a Hash built from this. The engine
+    /// holds it too, and frees it on its own runtime once the job is done, not on a Ruby thread.
     job: Arc<Job>,
-    /// Its JSON as stored in Redis, when known (for error handlers' `jobstr`).
-    raw: Option<Arc<str>>,
+    /// Its JSON as stored in Redis (for error handlers' `jobstr`).
+    json: Arc<str>,
     queue: String,
     outlook: Outlook,
     claim: Arc<AtomicU8>,
@@ -311,7 +312,9 @@ impl rustq_engine::Handler for RubyHandler {
         let claim = Arc::new(AtomicU8::new(WAITING));
         self.jobs.0.push(Dispatch {
             job: ctx.shared_job(),
-            raw: ctx.raw_json(),
+            json: ctx
+                .raw_json()
+                .unwrap_or_else(|| Arc::from(ctx.job().to_json())),
             queue: ctx.queue().to_string(),
             outlook: job_retry::outlook(ctx.job(), None, self.policy, rustq_core::wire::now_secs()),
             claim: claim.clone(),
@@ -416,8 +419,7 @@ pub struct Worker {
 #[magnus::wrap(class = "Rustq::Native::Reply", free_immediately, size)]
 pub struct Reply {
     reply: Mutex<Option<oneshot::Sender<JobResult>>>,
-    job: Arc<Job>,
-    raw: Option<Arc<str>>,
+    json: Arc<str>,
     answers: Arc<Answers>,
     jobs: Arc<JobQueue>,
 }
@@ -615,8 +617,7 @@ impl Worker {
         Ok(Some((
             Reply {
                 reply: Mutex::new(Some(dispatch.reply)),
-                job: dispatch.job,
-                raw: dispatch.raw,
+                json: dispatch.json,
                 answers: rb_self.answers.clone(),
                 jobs: rb_self.jobs.clone(),
             },
@@ -731,10 +732,7 @@ impl Reply {
     /// `payload_json`: the job's JSON as it was stored in Redis (what Sidekiq's error handlers
     /// get as `jobstr`).
     pub fn payload_json(&self) -> String {
-        match &self.raw {
-            Some(raw) => raw.to_string(),
-            None => self.job.to_json(),
-        }
+        self.json.to_string()
     }
 
     /// True once the engine no longer waits for this job: it went over its time limit (it is
