@@ -126,10 +126,19 @@ module Rustq
 
     # The main thread sleeps on the pipe, where Ruby runs trap handlers at once (inside a native
     # wait it would run them only once the wait ends), and wakes twice a second to stop jobs the
-    # engine no longer waits for.
+    # engine no longer waits for. Under systemd's watchdog it pings it too, from here, as
+    # Sidekiq does from a Ruby thread: a VM stuck holding the GVL (a C call that never lets go)
+    # stops the pings, and systemd restarts the process.
     def handle_events
+      watchdog = @worker.watchdog_interval
+      tick = watchdog ? [0.5, watchdog].min : 0.5
+      pinged = monotonic
       loop do
-        if IO.select([@self_read], nil, nil, 0.5)
+        if watchdog && monotonic - pinged >= watchdog
+          @worker.ping_watchdog
+          pinged = monotonic
+        end
+        if IO.select([@self_read], nil, nil, tick)
           case (event = @self_read.gets&.chomp)
           when "STOPPED"
             raise @engine_error if @engine_error
@@ -240,6 +249,10 @@ module Rustq
       # An answer the engine cannot take (a bug): still fail the job rather than lose the thread.
       logger.error { "rustq-worker: cannot report a job's outcome: #{e.class}: #{e.message}" }
       reply.complete("error_class" => e.class.name, "message" => e.message.to_s)
+    end
+
+    def monotonic
+      Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
 
     def next_job

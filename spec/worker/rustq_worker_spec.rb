@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "sidekiq"
+require "socket"
 require "tmpdir"
 require "sidekiq/api"
 require_relative "../support/rustq_worker_process"
@@ -76,6 +77,36 @@ RSpec.describe "rustq-worker" do
       out = IO.popen({"REDIS_URL" => REDIS_SERVER.url}, ["ruby", "-I", "lib", RustqWorkerProcess::EXE, "-r", plain_app, "-C", config],
         chdir: RustqWorkerProcess::ROOT, err: [:child, :out], &:read)
       expect([$?.exitstatus, out]).to match([2, a_string_including("sidekiq.yml", "NoSuchConstant")])
+    end
+
+    it "pings systemd's watchdog from Ruby, so a process whose VM is stuck holding the GVL stops pinging" do
+      path = File.join(Dir.mktmpdir("rustq-notify"), "notify.sock")
+      socket = Socket.new(:UNIX, :DGRAM)
+      socket.bind(Socket.pack_sockaddr_un(path))
+      notices = []
+      listen = lambda do |seconds|
+        deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + seconds
+        while (left = deadline - Process.clock_gettime(Process::CLOCK_MONOTONIC)).positive?
+          notices << [Process.clock_gettime(Process::CLOCK_MONOTONIC), socket.recv(64)] if IO.select([socket], nil, nil, left)
+        end
+      end
+      # WatchdogSec=0.4: a ping every 0.2 s.
+      w = worker("-r", plain_app, "-c", "2", env: {"NOTIFY_SOCKET" => path, "WATCHDOG_USEC" => "400000"})
+      listen.call(1.5)
+      expect(notices.map(&:last)).to include("READY=1")
+      expect(notices.count { |_, text| text == "WATCHDOG=1" }).to be >= 3
+
+      Rustq::Client.push("class" => "GvlHogJob", "args" => [3])
+      listen.call(5)
+      expect(ledger.map { |e| e["job"] }).to eq(["hog"])
+      pings = notices.select { |_, text| text == "WATCHDOG=1" }.map(&:first)
+      gaps = pings.each_cons(2).map { |a, b| b - a }
+      # No ping while the job held the GVL (3 s), and pings again once it let go.
+      expect(gaps.max).to be >= 2.0
+      expect(pings.last).to be > pings[gaps.index(gaps.max) + 1]
+      expect(w.stop.exitstatus).to eq(0)
+    ensure
+      socket&.close
     end
 
     it "hands a job's arguments to Ruby exactly as JSON.parse reads them" do

@@ -235,7 +235,7 @@ impl Worker {
         // Under systemd (`Type=notify`): ready now, registered and about to fetch.
         let systemd = Notifier::from_env().map(Arc::new);
         if let Some(notifier) = &systemd {
-            if let Some(every) = systemd::watchdog_interval() {
+            if let Some(every) = systemd::watchdog_interval().filter(|_| !options.host_watchdog) {
                 background.spawn(systemd::watchdog(notifier.clone(), every));
             }
             notifier.notify("READY=1");

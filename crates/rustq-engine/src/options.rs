@@ -91,6 +91,9 @@ pub struct WorkerOptions {
     /// a thread finishing one short job finds the next one waiting instead of a round trip
     /// through the engine. Busy counts, timing and requeue-on-quiet follow the real starts.
     pub dispatch_ahead: bool,
+    /// systemd's watchdog (`WATCHDOG_USEC`) is pinged by the host process (the Ruby host, from
+    /// a Ruby thread, so a VM stuck holding its lock stops the pings), not by the engine.
+    pub host_watchdog: bool,
     pub handlers: BTreeMap<String, HandlerConfig>,
     /// `dead_max_jobs` and `dead_timeout_in_seconds`, as in `sidekiq.yml`.
     pub dead_set: DeadSetLimits,
@@ -123,6 +126,7 @@ impl Default for WorkerOptions {
             fetch_batch: 100,
             prefetch: 100,
             dispatch_ahead: false,
+            host_watchdog: false,
             handlers: BTreeMap::new(),
             dead_set: DeadSetLimits::default(),
             require: None,

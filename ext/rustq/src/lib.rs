@@ -53,6 +53,11 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     worker.define_method("stopping?", method!(worker::Worker::stopping, 0))?;
     worker.define_method("quiet?", method!(worker::Worker::quiet, 0))?;
     worker.define_method("beats", method!(worker::Worker::beats, 0))?;
+    worker.define_method(
+        "watchdog_interval",
+        method!(worker::Worker::watchdog_interval, 0),
+    )?;
+    worker.define_method("ping_watchdog", method!(worker::Worker::ping_watchdog, 0))?;
     worker.define_method("wait", method!(worker::Worker::wait, 1))?;
     let reply = native.define_class("Reply", ruby.class_object())?;
     reply.define_method("complete", method!(worker::Reply::complete, 1))?;

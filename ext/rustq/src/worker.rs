@@ -413,6 +413,13 @@ pub struct Worker {
     answers: Arc<Answers>,
     outcome: watch::Receiver<Outcome>,
     finish: Mutex<Option<watch::Sender<Outcome>>>,
+    watchdog: Option<Watchdog>,
+}
+
+/// systemd's watchdog (`WATCHDOG_USEC` and `NOTIFY_SOCKET`, for this process).
+struct Watchdog {
+    notifier: rustq_engine::systemd::Notifier,
+    every: Duration,
 }
 
 /// `Rustq::Native::Reply`: answers one job; dropped unanswered, the job is retried.
@@ -462,6 +469,13 @@ impl Worker {
         // handlers from the config file: those would run in slots of their own on top of the
         // Ruby threads, so every job goes through the engine's `concurrency` slots instead.
         options.dispatch_ahead = options.handlers.is_empty();
+        // systemd's watchdog is pinged from Ruby's main thread (`watchdog`), as Sidekiq pings it
+        // from a Ruby thread: a VM stuck holding the GVL then stops the pings and gets restarted.
+        let watchdog = rustq_engine::systemd::watchdog_interval().and_then(|every| {
+            let notifier = rustq_engine::systemd::Notifier::from_env()?;
+            Some(Watchdog { notifier, every })
+        });
+        options.host_watchdog = true;
         let engine = Engine::new(options, registry);
         let _ = control.set(engine.control());
         let (finish, outcome) = watch::channel(None);
@@ -477,6 +491,7 @@ impl Worker {
             answers: Arc::default(),
             outcome,
             finish: Mutex::new(Some(finish)),
+            watchdog,
         })
     }
 
@@ -650,6 +665,19 @@ impl Worker {
     /// `quiet?`: no new jobs are fetched (TSTP, the Web UI's Quiet, or stopping).
     pub fn quiet(&self) -> bool {
         self.control.is_quiet()
+    }
+
+    /// `watchdog_interval`: how often (seconds) systemd's watchdog wants a ping, or nil when it
+    /// does not watch this process.
+    pub fn watchdog_interval(&self) -> Option<f64> {
+        self.watchdog.as_ref().map(|w| w.every.as_secs_f64())
+    }
+
+    /// `ping_watchdog`: tells systemd's watchdog this process is alive (`WATCHDOG=1`).
+    pub fn ping_watchdog(&self) {
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.notifier.notify("WATCHDOG=1");
+        }
     }
 
     /// `beats`: how many heartbeats the engine has written.
