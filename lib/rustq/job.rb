@@ -47,43 +47,76 @@ module Rustq
       Rustq.logger
     end
 
+    # Options and retry hooks, without the client API: what Rustq::Job classes get, and what an
+    # ActiveJob class gets from `include Rustq::Job::Options` (as from Sidekiq::Job::Options):
+    #
+    #   class ChargeJob < ApplicationJob
+    #     include Rustq::Job::Options
+    #     sidekiq_options retry: 3
+    #     sidekiq_retry_in { |count, error| error.is_a?(Timeout::Error) ? 10 : :kill }
+    #     sidekiq_retries_exhausted { |job, error| Billing.give_up(job["args"]) }
+    #   end
+    #
+    # rustq-worker reads an ActiveJob class's hooks as Sidekiq 7.1.3+ does (its `wrapped` class).
+    module Options
+      def self.included(base)
+        base.extend(ClassMethods)
+      end
+
+      module ClassMethods
+        # Options for this class's jobs (queue, retry, backtrace, tags or anything else: every key
+        # ends up in the payload). Subclasses inherit and may override.
+        def rustq_options(options = {})
+          @rustq_options = own_rustq_options.merge(options.transform_keys(&:to_s)).freeze
+        end
+        alias_method :sidekiq_options, :rustq_options
+
+        # The options a push starts from: the configured defaults, then each ancestor's options.
+        def get_rustq_options
+          inherited = superclass.respond_to?(:get_rustq_options) ? superclass.get_rustq_options : Rustq.default_job_options
+          inherited.merge(own_rustq_options)
+        end
+        alias_method :get_sidekiq_options, :get_rustq_options
+
+        # Delay before the next retry: a block of (count, exception, job) answering seconds,
+        # :kill or :discard. Kept on the class for the worker that runs it.
+        def rustq_retry_in(&block)
+          @rustq_retry_in_block = block
+        end
+        alias_method :sidekiq_retry_in, :rustq_retry_in
+
+        # Called with (job, exception) when the last retry failed.
+        def rustq_retries_exhausted(&block)
+          @rustq_retries_exhausted_block = block
+        end
+        alias_method :sidekiq_retries_exhausted, :rustq_retries_exhausted
+
+        def rustq_retry_in_block
+          inherited_ivar(:@rustq_retry_in_block, :rustq_retry_in_block)
+        end
+        alias_method :sidekiq_retry_in_block, :rustq_retry_in_block
+
+        def rustq_retries_exhausted_block
+          inherited_ivar(:@rustq_retries_exhausted_block, :rustq_retries_exhausted_block)
+        end
+        alias_method :sidekiq_retries_exhausted_block, :rustq_retries_exhausted_block
+
+        private
+
+        def own_rustq_options
+          @rustq_options || {}
+        end
+
+        def inherited_ivar(ivar, reader)
+          return instance_variable_get(ivar) if instance_variable_defined?(ivar)
+
+          superclass.public_send(reader) if superclass.respond_to?(reader)
+        end
+      end
+    end
+
     module ClassMethods
-      # Options for this class's jobs (queue, retry, backtrace, tags or anything else: every key
-      # ends up in the payload). Subclasses inherit and may override.
-      def rustq_options(options = {})
-        @rustq_options = own_rustq_options.merge(options.transform_keys(&:to_s)).freeze
-      end
-      alias_method :sidekiq_options, :rustq_options
-
-      # The options a push starts from: the configured defaults, then each ancestor's options.
-      def get_rustq_options
-        inherited = superclass.respond_to?(:get_rustq_options) ? superclass.get_rustq_options : Rustq.default_job_options
-        inherited.merge(own_rustq_options)
-      end
-      alias_method :get_sidekiq_options, :get_rustq_options
-
-      # Delay before the next retry: a block of (count, exception, job) answering seconds,
-      # :kill or :discard. Kept on the class for the worker that runs it.
-      def rustq_retry_in(&block)
-        @rustq_retry_in_block = block
-      end
-      alias_method :sidekiq_retry_in, :rustq_retry_in
-
-      # Called with (job, exception) when the last retry failed.
-      def rustq_retries_exhausted(&block)
-        @rustq_retries_exhausted_block = block
-      end
-      alias_method :sidekiq_retries_exhausted, :rustq_retries_exhausted
-
-      def rustq_retry_in_block
-        inherited_ivar(:@rustq_retry_in_block, :rustq_retry_in_block)
-      end
-      alias_method :sidekiq_retry_in_block, :rustq_retry_in_block
-
-      def rustq_retries_exhausted_block
-        inherited_ivar(:@rustq_retries_exhausted_block, :rustq_retries_exhausted_block)
-      end
-      alias_method :sidekiq_retries_exhausted_block, :rustq_retries_exhausted_block
+      include Options::ClassMethods
 
       def queue_as(queue)
         rustq_options("queue" => queue.to_s)
@@ -120,18 +153,6 @@ module Rustq
 
       def client_push(item) # :nodoc:
         Rustq::Client.push(item)
-      end
-
-      private
-
-      def own_rustq_options
-        @rustq_options || {}
-      end
-
-      def inherited_ivar(ivar, reader)
-        return instance_variable_get(ivar) if instance_variable_defined?(ivar)
-
-        superclass.public_send(reader) if superclass.respond_to?(reader)
       end
     end
 

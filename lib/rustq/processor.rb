@@ -170,18 +170,32 @@ module Rustq
       return payload if outlook == "no_retry"
 
       msg = failed_payload(payload, result, queue)
-      return (msg if outlook == "exhausted") unless klass.is_a?(Class)
+      hooks = hooks_class(payload, klass)
+      return (msg if outlook == "exhausted") unless hooks
 
       case outlook
       when "retry"
-        retry_in = retry_in(klass, msg["retry_count"], error, msg)
+        retry_in = retry_in(hooks, msg["retry_count"], error, msg)
         result["retry_in"] = retry_in
-        retries_exhausted(klass, msg, error) if retry_in == "kill"
+        retries_exhausted(hooks, msg, error) if retry_in == "kill"
         msg if %w[kill discard].include?(retry_in)
       when "exhausted"
-        retries_exhausted(klass, msg, error)
+        retries_exhausted(hooks, msg, error)
         msg
       end
+    end
+
+    # Where the retry hooks live: the job class, or for an ActiveJob the class it wraps (as
+    # Sidekiq 7.1.3+ reads them; an ActiveJob class has them from Sidekiq::Job::Options or
+    # Rustq::Job::Options). nil when there is none to ask.
+    def hooks_class(payload, klass)
+      name = payload["wrapped"]
+      return (klass if klass.is_a?(Class)) unless name
+
+      wrapped = Object.const_get(name.to_s)
+      wrapped if wrapped.is_a?(Class)
+    rescue NameError
+      nil
     end
 
     # `sidekiq_retry_in { |count, exception| }`: seconds (a positive number; anything else is

@@ -109,4 +109,20 @@ RSpec.describe Rustq::Job do
   it "cannot be included in an ActiveJob" do
     expect { Class.new(ActiveJob::Base) { include Rustq::Job } }.to raise_error(ArgumentError, /cannot be included in an ActiveJob/)
   end
+
+  it "gives an ActiveJob class options and retry hooks with Rustq::Job::Options, inherited, without the client API" do
+    retry_in = ->(count, _error) { count * 10 }
+    exhausted = ->(_job, _error) {}
+    parent = Class.new(ActiveJob::Base) do
+      include Rustq::Job::Options
+      sidekiq_options retry: 3, "backtrace" => true
+      sidekiq_retry_in(&retry_in)
+    end
+    child = Class.new(parent) { rustq_retries_exhausted(&exhausted) }
+
+    expect(child.get_sidekiq_options).to include("retry" => 3, "backtrace" => true)
+    expect([child.sidekiq_retry_in_block, child.sidekiq_retries_exhausted_block]).to eq([retry_in, exhausted])
+    expect(parent.rustq_retries_exhausted_block).to be_nil
+    expect(child).not_to respond_to(:perform_async)
+  end
 end
