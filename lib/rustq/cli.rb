@@ -90,7 +90,17 @@ module Rustq
       end
       # An app that does not require rustq itself (a plain -r file) still gets all of it.
       require_relative "../rustq"
+      refuse_capsules
       adopt_sidekiqs_redis
+    end
+
+    # As for `capsules` in the config file: refused rather than left unworked.
+    def refuse_capsules
+      capsules = @sidekiq&.extra_capsules
+      return if capsules.nil? || capsules.empty?
+
+      raise UsageError, "rustq-worker: Sidekiq capsules (#{capsules.join(", ")}, made in Sidekiq.configure_server) " \
+        "are not supported: run one rustq-worker per capsule, with its own -q and -c\n"
     end
 
     # Sidekiq's server reads the Redis its configure_server names before REDIS_URL; so does this

@@ -77,6 +77,14 @@ module Rustq
       nil
     end
 
+    # Sidekiq 7+ capsules the app made in configure_server (`config.capsule("single")`) besides
+    # the default one. rustq-worker works one set of queues, so theirs would never be worked.
+    def extra_capsules
+      return [] unless @config.respond_to?(:capsules)
+
+      @config.capsules.keys.map(&:to_s) - ["default"]
+    end
+
     # Whether the app added server middleware.
     def middleware?
       !middleware.empty?

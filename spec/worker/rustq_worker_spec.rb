@@ -55,6 +55,12 @@ RSpec.describe "rustq-worker" do
       status, out = run_cli("-r", "./spec/fixtures/worker_plain_app.rb", "--redis-url", "nosuchscheme://x")
       expect([status, out]).to match([1, a_string_including("rustq-worker failed")])
     end
+
+    it "refuses Sidekiq 7 capsules made in Sidekiq.configure_server, whose queues it would never work" do
+      # (The bad Redis URL ends the run should the capsule get past boot.)
+      status, out = run_cli("-r", "./spec/fixtures/worker_capsules_app.rb", "--redis-url", "nosuchscheme://x")
+      expect([status, out]).to match([2, a_string_including("Sidekiq capsules (single", "one rustq-worker per capsule")])
+    end
   end
 
   describe "a plain Ruby app (-r FILE)" do
