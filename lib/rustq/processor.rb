@@ -80,8 +80,21 @@ module Rustq
         raise NotAJobClass, "#{name.inspect} (wrapped by #{payload["class"]}) is not an ActiveJob class"
       end
 
-      ::ActiveJob::Base.execute(data.merge("provider_job_id" => payload["jid"]))
+      # Sidekiq's JobWrapper passes `data.merge("provider_job_id" => jid)`; setting it in place
+      # and putting it back after saves copying the Hash per job, and middleware and handlers
+      # still see the payload as stored.
+      return ::ActiveJob::Base.execute(data.merge("provider_job_id" => payload["jid"])) if data.frozen?
+
+      stored = data.fetch("provider_job_id", NOT_SET)
+      data["provider_job_id"] = payload["jid"]
+      begin
+        ::ActiveJob::Base.execute(data)
+      ensure
+        stored.equal?(NOT_SET) ? data.delete("provider_job_id") : data["provider_job_id"] = stored
+      end
     end
+    NOT_SET = Object.new.freeze
+    private_constant :NOT_SET
     private_class_method :run_active_job
 
     # `sidekiq`: a Rustq::SidekiqServer when the app has Sidekiq (its server middleware, error

@@ -375,7 +375,7 @@ RSpec.describe "rustq-worker" do
       # Sidekiq's wrapper class, as under Sidekiq.
       middleware = redis.lrange("middleware", 0, -1).map { |json| JSON.parse(json) }
       expect(middleware.size).to eq(7)
-      expect(middleware).to include({"instance" => "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper", "jid" => jids["now"]})
+      expect(middleware).to include({"instance" => "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper", "jid" => jids["now"], "provider_job_id" => nil})
       expect(middleware).to include({"instance" => "SidekiqStyleJob", "jid" => jids["sidekiq"]})
 
       expect(w.stop.exitstatus).to eq(0)

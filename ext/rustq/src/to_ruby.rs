@@ -19,12 +19,12 @@
 //! valid UTF-8, digit strings) short of running out of memory, which Ruby raises anywhere.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::CString;
 
 use magnus::rb_sys::FromRawValue;
 use magnus::{RHash, Ruby, Value};
 use rb_sys::VALUE;
+use rustc_hash::FxHashMap;
 use rustq_core::Fields;
 use serde_json::{Number, Value as Json};
 
@@ -44,10 +44,11 @@ unsafe fn object(fields: &Fields) -> VALUE {
 }
 
 thread_local! {
-    /// Hash keys made so far on this thread: payloads repeat the same few dozen (Sidekiq's
-    /// fields, ActiveJob's), and a lookup here is cheaper than Ruby's fstring table. Each is kept
+    /// Hash keys (and queue names) made so far on this thread: payloads repeat the same few
+    /// dozen (Sidekiq's fields, ActiveJob's), and a lookup here is cheaper than Ruby's fstring
+    /// table. Each is kept
     /// alive for good (`rb_gc_register_mark_object`), so the cache is bounded.
-    static KEYS: RefCell<HashMap<Box<str>, VALUE>> = RefCell::default();
+    static KEYS: RefCell<FxHashMap<Box<str>, VALUE>> = RefCell::default();
 }
 
 /// How many keys [`KEYS`] keeps per thread; keys past that are made each time.
@@ -128,8 +129,8 @@ fn bytes(s: &str) -> *const std::os::raw::c_char {
 }
 
 /// A frozen, deduplicated String for a short word handed to Ruby per job (a queue name, an
-/// outlook): no new object once Ruby has one.
+/// outlook), from the same cache as Hash keys: no new object once Ruby has one.
 pub fn word(_ruby: &Ruby, s: &str) -> Value {
     // SAFETY: called holding the GVL.
-    unsafe { Value::from_raw(interned(s)) }
+    unsafe { Value::from_raw(key_string(s)) }
 }
