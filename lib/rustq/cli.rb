@@ -39,6 +39,7 @@ module Rustq
       trap_signals
       @sidekiq&.fire(:startup)
       @worker.start
+      start_watchdog
       @beats = 0
       logger.info { "rustq-worker #{VERSION} running #{@worker.concurrency} Ruby threads as #{@worker.identity}" }
       @threads = Array.new(@worker.concurrency) { |i| start_thread(i) }
@@ -122,6 +123,20 @@ module Rustq
       end
     end
 
+    # systemd's watchdog (WATCHDOG_USEC), pinged from a Ruby thread of its own, as Sidekiq pings
+    # it: a VM stuck holding the GVL (a C call that never returns) stops the pings, and systemd
+    # restarts the process. (The standalone binary pings from the engine's runtime.)
+    def start_watchdog
+      interval = @worker.watchdog_interval or return
+      Thread.new do
+        Thread.current.name = "rustq-watchdog"
+        loop do
+          sleep interval
+          @worker.ping_watchdog
+        end
+      end
+    end
+
     # The engine's end, waited for without the GVL in a thread of its own, arrives on the same pipe.
     def watch_engine
       Thread.new do
@@ -136,19 +151,10 @@ module Rustq
 
     # The main thread sleeps on the pipe, where Ruby runs trap handlers at once (inside a native
     # wait it would run them only once the wait ends), and wakes twice a second to stop jobs the
-    # engine no longer waits for. Under systemd's watchdog it pings it too, from here, as
-    # Sidekiq does from a Ruby thread: a VM stuck holding the GVL (a C call that never lets go)
-    # stops the pings, and systemd restarts the process.
+    # engine no longer waits for.
     def handle_events
-      watchdog = @worker.watchdog_interval
-      tick = watchdog ? [0.5, watchdog].min : 0.5
-      pinged = monotonic
       loop do
-        if watchdog && monotonic - pinged >= watchdog
-          @worker.ping_watchdog
-          pinged = monotonic
-        end
-        if IO.select([@self_read], nil, nil, tick)
+        if IO.select([@self_read], nil, nil, 0.5)
           case (event = @self_read.gets&.chomp)
           when "STOPPED"
             raise @engine_error if @engine_error
@@ -259,10 +265,6 @@ module Rustq
       # An answer the engine cannot take (a bug): still fail the job rather than lose the thread.
       logger.error { "rustq-worker: cannot report a job's outcome: #{e.class}: #{e.message}" }
       reply.complete("error_class" => e.class.name, "message" => e.message.to_s)
-    end
-
-    def monotonic
-      Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
 
     def next_job

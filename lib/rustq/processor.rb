@@ -158,9 +158,19 @@ module Rustq
       died = dies(payload, klass, error, outlook, queue, result)
       if @sidekiq
         @sidekiq.job_died(died, error) if died
-        @sidekiq.job_failed(error, payload, source.respond_to?(:payload_json) ? source.payload_json : source.to_s)
+        @sidekiq.job_failed(error, payload, jobstr(source))
       end
       result
+    end
+
+    # The payload's JSON for error handlers: as stored when the engine has it, else written anew.
+    def jobstr(source)
+      return source.payload_json if source.respond_to?(:payload_json)
+      return source if source.is_a?(String)
+
+      JSON.generate(source)
+    rescue StandardError
+      source.to_s
     end
 
     def timed_out?(error)
@@ -207,7 +217,8 @@ module Rustq
 
       wrapped = Object.const_get(name.to_s)
       wrapped if wrapped.is_a?(Class)
-    rescue NameError
+    # Unknown, or its file does not load (the job failed the same way): no hooks, as Sidekiq.
+    rescue StandardError, ScriptError
       nil
     end
 

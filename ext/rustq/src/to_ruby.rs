@@ -60,12 +60,12 @@ unsafe fn key_string(key: &str) -> VALUE {
         return v;
     }
     let v = interned(key);
-    KEYS.with_borrow_mut(|keys| {
-        if keys.len() < KEYS_CACHED {
-            rb_sys::rb_gc_register_mark_object(v);
-            keys.insert(key.into(), v);
-        }
-    });
+    if KEYS.with_borrow(|keys| keys.len() < KEYS_CACHED) {
+        // Registered before the cache is borrowed again: should Ruby raise here (out of memory),
+        // no borrow is left held.
+        rb_sys::rb_gc_register_mark_object(v);
+        KEYS.with_borrow_mut(|keys| keys.insert(key.into(), v));
+    }
     v
 }
 

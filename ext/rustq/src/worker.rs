@@ -469,8 +469,8 @@ impl Worker {
         // handlers from the config file: those would run in slots of their own on top of the
         // Ruby threads, so every job goes through the engine's `concurrency` slots instead.
         options.dispatch_ahead = options.handlers.is_empty();
-        // systemd's watchdog is pinged from Ruby's main thread (`watchdog`), as Sidekiq pings it
-        // from a Ruby thread: a VM stuck holding the GVL then stops the pings and gets restarted.
+        // systemd's watchdog is pinged from a Ruby thread (`ping_watchdog`), as Sidekiq pings it:
+        // a VM stuck holding the GVL then stops the pings and gets restarted.
         let watchdog = rustq_engine::systemd::watchdog_interval().and_then(|every| {
             let notifier = rustq_engine::systemd::Notifier::from_env()?;
             Some(Watchdog { notifier, every })
