@@ -6,14 +6,15 @@
 //! threads of `Rustq::CLI` and waits for their answer:
 //!
 //! ```text
-//! engine task ── Dispatch{payload, queue, outlook, reply} ──▶ channel ──▶ Ruby thread: next_job
+//! engine task ── Dispatch{job, json, queue, outlook, reply} ──▶ queue ──▶ Ruby thread: next_job
 //!      ▲                                                                         │ runs the job
 //!      └──────────────── oneshot: Ok(()) / Err(Failure) ◀──── Reply#complete ◀───┘
 //! ```
 //!
 //! Ruby threads wait for the queue, and the main thread for the engine, with the GVL released.
-//! No Ruby value ever reaches a tokio thread: payloads cross as JSON strings, answers as
-//! `Failure`s built under the GVL.
+//! No Ruby value ever reaches a tokio thread: payloads cross as the engine's parsed `Job`
+//! (shared, read-only), turned into a Ruby Hash by the Ruby thread that takes it (see
+//! [`to_ruby`]); answers cross as `Failure`s built under the GVL.
 //!
 //! Only one Ruby thread runs at a time, so the queue wakes idle threads sparingly: a thread
 //! that finishes a job takes the next one without letting go of the GVL, and at most one idle
