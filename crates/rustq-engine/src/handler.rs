@@ -82,9 +82,13 @@ impl JobContext {
         }
     }
 
-    /// The payload's JSON as stored in Redis, shared rather than copied, when known.
-    pub fn raw_json(&self) -> Option<Arc<str>> {
-        self.raw.clone()
+    /// [`JobContext::payload_json`], shared rather than copied: for a handler that hands it to
+    /// threads of its own.
+    pub fn shared_payload_json(&self) -> Arc<str> {
+        match &self.raw {
+            Some(raw) => raw.clone(),
+            None => Arc::from(self.job.to_json()),
+        }
     }
 
     /// The parsed payload, shared: for a handler that hands it to threads of its own.

@@ -46,8 +46,8 @@ unsafe fn object(fields: &Fields) -> VALUE {
 thread_local! {
     /// Hash keys (and queue names) made so far on this thread: payloads repeat the same few
     /// dozen (Sidekiq's fields, ActiveJob's), and a lookup here is cheaper than Ruby's fstring
-    /// table. Each is kept
-    /// alive for good (`rb_gc_register_mark_object`), so the cache is bounded.
+    /// table. Each is kept alive for good (`rb_gc_register_mark_object`), so the cache is
+    /// bounded.
     static KEYS: RefCell<FxHashMap<Box<str>, VALUE>> = RefCell::default();
 }
 

@@ -313,9 +313,7 @@ impl rustq_engine::Handler for RubyHandler {
         let claim = Arc::new(AtomicU8::new(WAITING));
         self.jobs.0.push(Dispatch {
             job: ctx.shared_job(),
-            json: ctx
-                .raw_json()
-                .unwrap_or_else(|| Arc::from(ctx.job().to_json())),
+            json: ctx.shared_payload_json(),
             queue: ctx.queue().to_string(),
             outlook: job_retry::outlook(ctx.job(), None, self.policy, rustq_core::wire::now_secs()),
             claim: claim.clone(),
