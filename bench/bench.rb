@@ -208,12 +208,16 @@ module Bench
 
     # --- pushing ---------------------------------------------------------------------------
 
-    def push_once(library, kind, count)
+    def push_once(library, kind, count) = timed_script("push.rb", [library, kind], count)
+
+    # Runs bench/ruby/`script` with `args` and `count` on a flushed Redis; jobs/s from the
+    # {"seconds": S} it prints last.
+    def timed_script(script, args, count)
       @redis.flush
-      out = IO.popen({ "REDIS_URL" => @redis.url }, [RUBY, File.join(__dir__, "ruby", "push.rb"), library, kind, count.to_s],
+      out = IO.popen({ "REDIS_URL" => @redis.url }, [RUBY, File.join(__dir__, "ruby", script), *args, count.to_s],
                      err: [:child, :out], &:read)
       result = JSON.parse(out.lines.last || "{}")
-      raise "push.rb #{library} #{kind} failed: #{out}" unless result["seconds"]
+      raise "#{script} #{args.join(" ")} failed: #{out}" unless result["seconds"]
 
       count / result["seconds"]
     end
@@ -223,6 +227,17 @@ module Bench
       sidekiq = repeat("#{id} sidekiq #{kind}") { push_once("sidekiq", kind, count) }
       goal = kind == "bulk" ? 10 : 6
       row(id, name, "jobs/s", rustq, sidekiq, target: target("≥ #{goal}×") { |_, _, r| r && r >= goal })
+      floor_scenario(id, sidekiq, count) if kind == "single"
+    end
+
+    # The most any client could do: the round trip alone, on a bare socket (bench/ruby/floor.rb),
+    # against Sidekiq's `perform_async` from the same run.
+    def floor_scenario(id, sidekiq, count)
+      %w[sleep spin].each do |mode|
+        floor = repeat("#{id}r floor #{mode}") { timed_script("floor.rb", [mode], count) }
+        row("#{id}r-#{mode}", "ceiling for a Ruby client: a bare socket (in the rustq column) pushing one job at a time, #{mode == "spin" ? "spinning" : "sleeping"} for the reply, vs Sidekiq's `perform_async`",
+            "jobs/s", floor, sidekiq, note: "a bare socket, not rustq")
+      end
     end
 
     def active_job_push_scenarios

@@ -58,6 +58,31 @@ RSpec.describe "Rustq.configure" do
     expect { Rustq.configure { |c| c.connect_timeout = -1 } }.to raise_error(Rustq::ConfigurationError, /connect_timeout/)
     Rustq.config.connect_timeout = 1
     expect { Rustq.configure { |c| c.ca_file = "/nonexistent/ca.pem" } }.to raise_error(Rustq::ConfigurationError, /CA file/)
+    Rustq.config.ca_file = nil
+    expect { Rustq.configure { |c| c.spin_wait = -0.001 } }.to raise_error(Rustq::ConfigurationError, /spin_wait must be a positive number/)
+    expect { Rustq.configure { |c| c.spin_wait = 0.01 } }.to raise_error(Rustq::ConfigurationError, /spin_wait must be at most 0.001 seconds, not 0.01/)
+  end
+
+  it "spins for a reply by default only when Redis is on this machine" do
+    native = Rustq.const_get(:Native)
+    expect(Rustq.config.spin_wait).to eq(:auto)
+    Rustq.configure
+    expect(native.spin_wait).to eq(0.0002) # the suite's private Redis is on 127.0.0.1
+    Rustq.configure { |c| c.redis_url = "redis://cache.internal:6379/1" }
+    expect(native.spin_wait).to eq(0)
+    Rustq.configure { |c| c.spin_wait = 0.0005 }
+    expect(native.spin_wait).to eq(0.0005)
+    Rustq.configure { |c| c.spin_wait = nil }
+    expect(native.spin_wait).to eq(0)
+  end
+
+  it "pushes whether a push spins for the reply or not" do
+    [nil, 0, 0.001, :auto].each_with_index do |spin, i|
+      Rustq.configure { |c| c.spin_wait = spin }
+      expect(Rustq.const_get(:Native).spin_wait).to eq(spin == :auto ? 0.0002 : spin.to_f)
+      Rustq::Client.push("class" => "A", "args" => [i])
+    end
+    expect(queue_payloads.map { |p| p["args"] }).to eq([[0], [1], [2], [3]])
   end
 
   it "uses the configured logger" do

@@ -30,6 +30,30 @@ RSpec.describe "rustq's native bridge" do
     expect(ticks).to be > 1_000
   end
 
+  # A spin is bounded: a push whose reply is late spins for spin_wait, then sleeps.
+  context "with spin_wait at its most" do
+    include_context "restores Rustq.config"
+
+    it "sleeps, not spins, once spin_wait has passed without a reply" do
+      Rustq.configure { |c| c.spin_wait = 0.001 }
+      # One thread alone pushing (threads pushing side by side do not spin at all).
+      cpu, waited = Thread.new do
+        Rustq::Client.push("class" => "A", "args" => []) # connect first
+        redis.call("CLIENT", "PAUSE", "600", "WRITE")
+        cpu = Process.clock_gettime(Process::CLOCK_THREAD_CPUTIME_ID)
+        started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+        Rustq::Client.push("class" => "A", "args" => [])
+        [Process.clock_gettime(Process::CLOCK_THREAD_CPUTIME_ID) - cpu, Process.clock_gettime(Process::CLOCK_MONOTONIC) - started]
+      end.value
+
+      expect(waited).to be >= 0.4
+      # Spinning through the pause would have used about as much CPU as it lasted.
+      expect(cpu).to be < 0.1
+    ensure
+      redis.call("CLIENT", "UNPAUSE")
+    end
+  end
+
   it "lets Thread#raise interrupt a push that waits on Redis" do
     Rustq::Client.push("class" => "A", "args" => [])
     redis.call("CLIENT", "PAUSE", "3000", "WRITE")

@@ -55,6 +55,27 @@ impl RedisConfig {
         RedisConfig::new(url)
     }
 
+    /// Whether Redis runs on this machine: a loopback address (`127.0.0.0/8`, `::1`,
+    /// `localhost`) or a unix socket. False for anything else, a URL that does not parse included.
+    pub fn is_local(&self) -> bool {
+        use redis::{ConnectionAddr, IntoConnectionInfo};
+        let Ok(info) = self.url.as_str().into_connection_info() else {
+            return false;
+        };
+        match info.addr() {
+            ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => {
+                host.eq_ignore_ascii_case("localhost")
+                    || host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            ConnectionAddr::Unix(_) => true,
+            _ => false,
+        }
+    }
+
     /// The URL with any password replaced by `REDACTED`, fit for logs and error messages.
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
@@ -166,6 +187,29 @@ mod tests {
         let err = RedisConfig::new("http://nope").client().unwrap_err();
         assert!(matches!(err, Error::Config { .. }), "{err}");
         assert!(err.to_string().contains("http://nope"));
+    }
+
+    #[test]
+    fn knows_a_redis_on_this_machine() {
+        for url in [
+            "redis://127.0.0.1:6379/2",
+            "redis://127.0.0.2:6380",
+            "redis://localhost",
+            "redis://[::1]:6379",
+            "rediss://u:pw@127.0.0.1:6380/0",
+            "unix:///tmp/redis.sock",
+        ] {
+            assert!(RedisConfig::new(url).is_local(), "{url}");
+        }
+        for url in [
+            "redis://10.0.0.5:6379",
+            "redis://cache.internal:6379/1",
+            "rediss://redis.example.com:6380",
+            "redis://[2001:db8::1]:6379",
+            "http://nope",
+        ] {
+            assert!(!RedisConfig::new(url).is_local(), "{url}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`Client`]: `push`/`push_bulk`, exactly as `Sidekiq::Client` writes.
 //! - [`api`]: read queues, scheduled/retry/dead sets and stats, like `Sidekiq::Stats` & co.
 //! - [`wire`]: key names, timestamps, backoff, backtrace encoding.
+//! - [`spin`]: when a client spins for a reply rather than sleeping.
 //!
 //! Nothing here knows about Ruby, threads of Ruby, or command lines.
 
@@ -12,10 +13,12 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod job;
+pub mod spin;
 pub mod wire;
 
 pub use client::{BulkArgs, Client, ClientOptions, Clock, PreparedJob, PreparedPush};
 pub use config::RedisConfig;
 pub use error::{Error, JobError, PayloadError, Result};
 pub use job::{generate_jid, Fields, Jids, Job, Retry};
+pub use spin::SpinBackoff;
 pub use wire::WireVersion;

@@ -10,10 +10,11 @@ use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use magnus::{prelude::*, Error, RHash, RString, Ruby, Value};
-use rustq_core::{Client, ClientOptions, RedisConfig, WireVersion};
+use rustq_core::spin::Calls;
+use rustq_core::{Client, ClientOptions, RedisConfig, SpinBackoff, WireVersion};
 use tokio::io::unix::AsyncFd;
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
@@ -24,7 +25,22 @@ use crate::{convert, errors, gvl};
 pub struct Settings {
     pub redis: RedisConfig,
     pub options: ClientOptions,
+    /// How long a single push (or other call on a Ruby thread's own connection) spins for
+    /// Redis's reply before it sleeps (see [`rustq_core::spin`]).
+    pub spin: Duration,
 }
+
+/// How long a call spins by default: [`LOCAL_SPIN`] for a Redis on this machine, which answers
+/// well within it; none for one elsewhere, whose round trip a spin would mostly burn CPU on.
+fn default_spin(redis: &RedisConfig) -> Duration {
+    if redis.is_local() {
+        LOCAL_SPIN
+    } else {
+        Duration::ZERO
+    }
+}
+
+const LOCAL_SPIN: Duration = Duration::from_micros(200);
 
 /// What this process has built: the runtime the worker engine runs on, and the one bulk pushes
 /// write on (built on the first bulk push).
@@ -101,6 +117,15 @@ pub fn runtime_pid() -> Option<u32> {
     lock().as_ref()?.process.as_ref().map(|p| p.pid)
 }
 
+/// `Rustq::Native.spin_wait`: how long (seconds) a single push spins for its reply with the
+/// settings in effect, the default for where Redis is included.
+pub fn spin_wait() -> f64 {
+    match lock().as_ref() {
+        Some(state) => state.settings.spin.as_secs_f64(),
+        None => default_spin(&RedisConfig::from_env()).as_secs_f64(),
+    }
+}
+
 fn parse_settings(ruby: &Ruby, hash: RHash) -> Result<Settings, Error> {
     let get = |key: &str| hash.get(key).filter(|v| !v.is_nil());
     let mut redis = match get("url") {
@@ -117,6 +142,28 @@ fn parse_settings(ruby: &Ruby, hash: RHash) -> Result<Settings, Error> {
             None => None,
         };
     }
+    // An explicit nil (or 0) turns spinning off; absent means the default for where Redis is.
+    let spin = if hash.get("spin_wait").is_some() {
+        match get("spin_wait") {
+            Some(secs) => {
+                let spin = duration(ruby, "spin_wait", secs)?;
+                if spin > MAX_SPIN {
+                    return Err(errors::configuration(
+                        ruby,
+                        format!(
+                            "spin_wait must be at most {} seconds, not {}",
+                            MAX_SPIN.as_secs_f64(),
+                            spin.as_secs_f64()
+                        ),
+                    ));
+                }
+                spin
+            }
+            None => Duration::ZERO,
+        }
+    } else {
+        default_spin(&redis)
+    };
     if let Some(path) = get("ca_file") {
         redis.ca_file = Some(RString::try_convert(path)?.to_string()?.into());
     }
@@ -133,7 +180,11 @@ fn parse_settings(ruby: &Ruby, hash: RHash) -> Result<Settings, Error> {
             options.default_job_options.insert(key, value);
         }
     }
-    Ok(Settings { redis, options })
+    Ok(Settings {
+        redis,
+        options,
+        spin,
+    })
 }
 
 fn duration(ruby: &Ruby, name: &str, secs: Value) -> Result<Duration, Error> {
@@ -156,18 +207,24 @@ pub struct Session {
 /// The current session, building the runtime on first use and again after a fork.
 pub fn session(ruby: &Ruby) -> Result<Session, Error> {
     let mut guard = lock();
-    let state = guard.get_or_insert_with(|| State {
-        settings: Arc::new(Settings {
-            redis: RedisConfig::from_env(),
-            options: ClientOptions::default(),
-        }),
-        process: None,
+    let state = guard.get_or_insert_with(|| {
+        let redis = RedisConfig::from_env();
+        State {
+            settings: Arc::new(Settings {
+                spin: default_spin(&redis),
+                redis,
+                options: ClientOptions::default(),
+            }),
+            process: None,
+        }
     });
     let pid = std::process::id();
     if state.process.as_ref().is_some_and(|p| p.pid != pid) {
         // Built by our parent: its threads are gone and its socket is the parent's. Dropping
         // either would wait on threads that do not exist here, so leak them.
         std::mem::forget(state.process.take());
+        // The parent's calls in flight are not here.
+        CALLS.reset();
     }
     if state.process.is_none() {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -293,7 +350,9 @@ impl Session {
     /// Each Ruby thread drives its own connection on its own single-threaded runtime, so a
     /// push is a write and a read on the calling thread: no hand-off to a runtime thread and
     /// back, which cost more than the round trip itself. (redis-rb, too, gives each thread of a
-    /// pool its own connection.)
+    /// pool its own connection.) The thread spins for the reply before it sleeps (see
+    /// [`rustq_core::spin`]): `yield_now` defers its wake-up, so the current-thread runtime
+    /// polls its I/O driver without blocking (`park_yield`) and looks again.
     pub fn run<F, Fut, T>(&self, ruby: &Ruby, work: F) -> Result<T, Error>
     where
         F: FnOnce(Client) -> Fut,
@@ -315,6 +374,18 @@ impl Session {
                     let client = &mut local.client;
                     let readiness = &local.readiness;
                     let settings = &self.settings;
+                    let spin_state = &mut local.spin;
+                    // This thread's Wake (one per thread, never freed) tells its calls apart.
+                    let in_flight = CALLS.enter(local.wake as *const Wake as usize, since());
+                    let spin = if in_flight.alone() {
+                        spin_state.budget(settings.spin)
+                    } else {
+                        Duration::ZERO
+                    };
+                    // A call that connects first says nothing of how soon Redis answers.
+                    let connecting = client.is_none();
+                    let spin_until = Instant::now() + spin;
+                    let spinning = || !spin.is_zero() && Instant::now() < spin_until;
                     Ok(runtime.block_on(async {
                         let call_future = async {
                             if client.is_none() {
@@ -340,7 +411,14 @@ impl Session {
                                         return None;
                                     }
                                 }
-                                result = &mut call_future => return Some(result),
+                                result = &mut call_future => {
+                                    if !connecting {
+                                        spin_state.record(spin, spinning());
+                                    }
+                                    return Some(result);
+                                }
+                                // Spinning: the runtime looks for the reply without sleeping.
+                                () = tokio::task::yield_now(), if spinning() => {}
                             }
                         }
                     }))
@@ -436,6 +514,7 @@ struct ThreadClient {
     wake: &'static Wake,
     /// A duplicate of `wake`'s eventfd, watched by `runtime` (and closed with it).
     readiness: AsyncFd<OwnedFd>,
+    spin: SpinBackoff,
 }
 
 thread_local! {
@@ -495,6 +574,7 @@ impl ThreadClient {
                 client: None,
                 wake,
                 readiness,
+                spin: SpinBackoff::default(),
             });
         }
         Ok(slot.as_mut().expect("built above"))
@@ -504,4 +584,17 @@ impl ThreadClient {
     fn arm(&self) -> (&'static Wake, u64) {
         (self.wake, self.wake.arm())
     }
+}
+
+/// The most `spin_wait` may be: past this, sleeping is cheaper than a wasted spin.
+const MAX_SPIN: Duration = Duration::from_millis(1);
+
+/// The calls on the Ruby threads' own connections, in this process: only a thread calling
+/// alone spins (see [`Calls`]).
+static CALLS: Calls = Calls::new();
+
+/// Microseconds since the first call, for [`Calls`].
+fn since() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
 }

@@ -11,6 +11,7 @@
 //! | `push_bulk(items)` | pushes many jobs of one class, returns their jids |
 //! | `prepare(item, bulk)` | validates and normalises without Redis, returns payload JSON (testing) |
 //! | `runtime_pid` | the pid that built the current runtime, or nil |
+//! | `spin_wait` | seconds a single push spins for its reply, as configured or defaulted |
 //!
 //! and `Rustq::Native::Worker` (with `Rustq::Native::Reply`) runs the worker engine for
 //! `rustq-worker` (see [`worker`]).
@@ -33,6 +34,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     let native = ruby.define_module("Rustq")?.define_module("Native")?;
     native.define_singleton_method("configure", function!(client::configure, 1))?;
     native.define_singleton_method("runtime_pid", function!(client::runtime_pid, 0))?;
+    native.define_singleton_method("spin_wait", function!(client::spin_wait, 0))?;
     native.define_singleton_method("push", function!(push::push, 1))?;
     native.define_singleton_method("push_bulk", function!(push::push_bulk, 1))?;
     native.define_singleton_method("prepare", function!(push::prepare, 2))?;
