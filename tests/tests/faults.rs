@@ -163,6 +163,45 @@ fn redis_restart_mid_run_loses_no_acknowledged_push_and_no_job() {
 }
 
 #[test]
+fn a_job_whose_fetch_reply_was_lost_still_runs() {
+    let redis = RedisServer::start();
+    let worker = start(&redis, &["-c", "5"]);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            worker.log_text().contains("rustq-worker started")
+        }),
+        "{}",
+        worker.log_text()
+    );
+    let identity = redis.cli(&["HKEYS", "rustq:processes"]);
+    let identity = identity.trim();
+    assert!(
+        !identity.is_empty() && !identity.contains('\n'),
+        "{identity}"
+    );
+    // As if Redis had moved a job into the worker's list and the reply had been lost with the
+    // connection: the job is in the list, the worker never heard of it, and its fetch fails.
+    let jid = "0123456789abcdef01234567";
+    redis.cli(&[
+        "LPUSH",
+        &format!("rustq:inprogress:{identity}:default"),
+        &format!(r#"{{"class":"LedgerJob","args":["orphan"],"jid":"{jid}","queue":"default"}}"#),
+    ]);
+    redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+    let ran = wait_until(Duration::from_secs(30), || {
+        ledger_jids(&redis).contains(jid)
+    });
+    let t = tally(&HashSet::from([jid.to_string()]), &ledger(&redis));
+    report(
+        "lost-fetch-reply",
+        t,
+        "a job in the worker's in-progress list that no fetch reported; connections dropped",
+    );
+    assert!(ran && t.lost == 0, "{t:?}\n{}", worker.log_text());
+    assert!(worker.log_text().contains("lost fetch reply"));
+}
+
+#[test]
 fn redis_unreachable_at_start_is_waited_out_without_spinning() {
     let redis = RedisServer::start();
     let port = {

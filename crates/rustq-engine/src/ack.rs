@@ -1,6 +1,7 @@
 //! Writes finished jobs back in batches: each job's removal from the in-progress list goes in
 //! the same MULTI as whatever else its outcome needs (a retry, a dead-set entry, a requeue).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -10,6 +11,7 @@ use tokio::sync::mpsc;
 use crate::fetch::UnitOfWork;
 use crate::job_retry::Action;
 use crate::keys as rkeys;
+use crate::orphans::Holdings;
 
 /// A finished job and what to write for it.
 #[derive(Debug)]
@@ -80,12 +82,14 @@ pub fn add_dead(pipe: &mut redis::Pipeline, payload: &str, now: f64, limits: Dea
 
 /// Drains `rx` until every sender is gone, writing completions in batches. A failed write is
 /// retried with backoff until Redis answers: an unwritten acknowledgement would only make the
-/// job run again, but an unwritten retry or dead entry must not be dropped.
+/// job run again, but an unwritten retry or dead entry must not be dropped. Once written, a
+/// job is no longer one of `holdings`.
 pub async fn run(
     conn: ConnectionManager,
     identity: String,
     mut rx: mpsc::UnboundedReceiver<Completion>,
     dead: DeadSetLimits,
+    holdings: Arc<Holdings>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while let Some(first) = rx.recv().await {
@@ -114,6 +118,7 @@ pub async fn run(
                 }
             }
         }
+        batch.iter().for_each(|c| holdings.release(&c.unit));
         batch.clear();
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 
 use crate::keys as rkeys;
 use crate::options::QueueWeight;
+use crate::orphans::Holdings;
 
 /// One job taken from a queue, not yet acknowledged.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +60,7 @@ pub struct Fetcher {
     queues: Vec<QueueWeight>,
     strict: bool,
     sweep: redis::Script,
+    holdings: Arc<Holdings>,
 }
 
 impl Fetcher {
@@ -67,6 +69,7 @@ impl Fetcher {
         identity: &str,
         queues: Vec<QueueWeight>,
         strict: bool,
+        holdings: Arc<Holdings>,
     ) -> Fetcher {
         Fetcher {
             conn,
@@ -74,6 +77,7 @@ impl Fetcher {
             queues,
             strict,
             sweep: redis::Script::new(SWEEP),
+            holdings,
         }
     }
 
@@ -113,15 +117,17 @@ impl Fetcher {
             invocation.arg(q);
         }
         let mut conn = self.conn.clone();
-        let (flat, paused): (Vec<Vec<u8>>, Vec<String>) =
-            invocation.invoke_async(&mut conn).await?;
-        let units = flat
+        let reply: redis::RedisResult<(Vec<Vec<u8>>, Vec<String>)> =
+            invocation.invoke_async(&mut conn).await;
+        let (flat, paused) = reply.inspect_err(|_| self.holdings.fetch_failed())?;
+        let units: Vec<UnitOfWork> = flat
             .chunks_exact(2)
             .map(|pair| UnitOfWork {
                 queue: String::from_utf8_lossy(&pair[0]).into_owned(),
                 raw: pair[1].clone(),
             })
             .collect();
+        units.iter().for_each(|unit| self.holdings.take(unit));
         Ok((units, paused))
     }
 
@@ -155,7 +161,12 @@ pub const BLOCK_SECS: f64 = 2.0;
 impl Waiters {
     /// Spawns one waiter task per queue, each with its own connection (response timeout above
     /// the block time: redis 1.x would otherwise give up after 500 ms).
-    pub fn spawn(config: &RedisConfig, identity: &str, queues: &[String]) -> Waiters {
+    pub fn spawn(
+        config: &RedisConfig,
+        identity: &str,
+        queues: &[String],
+        holdings: Arc<Holdings>,
+    ) -> Waiters {
         let wake = Arc::new(Notify::new());
         let (tx, taken) = tokio::sync::mpsc::unbounded_channel();
         let closing = Arc::new(AtomicBool::new(false));
@@ -172,6 +183,7 @@ impl Waiters {
                 closing: closing.clone(),
                 wake: wake.clone(),
                 taken: tx.clone(),
+                holdings: holdings.clone(),
             };
             tasks.push(tokio::spawn(waiter.run()));
         }
@@ -225,6 +237,7 @@ struct Waiter {
     closing: Arc<AtomicBool>,
     wake: Arc<Notify>,
     taken: tokio::sync::mpsc::UnboundedSender<UnitOfWork>,
+    holdings: Arc<Holdings>,
 }
 
 impl Waiter {
@@ -269,6 +282,7 @@ impl Waiter {
                         queue: self.queue.clone(),
                         raw,
                     };
+                    self.holdings.take(&unit);
                     // With the fetcher gone the job stays in the in-progress list, which a
                     // stopping process gives back to the queue.
                     if self.taken.send(unit).is_err() {
@@ -281,6 +295,7 @@ impl Waiter {
                 }
                 Err(e) => {
                     tracing::debug!(queue = %self.queue, error = %e, "waiter lost its connection");
+                    self.holdings.fetch_failed();
                     conn = None;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));

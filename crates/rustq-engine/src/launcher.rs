@@ -17,6 +17,7 @@ use crate::handler::{Registry, Started};
 use crate::heartbeat::{self, Busy, Heartbeat, Signal};
 use crate::job_retry::{Action, RetryPolicy};
 use crate::options::WorkerOptions;
+use crate::orphans::{Adopter, Holdings};
 use crate::processor::Processor;
 use crate::recovery::Recovery;
 use crate::scheduled::Poller;
@@ -241,12 +242,23 @@ impl Worker {
             notifier.notify("READY=1");
         }
 
+        let holdings = Arc::new(Holdings::default());
+        background.spawn(
+            Adopter {
+                conn: conn.clone(),
+                identity: identity.clone(),
+                queues: queue_names.clone(),
+                holdings: holdings.clone(),
+            }
+            .run(),
+        );
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let acker = tokio::spawn(ack::run(
             conn.clone(),
             identity.clone(),
             ack_rx,
             options.dead_set,
+            holdings.clone(),
         ));
         let running = Arc::new(Semaphore::new(options.concurrency));
         let processor = Arc::new(Processor {
@@ -266,8 +278,9 @@ impl Worker {
             &identity,
             options.queues.clone(),
             options.strict_order(),
+            holdings.clone(),
         );
-        let mut waiters = Waiters::spawn(&options.redis, &identity, &queue_names);
+        let mut waiters = Waiters::spawn(&options.redis, &identity, &queue_names, holdings);
         let mut tasks = JoinSet::new();
         let pool = JobPool {
             processor,

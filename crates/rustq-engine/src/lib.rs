@@ -4,7 +4,7 @@
 //! list), [`processor`] runs it with its [`handler`], [`job_retry`] decides what a failure means,
 //! [`ack`] writes the outcome, [`scheduled`] brings due retries and scheduled jobs back,
 //! [`heartbeat`] keeps the process visible with its [`stats`], [`recovery`] rescues the jobs of
-//! processes that died, and [`launcher`] runs the whole life of a process (telling [`systemd`]
+//! processes that died, [`orphans`] those a lost fetch reply left in this process's lists, and [`launcher`] runs the whole life of a process (telling [`systemd`]
 //! when it is ready and when it stops, as `sidekiq` does).
 //!
 //! ```no_run
@@ -32,6 +32,7 @@ pub mod job_retry;
 pub mod keys;
 pub mod launcher;
 pub mod options;
+pub mod orphans;
 pub mod processor;
 pub mod recovery;
 pub mod scheduled;

@@ -2,7 +2,10 @@
 //!
 //! A Lua script moves due jobs atomically from the sorted set into this process's `scheduling`
 //! list; each is then pushed with a fresh `enqueued_at` in the same MULTI that removes it from
-//! that list. A process that dies in between leaves them to be recovered, never lost.
+//! that list. A process that dies in between leaves them to be recovered, never lost; a poll
+//! that fails in between (Redis gone, or a reply lost) leaves them for the next poll, which
+//! pushes whatever it finds in the list first: only this process's poller, one poll at a time,
+//! moves jobs into it.
 
 use std::time::Duration;
 
@@ -54,9 +57,26 @@ impl Poller {
         self
     }
 
-    /// Moves every due job of `retry` then `schedule` to its queue. Returns how many moved.
+    /// Moves every due job of `retry` then `schedule` to its queue, after any a failed poll
+    /// left in the scheduling list. Returns how many moved.
     pub async fn enqueue_due(&self) -> redis::RedisResult<usize> {
+        let mut conn = self.conn.clone();
+        let left: Vec<Vec<u8>> = conn.lrange(&self.scheduling, 0, -1).await?;
         let mut moved = 0;
+        if !left.is_empty() {
+            let now = wire::now_secs();
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for raw in &left {
+                self.push_due(&mut pipe, raw, now);
+            }
+            pipe.query_async::<()>(&mut conn).await?;
+            tracing::warn!(
+                jobs = left.len(),
+                "pushed due jobs a failed poll had left behind"
+            );
+            moved += left.len();
+        }
         for set in [keys::RETRY, keys::SCHEDULE] {
             loop {
                 let mut conn = self.conn.clone();
