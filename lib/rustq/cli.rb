@@ -23,12 +23,6 @@ module Rustq
       new.run(argv)
     end
 
-    def initialize
-      # thread => the Reply of the job it runs; the main thread stops jobs the engine gave up on.
-      @busy = {}
-      @busy_lock = Mutex.new
-    end
-
     def run(argv)
       @worker = Native::Worker.new(["rustq-worker", *argv], method(:render_erb).to_proc)
       $stdout.sync = true
@@ -208,12 +202,7 @@ module Rustq
     # Jobs over their time limit (the engine retries them) or past the shutdown timeout (back on
     # their queue) get Rustq::JobTimeout raised in their thread, which then takes the next job.
     def stop_abandoned_jobs
-      @busy_lock.synchronize do
-        @busy.select { |_thread, reply| reply.abandoned? }.each_key do |thread|
-          @busy.delete(thread)
-          thread.raise(JobTimeout, "the worker stopped waiting for this job (time limit or shutdown)")
-        end
-      end
+      @worker.stop_abandoned(JobTimeout, "the worker stopped waiting for this job (time limit or shutdown)")
     end
 
     def start_thread(index)
@@ -223,56 +212,20 @@ module Rustq
       end
     end
 
-    # One Ruby thread: take a job, run it, answer; until the engine has stopped. Rustq::JobTimeout
-    # may only interrupt the job itself, never the bookkeeping around it.
+    # One Ruby thread: take a job, run it, answer; until the engine has stopped. The loop is the
+    # engine's (Native::Worker#run_jobs): between jobs it runs no Ruby code, so Rustq::JobTimeout
+    # can only interrupt a job (see Processor#process).
     def run_jobs
-      Thread.handle_interrupt(JobTimeout => :never) do
-        run_jobs_until_stopped
-      end
+      @worker.run_jobs(@processor, self)
       Thread.current[:rustq_done] = true
     end
 
-    def run_jobs_until_stopped
-      while (job = next_job)
-        reply, queue, payload, outlook = job
-        reported = false
-        begin
-          @busy_lock.synchronize { @busy[Thread.current] = reply }
-          # Only the job itself may be interrupted by Rustq::JobTimeout (see Processor#process).
-          answer = @processor.process(payload, queue, outlook, reply)
-          report(reply, answer)
-          reported = true
-        ensure
-          @busy_lock.synchronize { @busy.delete(Thread.current) }
-          # Thread#kill or Thread.exit inside the job: fail it now rather than leave the engine
-          # waiting for it until shutdown.
-          reply.complete("error_class" => "Rustq::JobAbandoned", "message" => "the job's Ruby thread was killed") unless reported
-        end
-        discard_late_timeout if Thread.pending_interrupt?
-      end
-    end
-
-    # A JobTimeout raised just as its job ended is pending now: let it fire here, not in the next job.
+    # A Rustq::JobTimeout raised just as its job ended (run_jobs calls this then): let it fire
+    # here, not in the next job.
     def discard_late_timeout
       Thread.handle_interrupt(JobTimeout => :immediate) { nil }
     rescue JobTimeout
       nil
-    end
-
-    def report(reply, answer)
-      reply.complete(answer)
-    rescue => e
-      # An answer the engine cannot take (a bug): still fail the job rather than lose the thread.
-      logger.error { "rustq-worker: cannot report a job's outcome: #{e.class}: #{e.message}" }
-      reply.complete("error_class" => e.class.name, "message" => e.message.to_s)
-    end
-
-    def next_job
-      @worker.next_job
-    rescue Rustq::Error => e
-      # A wait cut short without an exception of Ruby's own: wait again.
-      logger.debug { "rustq-worker: #{e.message}" }
-      retry
     end
 
     # The engine has stopped and pushed back what did not finish: threads still running a job get

@@ -22,8 +22,8 @@ module Rustq
     # What Sidekiq's JobRetry writes when an exception's message itself raises.
     UNREADABLE_MESSAGE = "!!! ERROR MESSAGE THREW AN ERROR !!!"
 
-    # Where Rustq::JobTimeout may interrupt: in the job only (see #process).
-    INTERRUPTIBLE = { JobTimeout => :immediate }.freeze
+    # Rustq::JobTimeout never interrupts the failure handling (see #process).
+    UNINTERRUPTIBLE = { JobTimeout => :never }.freeze
 
     # Runs `payload` (a parsed job) in this thread, without any checks of Redis or retries:
     # what Rustq::Testing's inline mode and #process share.
@@ -110,27 +110,25 @@ module Rustq
     # hands over) or the payload's JSON text. `outlook` is what the engine will do with a
     # failure: "retry", "exhausted" (dead set) or "no_retry". `source` gives the payload's JSON
     # as stored, for error handlers: a String, or anything whose #payload_json does (the
-    # engine's Reply, asked only when a job fails). Returns nil or a failure Hash.
-    # Rustq::JobTimeout (the worker gave up on the job) may interrupt the job itself only, never
-    # the failure handling around it.
+    # engine's, asked only when a job fails). Returns nil or a failure Hash.
+    # Rustq::JobTimeout (the worker gave up on the job) may interrupt the job, never the failure
+    # handling after it; rustq-worker raises it only while this runs (Native::Worker#run_jobs).
     def process(job, queue, outlook, source = job)
       payload = job.is_a?(String) ? JSON.parse(job) : job
       klass = nil
-      Thread.handle_interrupt(INTERRUPTIBLE) do
-        within_app do
-          klass = self.class.job_class(payload)
-          if @sidekiq&.middleware?
-            instance = self.class.instance(payload, klass)
-            @sidekiq.around(instance, payload, queue) { self.class.execute(payload, klass, instance) }
-          else
-            self.class.execute(payload, klass)
-          end
+      within_app do
+        klass = self.class.job_class(payload)
+        if @sidekiq&.middleware?
+          instance = self.class.instance(payload, klass)
+          @sidekiq.around(instance, payload, queue) { self.class.execute(payload, klass, instance) }
+        else
+          self.class.execute(payload, klass)
         end
       end
       nil
     # Everything a job raises fails that job only, `exit` and `abort` (SystemExit) included.
     rescue Exception => e # rubocop:disable Lint/RescueException
-      failure(payload || {}, klass, e, outlook, queue, source)
+      Thread.handle_interrupt(UNINTERRUPTIBLE) { failure(payload || {}, klass, e, outlook, queue, source) }
     end
 
     private

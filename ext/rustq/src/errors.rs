@@ -51,11 +51,6 @@ pub fn interrupted(ruby: &Ruby) -> Error {
     )
 }
 
-/// A wait for the next job cut short by an interrupt that Ruby did not turn into its own exception.
-pub fn interrupted_wait(ruby: &Ruby) -> Error {
-    Error::new(class(ruby, "Error"), "interrupted while waiting for a job")
-}
-
 /// `rustq-worker`'s flags or config file: clap's text (help and version too), and the exit code.
 pub fn usage(ruby: &Ruby, message: String, status: i32) -> Error {
     let class = class(ruby, "UsageError");

@@ -50,7 +50,8 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
         "adopt_redis_url",
         method!(worker::Worker::adopt_redis_url, 1),
     )?;
-    worker.define_method("next_job", method!(worker::Worker::next_job, 0))?;
+    worker.define_method("run_jobs", method!(worker::Worker::run_jobs, 2))?;
+    worker.define_method("stop_abandoned", method!(worker::Worker::stop_abandoned, 2))?;
     worker.define_method("signal", method!(worker::Worker::signal, 1))?;
     worker.define_method("stopping?", method!(worker::Worker::stopping, 0))?;
     worker.define_method("quiet?", method!(worker::Worker::quiet, 0))?;
@@ -61,9 +62,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     )?;
     worker.define_method("ping_watchdog", method!(worker::Worker::ping_watchdog, 0))?;
     worker.define_method("wait", method!(worker::Worker::wait, 1))?;
-    let reply = native.define_class("Reply", ruby.class_object())?;
-    reply.define_method("complete", method!(worker::Reply::complete, 1))?;
-    reply.define_method("abandoned?", method!(worker::Reply::abandoned, 0))?;
-    reply.define_method("payload_json", method!(worker::Reply::payload_json, 0))?;
+    let running = native.define_class("Running", ruby.class_object())?;
+    running.define_method("payload_json", method!(worker::Running::payload_json, 0))?;
     Ok(())
 }

@@ -27,7 +27,11 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, OnceLock};
 use std::time::Duration;
 
-use magnus::{block::Proc, prelude::*, Error, RArray, RHash, RString, Ruby, Symbol, Value};
+use magnus::error::ErrorType;
+use magnus::value::{BoxValue, Opaque};
+use magnus::{
+    block::Proc, prelude::*, Error, IntoValue, RArray, RHash, RString, Ruby, Symbol, Value,
+};
 use rustq_core::Job;
 use rustq_engine::cli::{self, Parsed};
 use rustq_engine::job_retry::{self, Outlook, RetryPolicy};
@@ -410,6 +414,8 @@ pub struct Worker {
     pending: Mutex<Option<(Engine, Parsed)>>,
     jobs: Arc<JobQueue>,
     answers: Arc<Answers>,
+    /// The Ruby threads in `run_jobs`.
+    running: Mutex<Vec<Arc<Slot>>>,
     outcome: watch::Receiver<Outcome>,
     finish: Mutex<Option<watch::Sender<Outcome>>>,
     watchdog: Option<Watchdog>,
@@ -421,13 +427,72 @@ struct Watchdog {
     every: Duration,
 }
 
-/// `Rustq::Native::Reply`: answers one job; dropped unanswered, the job is retried.
-#[magnus::wrap(class = "Rustq::Native::Reply", free_immediately, size)]
-pub struct Reply {
-    reply: Mutex<Option<oneshot::Sender<JobResult>>>,
-    json: Arc<str>,
-    answers: Arc<Answers>,
-    jobs: Arc<JobQueue>,
+/// One Ruby thread in `run_jobs`, and the job it runs (where `stop_abandoned` looks).
+struct Slot {
+    /// The Ruby Thread: alive while registered, since its own `run_jobs` call removes it.
+    thread: Opaque<Value>,
+    /// The running job's answer: taken by the thread when the job ends, or by
+    /// `stop_abandoned` once the engine no longer waits for it.
+    current: Mutex<Option<oneshot::Sender<JobResult>>>,
+    /// The running (or last) job's JSON as stored in Redis.
+    json: Mutex<Option<Arc<str>>>,
+}
+
+/// Keeps a [`Slot`] in the worker's list for as long as its `run_jobs` call lasts.
+struct Registered<'a> {
+    running: &'a Mutex<Vec<Arc<Slot>>>,
+    slot: Arc<Slot>,
+}
+
+impl<'a> Registered<'a> {
+    fn new(running: &'a Mutex<Vec<Arc<Slot>>>, slot: Arc<Slot>) -> Self {
+        lock(running).push(slot.clone());
+        Registered { running, slot }
+    }
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        lock(self.running).retain(|s| !Arc::ptr_eq(s, &self.slot));
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `Rustq::Native::Running`: what a Ruby thread's jobs get as `source`; one per thread.
+#[magnus::wrap(class = "Rustq::Native::Running", free_immediately, size)]
+pub struct Running {
+    slot: Arc<Slot>,
+}
+
+impl Running {
+    /// `payload_json`: the running job's JSON as it was stored in Redis (what Sidekiq's error
+    /// handlers get as `jobstr`).
+    pub fn payload_json(&self) -> String {
+        lock(&self.slot.json)
+            .as_deref()
+            .map(str::to_string)
+            .unwrap_or_default()
+    }
+}
+
+/// The failure for an answer the engine cannot take (a bug in the host), or an exception that
+/// escaped `process`: the job still fails rather than lose its thread.
+fn unreportable(ruby: &Ruby, error: &Error) -> Failure {
+    let class = error
+        .value()
+        .and_then(|v| {
+            let class = if v.is_kind_of(ruby.class_module()) {
+                v
+            } else {
+                v.class().as_value()
+            };
+            class.funcall::<_, _, String>("name", ()).ok()
+        })
+        .unwrap_or_else(|| "Rustq::Error".to_string());
+    Failure::retry(class, error.to_string())
 }
 
 impl Worker {
@@ -488,6 +553,7 @@ impl Worker {
             pending: Mutex::new(Some((engine, parsed))),
             jobs: queue,
             answers: Arc::default(),
+            running: Mutex::default(),
             outcome,
             finish: Mutex::new(Some(finish)),
             watchdog,
@@ -575,20 +641,100 @@ impl Worker {
         Ok(())
     }
 
-    /// The next job as `[reply, queue, payload, outlook]`, or nil once the engine has stopped.
-    /// `payload` is the job as a Hash, as `JSON.parse` would make it (see [`to_ruby`]); `queue`
-    /// and `outlook` ("retry", "exhausted" or "no_retry": what a failure will lead to) are
-    /// frozen Strings. Takes a job holding the GVL, waits for one without it;
-    /// `Thread#kill`/`#raise` interrupt the wait.
-    pub fn next_job(
+    /// `run_jobs(processor, host)`: the loop of one Ruby thread, until the engine has stopped.
+    /// Each job goes to `processor.process(payload, queue, outlook, source)`, whose answer (nil,
+    /// or a failure Hash) goes back to the engine. `payload` is the job as a Hash, as
+    /// `JSON.parse` would make it (see [`to_ruby`]); `queue` and `outlook` ("retry", "exhausted"
+    /// or "no_retry": what a failure will lead to) are frozen Strings; `source` answers
+    /// `payload_json` (the job as stored, for error handlers).
+    ///
+    /// The bookkeeping around each job is native code, where Ruby delivers no interrupt: a
+    /// `Rustq::JobTimeout` from [`Worker::stop_abandoned`] can only land inside `process`, or,
+    /// raised just as the job ended, is cleared by `host.discard_late_timeout` before the next
+    /// one. Jobs are taken holding the GVL and waited for without it; `Thread#kill`/`#raise`
+    /// interrupt the wait. A job whose thread is killed (`Thread.exit` inside it) fails as
+    /// `Rustq::JobAbandoned`, and the kill goes on.
+    pub fn run_jobs(
         ruby: &Ruby,
         rb_self: &Worker,
-    ) -> Result<Option<(Reply, Value, RHash, Value)>, Error> {
-        let queue = &rb_self.jobs;
+        processor: Value,
+        host: Value,
+    ) -> Result<(), Error> {
+        let slot = Arc::new(Slot {
+            thread: Opaque::from(ruby.thread_current().as_value()),
+            current: Mutex::new(None),
+            json: Mutex::new(None),
+        });
+        let _registered = Registered::new(&rb_self.running, slot.clone());
+        let source = BoxValue::new(
+            Running {
+                slot: Arc::clone(&slot),
+            }
+            .into_value_with(ruby),
+        );
+        let process = ruby.intern("process");
+        loop {
+            let Some(dispatch) = rb_self.take(ruby)? else {
+                return Ok(());
+            };
+            let payload = to_ruby::hash(ruby, dispatch.job.fields());
+            let outlook = match dispatch.outlook {
+                Outlook::Retry => "retry",
+                Outlook::Exhausted => "exhausted",
+                Outlook::NoRetry => "no_retry",
+            };
+            let args = (
+                payload,
+                to_ruby::word(ruby, &dispatch.queue),
+                to_ruby::word(ruby, outlook),
+                *source,
+            );
+            *lock(&slot.json) = Some(dispatch.json);
+            *lock(&slot.current) = Some(dispatch.reply);
+            let answer = processor.funcall::<_, _, Value>(process, args);
+            let Some(reply) = lock(&slot.current).take() else {
+                // `stop_abandoned` took the job and raised in this thread: the engine has given
+                // up on it, and the exception, if still pending, must not reach the next job.
+                let _ = host.funcall::<_, _, Value>("discard_late_timeout", ());
+                if let Err(e) = answer {
+                    if matches!(e.error_type(), ErrorType::Jump(_)) {
+                        return Err(e);
+                    }
+                }
+                continue;
+            };
+            let result = match &answer {
+                Ok(v) if v.is_nil() => Ok(()),
+                Ok(v) => Err(RHash::try_convert(*v)
+                    .and_then(|hash| failure(ruby, hash))
+                    .unwrap_or_else(|e| unreportable(ruby, &e))),
+                Err(e) => Err(match e.error_type() {
+                    ErrorType::Jump(_) => {
+                        Failure::retry("Rustq::JobAbandoned", "the job's Ruby thread was killed")
+                    }
+                    _ => unreportable(ruby, e),
+                }),
+            };
+            if !reply.is_closed() {
+                let out_of_jobs = rb_self.jobs.lock().jobs.is_empty();
+                rb_self.answers.file(reply, result, out_of_jobs);
+            }
+            if let Err(e) = answer {
+                if matches!(e.error_type(), ErrorType::Jump(_)) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Holding the GVL: the next job, waiting for one without the GVL; `None` once the engine has
+    /// stopped. A wait cut short without an exception of Ruby's own waits again.
+    fn take(&self, ruby: &Ruby) -> Result<Option<Dispatch>, Error> {
+        let queue = &self.jobs;
         let mut woken = false;
-        let dispatch = loop {
+        loop {
             match queue.next(woken) {
-                Ok(Some(dispatch)) => break dispatch,
+                Ok(Some(dispatch)) => return Ok(Some(dispatch)),
                 Err(()) => return Ok(None),
                 Ok(None) => {}
             }
@@ -611,8 +757,7 @@ impl Worker {
             );
             match wait {
                 Ok(Wait::Woken) => woken = true,
-                Ok(Wait::Look) => woken = false,
-                Ok(Wait::Interrupted) => return Err(errors::interrupted_wait(ruby)),
+                Ok(Wait::Look | Wait::Interrupted) => woken = false,
                 // An interrupt raised as the wait ended.
                 Err(e) => {
                     if woke.get() {
@@ -621,24 +766,36 @@ impl Worker {
                     return Err(e);
                 }
             }
-        };
-        let payload = to_ruby::hash(ruby, dispatch.job.fields());
-        let outlook = match dispatch.outlook {
-            Outlook::Retry => "retry",
-            Outlook::Exhausted => "exhausted",
-            Outlook::NoRetry => "no_retry",
-        };
-        Ok(Some((
-            Reply {
-                reply: Mutex::new(Some(dispatch.reply)),
-                json: dispatch.json,
-                answers: rb_self.answers.clone(),
-                jobs: rb_self.jobs.clone(),
-            },
-            to_ruby::word(ruby, &dispatch.queue),
-            payload,
-            to_ruby::word(ruby, outlook),
-        )))
+        }
+    }
+
+    /// `stop_abandoned(exception_class, message)`: raises the exception in every Ruby thread
+    /// whose job the engine no longer waits for (over its time limit: retried; past the shutdown
+    /// timeout: back on its queue), so the thread takes the next job. Returns how many.
+    pub fn stop_abandoned(
+        ruby: &Ruby,
+        rb_self: &Worker,
+        exception_class: Value,
+        message: RString,
+    ) -> Result<usize, Error> {
+        let running = lock(&rb_self.running);
+        let mut stopped = 0;
+        for slot in running.iter() {
+            let mut current = lock(&slot.current);
+            if current.as_ref().is_some_and(|reply| reply.is_closed()) {
+                // Raised while `current` is held: the thread cannot finish this job and take the
+                // next one in between (it needs the GVL, which this thread holds throughout).
+                current.take();
+                let thread = ruby.get_inner(slot.thread);
+                if thread
+                    .funcall::<_, _, Value>("raise", (exception_class, message))
+                    .is_ok()
+                {
+                    stopped += 1;
+                }
+            }
+        }
+        Ok(stopped)
     }
 
     /// `signal(name)`: "TERM"/"INT" stop, "TSTP" quiet, "TTIN" logs the running jobs.
@@ -728,48 +885,6 @@ fn same_server(a: &str, b: &str) -> bool {
                 && x.password() == y.password()
         }
         _ => a == b,
-    }
-}
-
-impl Reply {
-    /// `complete(nil)` for success, or `complete({"error_class" =>, "message" =>, "backtrace" =>
-    /// [lines], "retry_in" => seconds | "kill" | "discard" | nil})`. False when the engine no
-    /// longer waits for this job (time limit, shutdown: it has been pushed back).
-    pub fn complete(ruby: &Ruby, rb_self: &Reply, result: Option<RHash>) -> Result<bool, Error> {
-        let result = match result {
-            None => Ok(()),
-            Some(hash) => Err(failure(ruby, hash)?),
-        };
-        let Some(reply) = rb_self
-            .reply
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
-            return Ok(false);
-        };
-        if reply.is_closed() {
-            return Ok(false);
-        }
-        let out_of_jobs = rb_self.jobs.lock().jobs.is_empty();
-        rb_self.answers.file(reply, result, out_of_jobs);
-        Ok(true)
-    }
-
-    /// `payload_json`: the job's JSON as it was stored in Redis (what Sidekiq's error handlers
-    /// get as `jobstr`).
-    pub fn payload_json(&self) -> String {
-        self.json.to_string()
-    }
-
-    /// True once the engine no longer waits for this job: it went over its time limit (it is
-    /// retried) or the shutdown timeout passed (it is back on its queue).
-    pub fn abandoned(&self) -> bool {
-        self.reply
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_some_and(|s| s.is_closed())
     }
 }
 
