@@ -73,12 +73,10 @@ module Rustq
     # callbacks behave as under Sidekiq. `job_class` is checked first: execute would call `new`
     # on whatever it names.
     def self.run_active_job(payload)
-      data = Array(payload["args"]).first
+      args = payload["args"]
+      data = args.first if args.is_a?(Array)
       name = data["job_class"] if data.is_a?(Hash)
-      klass = name && Object.const_get(name.to_s)
-      unless defined?(::ActiveJob::Base) && klass.is_a?(Class) && klass < ::ActiveJob::Base
-        raise NotAJobClass, "#{name.inspect} (wrapped by #{payload["class"]}) is not an ActiveJob class"
-      end
+      active_job_class!(name, payload) unless ACTIVE_JOB_CLASSES[name]
 
       # Sidekiq's JobWrapper passes `data.merge("provider_job_id" => jid)`; setting it in place
       # and putting it back after saves copying the Hash per job, and middleware and handlers
@@ -93,6 +91,21 @@ module Rustq
         stored.equal?(NOT_SET) ? data.delete("provider_job_id") : data["provider_job_id"] = stored
       end
     end
+
+    # Names found to be ActiveJob classes. A class stays one (code reloading makes a new class of
+    # the same kind), so each name is looked up once per process, not once per job.
+    ACTIVE_JOB_CLASSES = {}
+    private_constant :ACTIVE_JOB_CLASSES
+
+    def self.active_job_class!(name, payload)
+      klass = name && Object.const_get(name.to_s)
+      unless defined?(::ActiveJob::Base) && klass.is_a?(Class) && klass < ::ActiveJob::Base
+        raise NotAJobClass, "#{name.inspect} (wrapped by #{payload["class"]}) is not an ActiveJob class"
+      end
+
+      ACTIVE_JOB_CLASSES[name] = true
+    end
+    private_class_method :active_job_class!
     NOT_SET = Object.new.freeze
     private_constant :NOT_SET
     private_class_method :run_active_job

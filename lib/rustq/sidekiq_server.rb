@@ -172,8 +172,9 @@ module Rustq
       end
     end
 
+    # Sidekiq's chain object; middleware added to it later (`chain.add`) is seen all the same.
     def middleware
-      @config ? @config.server_middleware : ::Sidekiq.server_middleware
+      @middleware ||= @config ? @config.server_middleware : ::Sidekiq.server_middleware
     end
 
     # Every error handler but Sidekiq's default one, which only logs (rustq logs failures itself).
