@@ -32,7 +32,6 @@ use magnus::value::{BoxValue, Opaque};
 use magnus::{
     block::Proc, prelude::*, Error, IntoValue, RArray, RHash, RString, Ruby, Symbol, Value,
 };
-use rustq_core::Job;
 use rustq_engine::cli::{self, Parsed};
 use rustq_engine::job_retry::{self, Outlook, RetryPolicy};
 use rustq_engine::{
@@ -47,9 +46,9 @@ use crate::{client, errors, gvl, to_ruby};
 /// One job on its way to a Ruby thread. `claim` decides, once, whether a Ruby thread takes it
 /// (`TAKEN`) or the engine gives it back unstarted because the process is quieting (`WITHDRAWN`).
 struct Dispatch {
-    /// The payload as the engine parsed it; Ruby gets it as a Hash built from this. The engine
-    /// holds it too, and frees it on its own runtime once the job is done, not on a Ruby thread.
-    job: Arc<Job>,
+    /// The payload as the engine parsed it, written out for the Ruby thread that makes it a Hash
+    /// (the parsed payload itself stays with the engine, which frees it on its own runtime).
+    tape: to_ruby::Tape,
     /// Its JSON as stored in Redis (for error handlers' `jobstr`).
     json: Arc<str>,
     queue: String,
@@ -316,7 +315,7 @@ impl rustq_engine::Handler for RubyHandler {
         };
         let claim = Arc::new(AtomicU8::new(WAITING));
         self.jobs.0.push(Dispatch {
-            job: ctx.shared_job(),
+            tape: to_ruby::Tape::of(ctx.job().fields()),
             json: ctx.shared_payload_json(),
             queue: ctx.queue().to_string(),
             outlook: job_retry::outlook(ctx.job(), None, self.policy, rustq_core::wire::now_secs()),
@@ -677,7 +676,7 @@ impl Worker {
             let Some(dispatch) = rb_self.take(ruby)? else {
                 return Ok(());
             };
-            let payload = to_ruby::hash(ruby, dispatch.job.fields());
+            let payload = to_ruby::hash_from_tape(ruby, &dispatch.tape);
             let outlook = match dispatch.outlook {
                 Outlook::Retry => "retry",
                 Outlook::Exhausted => "exhausted",
