@@ -220,10 +220,10 @@ module Rustq
       Thread.current[:rustq_done] = true
     end
 
-    # A Rustq::JobTimeout raised just as its job ended (run_jobs calls this then): let it fire
-    # here, not in the next job.
+    # A Rustq::JobTimeout raised just as its job ended (run_jobs calls this then, until the raise
+    # is done): let it fire here, not in the next job. Thread.pass lets the raising thread finish.
     def discard_late_timeout
-      Thread.handle_interrupt(JobTimeout => :immediate) { nil }
+      Thread.handle_interrupt(JobTimeout => :immediate) { Thread.pass }
     rescue JobTimeout
       nil
     end

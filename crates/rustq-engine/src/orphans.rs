@@ -10,6 +10,10 @@
 //! that count, twice: a job in a list and not held at the first look, and still there and
 //! still not held [`GRACE`] later, was never reported. It goes back to the front of its queue.
 //! (A job reported late is held by the second look; a finished one is gone from the list.)
+//!
+//! Copies of one payload are told apart only by number: should a job with the very same bytes
+//! as an orphan be fetched and reported between the second look and the give-back, one copy too
+//! many goes back and runs twice. Jids make such twins rare; nothing is ever lost.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -86,21 +90,26 @@ impl Holdings {
     }
 }
 
-/// Jobs of one list that are there more often than they are held: `(payload, extra copies)`.
+/// Jobs of one list that are there more often than they are held: `(payload, extra copies)`,
+/// in the list's order (newest first), so that pushed back in this order the oldest is fetched
+/// first again.
 pub fn unreported(holdings: &Holdings, queue: &str, list: Vec<Vec<u8>>) -> Vec<(Vec<u8>, u32)> {
-    let mut seen: HashMap<Vec<u8>, u32> = HashMap::new();
-    for raw in list {
-        *seen.entry(raw).or_default() += 1;
+    let mut seen: HashMap<&[u8], u32> = HashMap::new();
+    let mut order: Vec<&[u8]> = Vec::new();
+    for raw in &list {
+        let n = seen.entry(raw).or_default();
+        if *n == 0 {
+            order.push(raw);
+        }
+        *n += 1;
     }
-    let mut extra: Vec<(Vec<u8>, u32)> = seen
+    order
         .into_iter()
-        .filter_map(|(raw, n)| {
-            let held = holdings.held(queue, &raw);
-            (n > held).then(|| (raw, n - held))
+        .filter_map(|raw| {
+            let (n, held) = (seen[raw], holdings.held(queue, raw));
+            (n > held).then(|| (raw.to_vec(), n - held))
         })
-        .collect();
-    extra.sort();
-    extra
+        .collect()
 }
 
 const GIVE_BACK: &str = r#"

@@ -61,11 +61,16 @@ async fn unreported_jobs_go_back_to_the_front_of_their_queue_and_held_ones_stay(
     assert_eq!(left.matches("\"jid\":\"twice\"").count(), 2, "{left}");
     assert!(left.contains("running") && left.contains("late"), "{left}");
     assert!(!left.contains("orphan"), "{left}");
-    // Fetching takes from the right: the orphans are next, ahead of what was queued.
+    // Fetching takes from the right: the orphans are next, ahead of what was queued, the older
+    // one (further right in the in-progress list) first.
     let queue = redis.cli(&["LRANGE", "queue:default", "0", "-1"]);
     let order: Vec<&str> = queue.lines().collect();
     assert_eq!(order.len(), 3, "{queue}");
     assert!(order[0].contains("queued"), "{queue}");
+    assert!(
+        order[1].contains("twice") && order[2].contains("orphan"),
+        "{queue}"
+    );
     assert_eq!(redis.cli(&["SISMEMBER", "queues", "default"]), "1");
 }
 

@@ -13,7 +13,7 @@
 //! | `runtime_pid` | the pid that built the current runtime, or nil |
 //! | `spin_wait` | seconds a single push spins for its reply, as configured or defaulted |
 //!
-//! and `Rustq::Native::Worker` (with `Rustq::Native::Reply`) runs the worker engine for
+//! and `Rustq::Native::Worker` (with `Rustq::Native::Running`) runs the worker engine for
 //! `rustq-worker` (see [`worker`]).
 
 use magnus::{function, method, prelude::*, Error, Ruby};

@@ -144,7 +144,8 @@ pub fn hash_from_tape(_ruby: &Ruby, tape: &Tape) -> RHash {
         tape: &tape.0,
         at: 0,
     };
-    // SAFETY: as in `hash`.
+    // SAFETY: called holding the GVL (the `&Ruby`); every VALUE made here is reachable from the
+    // stack (Ruby scans it) or from the Hash or Array being built until it is returned.
     unsafe {
         RHash::from_value(Value::from_raw(read_value(&mut reader)))
             .expect("a tape starts with an object")

@@ -6,15 +6,15 @@
 //! threads of `Rustq::CLI` and waits for their answer:
 //!
 //! ```text
-//! engine task ── Dispatch{job, json, queue, outlook, reply} ──▶ queue ──▶ Ruby thread: next_job
-//!      ▲                                                                         │ runs the job
-//!      └──────────────── oneshot: Ok(()) / Err(Failure) ◀──── Reply#complete ◀───┘
+//! engine task ── Dispatch{tape, json, queue, outlook, reply} ──▶ queue ──▶ Ruby thread: run_jobs
+//!      ▲                                                                         │ processor.process
+//!      └──────────────── oneshot: Ok(()) / Err(Failure) ◀──── its answer ◀───────┘
 //! ```
 //!
 //! Ruby threads wait for the queue, and the main thread for the engine, with the GVL released.
-//! No Ruby value ever reaches a tokio thread: payloads cross as the engine's parsed `Job`
-//! (shared, read-only), turned into a Ruby Hash by the Ruby thread that takes it (see
-//! [`to_ruby`]); answers cross as `Failure`s built under the GVL.
+//! No Ruby value ever reaches a tokio thread: payloads cross as a [`to_ruby::Tape`] the engine's
+//! runtime writes from the parsed job, turned into a Ruby Hash by the Ruby thread that takes it;
+//! answers cross as `Failure`s built under the GVL.
 //!
 //! Only one Ruby thread runs at a time, so the queue wakes idle threads sparingly: a thread
 //! that finishes a job takes the next one without letting go of the GVL, and at most one idle
@@ -381,7 +381,7 @@ impl rustq_engine::Handler for RubyHandler {
                     "the Ruby threads of this worker are gone",
                 ));
             }
-            // Dropping `answer` tells Ruby (Reply#abandoned?) to stop the job's thread.
+            // Dropping `answer` tells Ruby (`stop_abandoned`) to stop the job's thread.
             tokio::time::timeout(limit, answered)
                 .await
                 .unwrap_or_else(|_| {
@@ -435,6 +435,8 @@ struct Slot {
     current: Mutex<Option<oneshot::Sender<JobResult>>>,
     /// The running (or last) job's JSON as stored in Redis.
     json: Mutex<Option<Arc<str>>>,
+    /// `stop_abandoned` took this thread's job and has not finished raising in it yet.
+    raising: AtomicBool,
 }
 
 /// Keeps a [`Slot`] in the worker's list for as long as its `run_jobs` call lasts.
@@ -460,10 +462,20 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `Rustq::Native::Running`: what a Ruby thread's jobs get as `source`; one per thread.
-#[magnus::wrap(class = "Rustq::Native::Running", free_immediately, size)]
+/// `Rustq::Native::Running`: what a Ruby thread's jobs get as `source`; one per thread. It
+/// keeps the thread alive for as long as it lives itself, so the [`Slot`]'s thread is never a
+/// dangling VALUE (should `run_jobs` be left by a longjmp that skips its cleanup, its `source`
+/// stays registered with the GC).
+#[derive(magnus::TypedData)]
+#[magnus(class = "Rustq::Native::Running", free_immediately, size, mark)]
 pub struct Running {
     slot: Arc<Slot>,
+}
+
+impl magnus::DataTypeFunctions for Running {
+    fn mark(&self, marker: &magnus::gc::Marker) {
+        marker.mark(self.slot.thread);
+    }
 }
 
 impl Running {
@@ -491,6 +503,7 @@ fn unreportable(ruby: &Ruby, error: &Error) -> Failure {
             class.funcall::<_, _, String>("name", ()).ok()
         })
         .unwrap_or_else(|| "Rustq::Error".to_string());
+    tracing::error!(error_class = %class, error = %error, "rustq-worker: cannot report a job's outcome; the job fails with this error");
     Failure::retry(class, error.to_string())
 }
 
@@ -663,6 +676,7 @@ impl Worker {
             thread: Opaque::from(ruby.thread_current().as_value()),
             current: Mutex::new(None),
             json: Mutex::new(None),
+            raising: AtomicBool::new(false),
         });
         let _registered = Registered::new(&rb_self.running, slot.clone());
         let source = BoxValue::new(
@@ -692,9 +706,17 @@ impl Worker {
             *lock(&slot.current) = Some(dispatch.reply);
             let answer = processor.funcall::<_, _, Value>(process, args);
             let Some(reply) = lock(&slot.current).take() else {
-                // `stop_abandoned` took the job and raised in this thread: the engine has given
-                // up on it, and the exception, if still pending, must not reach the next job.
-                let _ = host.funcall::<_, _, Value>("discard_late_timeout", ());
+                // `stop_abandoned` took the job (the engine has given up on it) and raises
+                // Rustq::JobTimeout in this thread: once it has, the exception, if not already
+                // delivered in the job, is cleared here so it cannot reach the next job.
+                // `discard_late_timeout` also lets the GVL go, should the raise still be under way.
+                loop {
+                    let raising = slot.raising.load(Ordering::SeqCst);
+                    host.funcall::<_, _, Value>("discard_late_timeout", ())?;
+                    if !raising {
+                        break;
+                    }
+                }
                 if let Err(e) = answer {
                     if matches!(e.error_type(), ErrorType::Jump(_)) {
                         return Err(e);
@@ -771,27 +793,35 @@ impl Worker {
     /// `stop_abandoned(exception_class, message)`: raises the exception in every Ruby thread
     /// whose job the engine no longer waits for (over its time limit: retried; past the shutdown
     /// timeout: back on its queue), so the thread takes the next job. Returns how many.
+    ///
+    /// No lock is held across the call into Ruby (`Thread#raise` may hand the GVL to another
+    /// thread, which may then want it); the thread's `raising` flag tells it to wait for the
+    /// raise instead (see `run_jobs`).
     pub fn stop_abandoned(
         ruby: &Ruby,
         rb_self: &Worker,
         exception_class: Value,
         message: RString,
     ) -> Result<usize, Error> {
-        let running = lock(&rb_self.running);
+        let slots: Vec<Arc<Slot>> = lock(&rb_self.running).clone();
         let mut stopped = 0;
-        for slot in running.iter() {
-            let mut current = lock(&slot.current);
-            if current.as_ref().is_some_and(|reply| reply.is_closed()) {
-                // Raised while `current` is held: the thread cannot finish this job and take the
-                // next one in between (it needs the GVL, which this thread holds throughout).
-                current.take();
-                let thread = ruby.get_inner(slot.thread);
-                if thread
-                    .funcall::<_, _, Value>("raise", (exception_class, message))
-                    .is_ok()
-                {
-                    stopped += 1;
+        for slot in slots {
+            {
+                let mut current = lock(&slot.current);
+                if !current.as_ref().is_some_and(|reply| reply.is_closed()) {
+                    continue;
                 }
+                slot.raising.store(true, Ordering::SeqCst);
+                current.take();
+            }
+            let thread = ruby.get_inner(slot.thread);
+            let raised = thread.funcall::<_, _, Value>("raise", (exception_class, message));
+            slot.raising.store(false, Ordering::SeqCst);
+            match raised {
+                Ok(_) => stopped += 1,
+                Err(e) if matches!(e.error_type(), ErrorType::Jump(_)) => return Err(e),
+                // The thread has just ended: nothing to stop.
+                Err(_) => {}
             }
         }
         Ok(stopped)
