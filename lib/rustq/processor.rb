@@ -108,7 +108,6 @@ module Rustq
     private_class_method :active_job_class!
     NOT_SET = Object.new.freeze
     private_constant :NOT_SET
-    private_class_method :run_active_job
 
     # `sidekiq`: a Rustq::SidekiqServer when the app has Sidekiq (its server middleware, error
     # and death handlers then run as under Sidekiq).
@@ -129,14 +128,12 @@ module Rustq
     def process(job, queue, outlook, source = job)
       payload = job.is_a?(String) ? JSON.parse(job) : job
       klass = nil
-      within_app do
-        klass = self.class.job_class(payload)
-        if @sidekiq&.middleware?
-          instance = self.class.instance(payload, klass)
-          @sidekiq.around(instance, payload, queue) { self.class.execute(payload, klass, instance) }
-        else
-          self.class.execute(payload, klass)
-        end
+      # Like Sidekiq: each job inside the Rails reloader (which wraps the executor), so code
+      # reloads between jobs in development and database connections go back to the pool.
+      if @reloader
+        @reloader.wrap { run(payload, queue, klass = self.class.job_class(payload)) }
+      else
+        run(payload, queue, klass = self.class.job_class(payload))
       end
       nil
     # Everything a job raises fails that job only, `exit` and `abort` (SystemExit) included.
@@ -146,10 +143,17 @@ module Rustq
 
     private
 
-    # Like Sidekiq: each job inside the Rails reloader (which wraps the executor), so code
-    # reloads between jobs in development and database connections go back to the pool.
-    def within_app(&block)
-      @reloader ? @reloader.wrap(&block) : yield
+    # Runs the job of class `klass` (:active_job for an ActiveJob wrapper) inside the server
+    # middleware, if any.
+    def run(payload, queue, klass)
+      if @sidekiq&.middleware?
+        instance = self.class.instance(payload, klass)
+        @sidekiq.around(instance, payload, queue) { self.class.execute(payload, klass, instance) }
+      elsif klass == :active_job
+        Processor.run_active_job(payload)
+      else
+        Processor.execute(payload, klass)
+      end
     end
 
     # The answer for a failed job. Sidekiq's order: the job's own hooks, death handlers (when it
