@@ -74,17 +74,21 @@ module Rustq
     # on whatever it names.
     def self.run_active_job(payload)
       args = payload["args"]
-      data = args.first if args.is_a?(Array)
+      run_active_job_data(args.is_a?(Array) ? args.first : nil, payload["jid"], payload["class"])
+    end
+
+    # The same, given the payload's parts: `data` (its args[0]), its jid and its wrapper class.
+    def self.run_active_job_data(data, jid, wrapper)
       name = data["job_class"] if data.is_a?(Hash)
-      active_job_class!(name, payload) unless ACTIVE_JOB_CLASSES[name]
+      active_job_class!(name, wrapper) unless ACTIVE_JOB_CLASSES[name]
 
       # Sidekiq's JobWrapper passes `data.merge("provider_job_id" => jid)`; setting it in place
       # and putting it back after saves copying the Hash per job, and middleware and handlers
       # still see the payload as stored.
-      return ::ActiveJob::Base.execute(data.merge("provider_job_id" => payload["jid"])) if data.frozen?
+      return ::ActiveJob::Base.execute(data.merge("provider_job_id" => jid)) if data.frozen?
 
       stored = data.fetch("provider_job_id", NOT_SET)
-      data["provider_job_id"] = payload["jid"]
+      data["provider_job_id"] = jid
       begin
         ::ActiveJob::Base.execute(data)
       ensure
@@ -97,10 +101,10 @@ module Rustq
     ACTIVE_JOB_CLASSES = {}
     private_constant :ACTIVE_JOB_CLASSES
 
-    def self.active_job_class!(name, payload)
+    def self.active_job_class!(name, wrapper)
       klass = name && Object.const_get(name.to_s)
       unless defined?(::ActiveJob::Base) && klass.is_a?(Class) && klass < ::ActiveJob::Base
-        raise NotAJobClass, "#{name.inspect} (wrapped by #{payload["class"]}) is not an ActiveJob class"
+        raise NotAJobClass, "#{name.inspect} (wrapped by #{wrapper}) is not an ActiveJob class"
       end
 
       ACTIVE_JOB_CLASSES[name] = true
@@ -139,6 +143,23 @@ module Rustq
     # Everything a job raises fails that job only, `exit` and `abort` (SystemExit) included.
     rescue Exception => e # rubocop:disable Lint/RescueException
       Thread.handle_interrupt(UNINTERRUPTIBLE) { failure(payload || {}, klass, e, outlook, queue, source) }
+    end
+
+    # #process for an ActiveJob wrapper's payload, given its parts (what rustq-worker hands over
+    # when it can): `data` is the payload's args[0], `source.payload` makes the whole payload,
+    # which only server middleware and a failure need.
+    def process_active_job(data, jid, wrapper, queue, outlook, source)
+      return process(source.payload, queue, outlook, source) if @sidekiq&.middleware?
+
+      if @reloader
+        @reloader.wrap { Processor.run_active_job_data(data, jid, wrapper) }
+      else
+        Processor.run_active_job_data(data, jid, wrapper)
+      end
+      nil
+    # As in #process.
+    rescue Exception => e # rubocop:disable Lint/RescueException
+      Thread.handle_interrupt(UNINTERRUPTIBLE) { failure(source.payload || {}, :active_job, e, outlook, queue, source) }
     end
 
     private

@@ -70,4 +70,59 @@ RSpec.describe Rustq::Processor do
     processor.process(payload("ProcessorSpecFailingJob", ["30"]), "default", "no_retry")
     expect(ProcessorSpecFailingJob.exhausted).to eq([["0123456789abcdef01234567", 5, "30"]])
   end
+
+  describe "#process_active_job (what rustq-worker calls for an ActiveJob payload)" do
+    let(:wrapper) { "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper" }
+    let(:jid) { "0123456789abcdef01234567" }
+    # Stands in for the engine's Running: the whole payload, made only when asked.
+    let(:source_class) do
+      Struct.new(:whole, :asked) do
+        def payload
+          self.asked += 1
+          whole
+        end
+
+        def payload_json = JSON.generate(whole)
+      end
+    end
+
+    before do
+      require "active_job"
+      ActiveJob::Base.logger = Logger.new(nil)
+      stub_const("ProcessorSpecActiveJob", Class.new(ActiveJob::Base) do
+        class << self; attr_accessor :runs; end
+        self.runs = []
+        def perform(how) = how == "fail" ? raise(ArgumentError, "boom") : self.class.runs << [provider_job_id, how]
+      end)
+    end
+
+    def parts(how, job_class = "ProcessorSpecActiveJob")
+      data = ProcessorSpecActiveJob.new(how).serialize.merge("job_class" => job_class)
+      whole = JSON.parse(payload(wrapper, [data], "wrapped" => job_class))
+      [whole["args"].first, source_class.new(whole, 0)]
+    end
+
+    it "runs the job with its provider_job_id from the payload's args[0] alone" do
+      data, source = parts("ok")
+      expect(processor.process_active_job(data, jid, wrapper, "default", "retry", source)).to be_nil
+      expect(ProcessorSpecActiveJob.runs).to eq([[jid, "ok"]])
+      expect(data["provider_job_id"]).to be_nil
+      expect(source.asked).to eq(0)
+    end
+
+    it "makes the whole payload for a failure, with Sidekiq's fields" do
+      data, source = parts("fail")
+      result = processor.process_active_job(data, jid, wrapper, "default", "retry", source)
+      expect(result).to include("error_class" => "ArgumentError", "message" => "boom")
+      expect(source.asked).to be >= 1
+    end
+
+    it "refuses a job_class that is not an ActiveJob class, naming the wrapper" do
+      stub_const("NotAJob", Class.new { def self.new(*) = raise("must not be instantiated") })
+      data, source = parts("ok", "NotAJob")
+      result = processor.process_active_job(data, jid, wrapper, "default", "retry", source)
+      expect(result).to include("error_class" => "Rustq::NotAJobClass", "retry_in" => "kill")
+      expect(result["message"]).to eq(%("NotAJob" (wrapped by #{wrapper}) is not an ActiveJob class))
+    end
+  end
 end

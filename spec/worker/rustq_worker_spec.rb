@@ -406,25 +406,29 @@ RSpec.describe "rustq-worker" do
       expect(w.stop.exitstatus).to eq(0)
     end
 
-    it "calls an ActiveJob class's sidekiq_retry_in and sidekiq_retries_exhausted, as Sidekiq 7.1.3+ does" do
-      retried, payload = in_rails_app(<<~RUBY)
-        job = HookedJob.perform_later("fly")
-        puts JSON.generate([job.provider_job_id, HookedJob.new("land").serialize])
-      RUBY
-      # The class's sidekiq_options reached the payload through the adapter.
-      expect(queue_payloads("default").first).to include("jid" => retried, "retry" => 2, "wrapped" => "HookedJob")
-      exhausted = Sidekiq::Client.push("class" => "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper", "wrapped" => "HookedJob",
-        "args" => [payload], "retry" => 2, "retry_count" => 1, "failed_at" => Time.now.to_f)
-      w = worker(chdir: rails_root)
-      w.await("a retry and a dead job") { Sidekiq::RetrySet.new.size == 1 && Sidekiq::DeadSet.new.size == 1 }
+    # Without server middleware the worker hands Ruby only the ActiveJob data and makes the whole
+    # payload for the failure (Processor#process_active_job, Native::Running#payload).
+    [true, false].each do |middleware|
+      it "calls an ActiveJob class's sidekiq_retry_in and sidekiq_retries_exhausted, as Sidekiq 7.1.3+ does (#{middleware ? "with" : "without"} server middleware)" do
+        retried, payload = in_rails_app(<<~RUBY)
+          job = HookedJob.perform_later("fly")
+          puts JSON.generate([job.provider_job_id, HookedJob.new("land").serialize])
+        RUBY
+        # The class's sidekiq_options reached the payload through the adapter.
+        expect(queue_payloads("default").first).to include("jid" => retried, "retry" => 2, "wrapped" => "HookedJob")
+        exhausted = Sidekiq::Client.push("class" => "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper", "wrapped" => "HookedJob",
+          "args" => [payload], "retry" => 2, "retry_count" => 1, "failed_at" => Time.now.to_f)
+        w = worker(chdir: rails_root, env: middleware ? {} : {"RUSTQ_SPEC_NO_MIDDLEWARE" => "1"})
+        w.await("a retry and a dead job") { Sidekiq::RetrySet.new.size == 1 && Sidekiq::DeadSet.new.size == 1 }
 
-      retry_entry = Sidekiq::RetrySet.new.first
-      expect(retry_entry.jid).to eq(retried)
-      # sidekiq_retry_in answered 2000 s for the first retry; Sidekiq adds up to 9 s of jitter.
-      expect(retry_entry.at.to_f - retry_entry["failed_at"]).to be_between(2000, 2010)
-      expect(Sidekiq::DeadSet.new.first.jid).to eq(exhausted)
-      expect(ledger).to eq([{"job" => "hooked", "exhausted" => exhausted, "error" => "cannot land"}])
-      expect(w.stop.exitstatus).to eq(0)
+        retry_entry = Sidekiq::RetrySet.new.first
+        expect(retry_entry.jid).to eq(retried)
+        # sidekiq_retry_in answered 2000 s for the first retry; Sidekiq adds up to 9 s of jitter.
+        expect(retry_entry.at.to_f - retry_entry["failed_at"]).to be_between(2000, 2010)
+        expect(Sidekiq::DeadSet.new.first.jid).to eq(exhausted)
+        expect(ledger).to eq([{"job" => "hooked", "exhausted" => exhausted, "error" => "cannot land"}])
+        expect(w.stop.exitstatus).to eq(0)
+      end
     end
 
     it "stops gracefully on TERM: a job still running after the timeout goes back to its queue, exit 0" do

@@ -64,5 +64,6 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     worker.define_method("wait", method!(worker::Worker::wait, 1))?;
     let running = native.define_class("Running", ruby.class_object())?;
     running.define_method("payload_json", method!(worker::Running::payload_json, 0))?;
+    running.define_method("payload", method!(worker::Running::payload, 0))?;
     Ok(())
 }

@@ -36,6 +36,7 @@ use serde_json::Value as Json;
 /// instead of following the parsed value's pointers from another core. `#[u8]` layout: a tag,
 /// then for objects and arrays a `u32` count and the items (objects: key, value), for strings
 /// and keys a `u32` length and the bytes, for numbers an `i64`/`u64` or the literal's text.
+#[derive(Clone)]
 pub struct Tape(Vec<u8>);
 
 const OBJECT: u8 = b'{';

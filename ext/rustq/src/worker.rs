@@ -49,6 +49,10 @@ struct Dispatch {
     /// The payload as the engine parsed it, written out for the Ruby thread that makes it a Hash
     /// (the parsed payload itself stays with the engine, which frees it on its own runtime).
     tape: to_ruby::Tape,
+    /// For an ActiveJob wrapper's payload: its `args[0]` (ActiveJob's own data) written out on
+    /// its own, the wrapper's class name and the jid. The Ruby thread then makes only that Hash
+    /// (`process_active_job`), and the whole payload only should the job fail.
+    active_job: Option<ActiveJobParts>,
     /// Its JSON as stored in Redis (for error handlers' `jobstr`).
     json: Arc<str>,
     queue: String,
@@ -59,6 +63,34 @@ struct Dispatch {
     /// With a time limit: told when a Ruby thread takes the job, since its limit starts then.
     taken: Option<oneshot::Sender<()>>,
     reply: oneshot::Sender<JobResult>,
+}
+
+struct ActiveJobParts {
+    data: to_ruby::Tape,
+    wrapper: String,
+    jid: String,
+}
+
+/// The class names Sidekiq's (and so rustq's) ActiveJob adapters put on a payload: Rails' own
+/// adapter's and Sidekiq 7.x's. `Rustq::Job::ACTIVE_JOB_WRAPPERS` in Ruby.
+const ACTIVE_JOB_WRAPPERS: [&str; 2] = [
+    "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper",
+    "Sidekiq::ActiveJob::Wrapper",
+];
+
+impl ActiveJobParts {
+    fn of(job: &rustq_core::Job) -> Option<ActiveJobParts> {
+        let wrapper = job.class()?;
+        if !ACTIVE_JOB_WRAPPERS.contains(&wrapper) {
+            return None;
+        }
+        let data = job.fields().get("args")?.as_array()?.first()?.as_object()?;
+        Some(ActiveJobParts {
+            data: to_ruby::Tape::of(data),
+            wrapper: wrapper.to_string(),
+            jid: job.jid()?.to_string(),
+        })
+    }
 }
 
 const WAITING: u8 = 0;
@@ -316,6 +348,7 @@ impl rustq_engine::Handler for RubyHandler {
         let claim = Arc::new(AtomicU8::new(WAITING));
         self.jobs.0.push(Dispatch {
             tape: to_ruby::Tape::of(ctx.job().fields()),
+            active_job: ActiveJobParts::of(ctx.job()),
             json: ctx.shared_payload_json(),
             queue: ctx.queue().to_string(),
             outlook: job_retry::outlook(ctx.job(), None, self.policy, rustq_core::wire::now_secs()),
@@ -435,6 +468,8 @@ struct Slot {
     current: Mutex<Option<oneshot::Sender<JobResult>>>,
     /// The running (or last) job's JSON as stored in Redis.
     json: Mutex<Option<Arc<str>>>,
+    /// The running (or last) job's payload, for `Running#payload`.
+    tape: Mutex<Option<to_ruby::Tape>>,
     /// `stop_abandoned` took this thread's job and has not finished raising in it yet.
     raising: AtomicBool,
 }
@@ -479,6 +514,14 @@ impl magnus::DataTypeFunctions for Running {
 }
 
 impl Running {
+    /// `payload`: the running job's payload as a new Hash, as `JSON.parse` makes it (nil before
+    /// the first job).
+    pub fn payload(ruby: &Ruby, rb_self: &Running) -> Option<RHash> {
+        // Copied out first: no lock is held while Ruby allocates.
+        let tape = lock(&rb_self.slot.tape).clone();
+        tape.map(|tape| to_ruby::hash_from_tape(ruby, &tape))
+    }
+
     /// `payload_json`: the running job's JSON as it was stored in Redis (what Sidekiq's error
     /// handlers get as `jobstr`).
     pub fn payload_json(&self) -> String {
@@ -676,6 +719,7 @@ impl Worker {
             thread: Opaque::from(ruby.thread_current().as_value()),
             current: Mutex::new(None),
             json: Mutex::new(None),
+            tape: Mutex::new(None),
             raising: AtomicBool::new(false),
         });
         let _registered = Registered::new(&rb_self.running, slot.clone());
@@ -686,25 +730,37 @@ impl Worker {
             .into_value_with(ruby),
         );
         let process = ruby.intern("process");
+        let process_active_job = ruby.intern("process_active_job");
         loop {
             let Some(dispatch) = rb_self.take(ruby)? else {
                 return Ok(());
             };
-            let payload = to_ruby::hash_from_tape(ruby, &dispatch.tape);
             let outlook = match dispatch.outlook {
                 Outlook::Retry => "retry",
                 Outlook::Exhausted => "exhausted",
                 Outlook::NoRetry => "no_retry",
             };
-            let args = (
-                payload,
-                to_ruby::word(ruby, &dispatch.queue),
-                to_ruby::word(ruby, outlook),
-                *source,
-            );
+            let queue = to_ruby::word(ruby, &dispatch.queue);
+            let outlook = to_ruby::word(ruby, outlook);
             *lock(&slot.json) = Some(dispatch.json);
             *lock(&slot.current) = Some(dispatch.reply);
-            let answer = processor.funcall::<_, _, Value>(process, args);
+            let answer = match &dispatch.active_job {
+                Some(parts) => {
+                    let data = to_ruby::hash_from_tape(ruby, &parts.data);
+                    let jid = ruby.str_new(&parts.jid);
+                    let wrapper = to_ruby::word(ruby, &parts.wrapper);
+                    *lock(&slot.tape) = Some(dispatch.tape);
+                    processor.funcall::<_, _, Value>(
+                        process_active_job,
+                        (data, jid, wrapper, queue, outlook, *source),
+                    )
+                }
+                None => {
+                    let payload = to_ruby::hash_from_tape(ruby, &dispatch.tape);
+                    *lock(&slot.tape) = Some(dispatch.tape);
+                    processor.funcall::<_, _, Value>(process, (payload, queue, outlook, *source))
+                }
+            };
             let Some(reply) = lock(&slot.current).take() else {
                 // `stop_abandoned` took the job (the engine has given up on it) and raises
                 // Rustq::JobTimeout in this thread: once it has, the exception, if not already
