@@ -64,13 +64,7 @@ impl Poller {
         let left: Vec<Vec<u8>> = conn.lrange(&self.scheduling, 0, -1).await?;
         let mut moved = 0;
         if !left.is_empty() {
-            let now = wire::now_secs();
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            for raw in &left {
-                self.push_due(&mut pipe, raw, now);
-            }
-            pipe.query_async::<()>(&mut conn).await?;
+            self.push_all(&mut conn, &left, wire::now_secs()).await?;
             tracing::warn!(
                 jobs = left.len(),
                 "pushed due jobs a failed poll had left behind"
@@ -92,12 +86,7 @@ impl Poller {
                 if due.is_empty() {
                     break;
                 }
-                let mut pipe = redis::pipe();
-                pipe.atomic();
-                for raw in &due {
-                    self.push_due(&mut pipe, raw, now);
-                }
-                pipe.query_async::<()>(&mut conn).await?;
+                self.push_all(&mut conn, &due, now).await?;
                 moved += due.len();
                 if due.len() < LIMIT {
                     break;
@@ -105,6 +94,21 @@ impl Poller {
             }
         }
         Ok(moved)
+    }
+
+    /// Pushes `due` jobs from the scheduling list to their queues, in one MULTI.
+    async fn push_all(
+        &self,
+        conn: &mut ConnectionManager,
+        due: &[Vec<u8>],
+        now: f64,
+    ) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for raw in due {
+            self.push_due(&mut pipe, raw, now);
+        }
+        pipe.query_async(conn).await
     }
 
     fn push_due(&self, pipe: &mut redis::Pipeline, raw: &[u8], now: f64) {

@@ -532,6 +532,15 @@ impl Running {
     }
 }
 
+/// `Thread#kill`/`Thread.exit` inside a job (a jump, not an exception): it goes on once the job
+/// has been answered for. Any other outcome has been answered already.
+fn resume_jump(answer: Result<Value, Error>) -> Result<(), Error> {
+    match answer {
+        Err(e) if matches!(e.error_type(), ErrorType::Jump(_)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// The failure for an answer the engine cannot take (a bug in the host), or an exception that
 /// escaped `process`: the job still fails rather than lose its thread.
 fn unreportable(ruby: &Ruby, error: &Error) -> Failure {
@@ -773,11 +782,7 @@ impl Worker {
                         break;
                     }
                 }
-                if let Err(e) = answer {
-                    if matches!(e.error_type(), ErrorType::Jump(_)) {
-                        return Err(e);
-                    }
-                }
+                resume_jump(answer)?;
                 continue;
             };
             let result = match &answer {
@@ -796,11 +801,7 @@ impl Worker {
                 let out_of_jobs = rb_self.jobs.lock().jobs.is_empty();
                 rb_self.answers.file(reply, result, out_of_jobs);
             }
-            if let Err(e) = answer {
-                if matches!(e.error_type(), ErrorType::Jump(_)) {
-                    return Err(e);
-                }
-            }
+            resume_jump(answer)?;
         }
     }
 
