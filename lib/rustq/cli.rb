@@ -3,6 +3,7 @@
 require_relative "version"
 require_relative "errors"
 require_relative "native"
+require_relative "job"
 
 module Rustq
   # `rustq-worker`: boots the app (a Rails root's config/environment.rb, or `-r FILE`) and runs
@@ -24,7 +25,7 @@ module Rustq
     end
 
     def run(argv)
-      @worker = Native::Worker.new(["rustq-worker", *argv], method(:render_erb).to_proc)
+      @worker = Native::Worker.new(["rustq-worker", *argv], method(:render_erb).to_proc, Job::ACTIVE_JOB_WRAPPERS)
       $stdout.sync = true
       boot_application
       @processor = Processor.new(sidekiq: @sidekiq)

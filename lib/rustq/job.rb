@@ -20,7 +20,8 @@ module Rustq
   #
   # Payloads are byte-compatible with Sidekiq's, key order included, so Sidekiq can run them.
   module Job
-    # The class an ActiveJob payload names; Sidekiq 7.3+/8 also know their own alias.
+    # The class an ActiveJob payload names; Sidekiq 7.3+/8 also know their own alias. The Ruby
+    # host's engine sends payloads of these classes to Processor#process_active_job.
     ACTIVE_JOB_WRAPPERS = %w[
       ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper
       Sidekiq::ActiveJob::Wrapper

@@ -17,7 +17,7 @@ use crate::handler::{Registry, Started};
 use crate::heartbeat::{self, Busy, Heartbeat, Signal};
 use crate::job_retry::{Action, RetryPolicy};
 use crate::options::WorkerOptions;
-use crate::orphans::{Adopter, Holdings};
+use crate::orphans::{self, Adopter, Holdings};
 use crate::processor::Processor;
 use crate::recovery::Recovery;
 use crate::scheduled::Poller;
@@ -249,6 +249,7 @@ impl Worker {
                 identity: identity.clone(),
                 queues: queue_names.clone(),
                 holdings: holdings.clone(),
+                recheck: orphans::RECHECK,
             }
             .run(),
         );

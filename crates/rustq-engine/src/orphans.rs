@@ -6,10 +6,13 @@
 //! learned of them: nothing would run them until the process stops or dies.
 //!
 //! So the process counts what it holds ([`Holdings`]: taken when a fetch reports a job, let go
-//! once the job's outcome is written), and after a failed fetch it compares its lists with
-//! that count, twice: a job in a list and not held at the first look, and still there and
-//! still not held [`GRACE`] later, was never reported. It goes back to the front of its queue.
-//! (A job reported late is held by the second look; a finished one is gone from the list.)
+//! once the job's outcome is written), and after a failed fetch, and every [`RECHECK`] besides,
+//! it compares its lists with that count, twice: a job in a list and not held at the first
+//! look, and still there and still not held [`GRACE`] later, was never reported. It goes back
+//! to the front of its queue. (A job reported late is held by the second look; a finished one
+//! is gone from the list.) The periodic look finds what a fetch moved after the look that
+//! followed its failure: a command sent on a connection just before it broke can still reach
+//! Redis later.
 //!
 //! Copies of one payload are told apart only by number: should a job with the very same bytes
 //! as an orphan be fetched and reported between the second look and the give-back, one copy too
@@ -34,6 +37,8 @@ pub const SETTLE: Duration = Duration::from_secs(1);
 /// How long a job must stay in a list unreported before it counts as orphaned. A fetch's reply
 /// reaches its fetcher within milliseconds of Redis running it, or never.
 pub const GRACE: Duration = Duration::from_secs(5);
+/// How often the lists are compared when no fetch has failed: one `LRANGE` per queue.
+pub const RECHECK: Duration = Duration::from_secs(60);
 
 /// How many copies of each job (queue and payload) this process holds: reported by a fetch and
 /// not yet written back. Keyed by a hash of the pair, so a job is not copied to be counted.
@@ -128,20 +133,24 @@ if moved > 0 then redis.call('SADD', 'queues', ARGV[1]) end
 return moved
 "#;
 
-/// Finds and gives back this process's orphaned jobs after each failed fetch.
+/// Finds and gives back this process's orphaned jobs after each failed fetch, and every
+/// `recheck` ([`RECHECK`]).
 pub struct Adopter {
     pub conn: ConnectionManager,
     pub identity: String,
     pub queues: Vec<String>,
     pub holdings: Arc<Holdings>,
+    pub recheck: Duration,
 }
 
 impl Adopter {
     /// Runs for the life of the process.
     pub async fn run(self) {
         loop {
-            self.holdings.suspect.notified().await;
-            tokio::time::sleep(SETTLE).await;
+            tokio::select! {
+                () = self.holdings.suspect.notified() => tokio::time::sleep(SETTLE).await,
+                () = tokio::time::sleep(self.recheck) => {}
+            }
             match self.check(GRACE).await {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(

@@ -26,6 +26,7 @@ async fn adopter(redis: &RedisServer, holdings: Arc<Holdings>) -> Adopter {
         identity: ME.into(),
         queues: vec!["default".into()],
         holdings,
+        recheck: Duration::from_secs(3600),
     }
 }
 
@@ -72,6 +73,34 @@ async fn unreported_jobs_go_back_to_the_front_of_their_queue_and_held_ones_stay(
         "{queue}"
     );
     assert_eq!(redis.cli(&["SISMEMBER", "queues", "default"]), "1");
+}
+
+#[tokio::test]
+async fn the_periodic_look_finds_orphans_when_no_fetch_has_failed() {
+    // A fetch sent just before its connection broke can reach Redis after the look that
+    // followed the failure: no fetch fails then, and only the periodic look finds its job.
+    let redis = RedisServer::start();
+    let list = keys::inprogress(ME, "default");
+    redis.cli(&["LPUSH", &list, &job("late-orphan")]);
+    let mut adopter = adopter(&redis, Arc::new(Holdings::default())).await;
+    adopter.recheck = Duration::from_millis(100);
+    let running = tokio::spawn(adopter.run());
+    // The first look, then GRACE (5 s) before the give-back.
+    let mut back = false;
+    for _ in 0..150 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if redis.cli(&["LLEN", "queue:default"]) == "1" {
+            back = true;
+            break;
+        }
+    }
+    running.abort();
+    assert!(
+        back,
+        "the orphan is still in {}",
+        redis.cli(&["LRANGE", &list, "0", "-1"])
+    );
+    assert_eq!(redis.cli(&["LLEN", &list]), "0");
 }
 
 #[tokio::test]

@@ -40,7 +40,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     native.define_singleton_method("prepare", function!(push::prepare, 2))?;
 
     let worker = native.define_class("Worker", ruby.class_object())?;
-    worker.define_singleton_method("new", function!(worker::Worker::new, 2))?;
+    worker.define_singleton_method("new", function!(worker::Worker::new, 3))?;
     worker.define_method("require_path", method!(worker::Worker::require_path, 0))?;
     worker.define_method("environment", method!(worker::Worker::environment, 0))?;
     worker.define_method("concurrency", method!(worker::Worker::concurrency, 0))?;

@@ -37,7 +37,11 @@ use serde_json::Value as Json;
 /// then for objects and arrays a `u32` count and the items (objects: key, value), for strings
 /// and keys a `u32` length and the bytes, for numbers an `i64`/`u64` or the literal's text.
 #[derive(Clone)]
-pub struct Tape(Vec<u8>);
+pub struct Tape {
+    bytes: Vec<u8>,
+    /// Where `args[0]` starts, when it is an object (an ActiveJob wrapper's job data).
+    first_arg: Option<usize>,
+}
 
 const OBJECT: u8 = b'{';
 const ARRAY: u8 = b'[';
@@ -51,9 +55,14 @@ const FALSE: u8 = b'f';
 
 impl Tape {
     pub fn of(fields: &Fields) -> Tape {
-        let mut tape = Vec::with_capacity(512);
-        write_object(&mut tape, fields);
-        Tape(tape)
+        let mut bytes = Vec::with_capacity(512);
+        let first_arg = write_object(&mut bytes, fields, true);
+        Tape { bytes, first_arg }
+    }
+
+    /// Whether `args[0]` is an object, which [`first_arg_from_tape`] makes.
+    pub fn has_first_arg(&self) -> bool {
+        self.first_arg.is_some()
     }
 }
 
@@ -66,13 +75,25 @@ fn write_str(tape: &mut Vec<u8>, s: &str) {
     tape.extend_from_slice(s.as_bytes());
 }
 
-fn write_object(tape: &mut Vec<u8>, fields: &Fields) {
+/// Writes an object; with `find_first_arg` (the payload itself), returns where its `args[0]`
+/// starts when that is an object.
+fn write_object(tape: &mut Vec<u8>, fields: &Fields, find_first_arg: bool) -> Option<usize> {
+    let mut first_arg = None;
     tape.push(OBJECT);
     write_len(tape, fields.len());
     for (key, value) in fields {
         write_str(tape, key);
+        if find_first_arg && key == "args" {
+            if let Json::Array(args) = value {
+                if let Some(Json::Object(_)) = args.first() {
+                    // Past the array's tag and count.
+                    first_arg = Some(tape.len() + 1 + 4);
+                }
+            }
+        }
         write_value(tape, value);
     }
+    first_arg
 }
 
 fn write_value(tape: &mut Vec<u8>, value: &Json) {
@@ -103,7 +124,9 @@ fn write_value(tape: &mut Vec<u8>, value: &Json) {
                 write_value(tape, item);
             }
         }
-        Json::Object(fields) => write_object(tape, fields),
+        Json::Object(fields) => {
+            write_object(tape, fields, false);
+        }
     }
 }
 
@@ -140,16 +163,25 @@ impl<'a> Reader<'a> {
 }
 
 /// The job's fields, written out by [`Tape::of`], as a Ruby Hash.
-pub fn hash_from_tape(_ruby: &Ruby, tape: &Tape) -> RHash {
+pub fn hash_from_tape(ruby: &Ruby, tape: &Tape) -> RHash {
+    hash_at(ruby, tape, 0)
+}
+
+/// The job's `args[0]` alone as a Ruby Hash, when it is an object.
+pub fn first_arg_from_tape(ruby: &Ruby, tape: &Tape) -> Option<RHash> {
+    tape.first_arg.map(|at| hash_at(ruby, tape, at))
+}
+
+fn hash_at(_ruby: &Ruby, tape: &Tape, at: usize) -> RHash {
     let mut reader = Reader {
-        tape: &tape.0,
-        at: 0,
+        tape: &tape.bytes,
+        at,
     };
     // SAFETY: called holding the GVL (the `&Ruby`); every VALUE made here is reachable from the
     // stack (Ruby scans it) or from the Hash or Array being built until it is returned.
     unsafe {
         RHash::from_value(Value::from_raw(read_value(&mut reader)))
-            .expect("a tape starts with an object")
+            .expect("the tape holds an object there")
     }
 }
 

@@ -49,9 +49,9 @@ struct Dispatch {
     /// The payload as the engine parsed it, written out for the Ruby thread that makes it a Hash
     /// (the parsed payload itself stays with the engine, which frees it on its own runtime).
     tape: to_ruby::Tape,
-    /// For an ActiveJob wrapper's payload: its `args[0]` (ActiveJob's own data) written out on
-    /// its own, the wrapper's class name and the jid. The Ruby thread then makes only that Hash
-    /// (`process_active_job`), and the whole payload only should the job fail.
+    /// For an ActiveJob wrapper's payload: the wrapper's class name and the jid. The Ruby thread
+    /// then makes only `args[0]` (ActiveJob's own data) a Hash (`process_active_job`), and the
+    /// whole payload only should the job fail.
     active_job: Option<ActiveJobParts>,
     /// Its JSON as stored in Redis (for error handlers' `jobstr`).
     json: Arc<str>,
@@ -66,27 +66,23 @@ struct Dispatch {
 }
 
 struct ActiveJobParts {
-    data: to_ruby::Tape,
     wrapper: String,
     jid: String,
 }
 
-/// The class names Sidekiq's (and so rustq's) ActiveJob adapters put on a payload: Rails' own
-/// adapter's and Sidekiq 7.x's. `Rustq::Job::ACTIVE_JOB_WRAPPERS` in Ruby.
-const ACTIVE_JOB_WRAPPERS: [&str; 2] = [
-    "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper",
-    "Sidekiq::ActiveJob::Wrapper",
-];
-
 impl ActiveJobParts {
-    fn of(job: &rustq_core::Job) -> Option<ActiveJobParts> {
+    /// `wrappers`: the class names ActiveJob adapters put on a payload
+    /// (`Rustq::Job::ACTIVE_JOB_WRAPPERS`).
+    fn of(
+        job: &rustq_core::Job,
+        tape: &to_ruby::Tape,
+        wrappers: &[String],
+    ) -> Option<ActiveJobParts> {
         let wrapper = job.class()?;
-        if !ACTIVE_JOB_WRAPPERS.contains(&wrapper) {
+        if !tape.has_first_arg() || !wrappers.iter().any(|w| w == wrapper) {
             return None;
         }
-        let data = job.fields().get("args")?.as_array()?.first()?.as_object()?;
         Some(ActiveJobParts {
-            data: to_ruby::Tape::of(data),
             wrapper: wrapper.to_string(),
             jid: job.jid()?.to_string(),
         })
@@ -329,6 +325,8 @@ struct RubyHandler {
     time_limit: Option<Duration>,
     /// Set once the engine exists: jobs still waiting for a thread go back when it quiets.
     control: Arc<OnceLock<Control>>,
+    /// `Rustq::Job::ACTIVE_JOB_WRAPPERS`: payloads of these classes take the ActiveJob path.
+    active_job_wrappers: Vec<String>,
 }
 
 impl rustq_engine::Handler for RubyHandler {
@@ -346,9 +344,10 @@ impl rustq_engine::Handler for RubyHandler {
             None => (None, None),
         };
         let claim = Arc::new(AtomicU8::new(WAITING));
+        let tape = to_ruby::Tape::of(ctx.job().fields());
         self.jobs.0.push(Dispatch {
-            tape: to_ruby::Tape::of(ctx.job().fields()),
-            active_job: ActiveJobParts::of(ctx.job()),
+            active_job: ActiveJobParts::of(ctx.job(), &tape, &self.active_job_wrappers),
+            tape,
             json: ctx.shared_payload_json(),
             queue: ctx.queue().to_string(),
             outlook: job_retry::outlook(ctx.job(), None, self.policy, rustq_core::wire::now_secs()),
@@ -560,12 +559,18 @@ fn unreportable(ruby: &Ruby, error: &Error) -> Failure {
 }
 
 impl Worker {
-    /// `Worker.new(argv, erb)`: parses `rustq-worker` arguments (`argv[0]` is the program name)
-    /// and the config file exactly as the standalone binary does, except that ERB in the file is
-    /// rendered by `erb` (a Proc taking and returning the text: Ruby's own ERB, as Sidekiq).
-    /// `--help`, `--version` and bad options raise `Rustq::UsageError` whose `status` is the
-    /// exit code (0 or 2).
-    pub fn new(ruby: &Ruby, argv: Vec<String>, erb: Proc) -> Result<Worker, Error> {
+    /// `Worker.new(argv, erb, active_job_wrappers)`: parses `rustq-worker` arguments (`argv[0]`
+    /// is the program name) and the config file exactly as the standalone binary does, except
+    /// that ERB in the file is rendered by `erb` (a Proc taking and returning the text: Ruby's
+    /// own ERB, as Sidekiq). Payloads whose class is one of `active_job_wrappers` go to
+    /// `process_active_job`. `--help`, `--version` and bad options raise `Rustq::UsageError`
+    /// whose `status` is the exit code (0 or 2).
+    pub fn new(
+        ruby: &Ruby,
+        argv: Vec<String>,
+        erb: Proc,
+        active_job_wrappers: Vec<String>,
+    ) -> Result<Worker, Error> {
         let render = |text: &str| -> Result<String, String> {
             erb.call::<_, String>((text,)).map_err(|e| e.to_string())
         };
@@ -592,6 +597,7 @@ impl Worker {
             },
             time_limit,
             control: control.clone(),
+            active_job_wrappers,
         });
         // Ruby threads take jobs fetched ahead straight from the engine. Not with `exec`
         // handlers from the config file: those would run in slots of their own on top of the
@@ -755,7 +761,8 @@ impl Worker {
             *lock(&slot.current) = Some(dispatch.reply);
             let answer = match &dispatch.active_job {
                 Some(parts) => {
-                    let data = to_ruby::hash_from_tape(ruby, &parts.data);
+                    let data = to_ruby::first_arg_from_tape(ruby, &dispatch.tape)
+                        .expect("an ActiveJob payload's args[0] is on its tape");
                     let jid = ruby.str_new(&parts.jid);
                     let wrapper = to_ruby::word(ruby, &parts.wrapper);
                     *lock(&slot.tape) = Some(dispatch.tape);
