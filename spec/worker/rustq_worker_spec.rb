@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "fileutils"
 require "sidekiq"
 require "socket"
 require "tmpdir"
@@ -429,6 +430,61 @@ RSpec.describe "rustq-worker" do
         expect(ledger).to eq([{"job" => "hooked", "exhausted" => exhausted, "error" => "cannot land"}])
         expect(w.stop.exitstatus).to eq(0)
       end
+    end
+
+    it "gives each job's ActiveRecord connection back to the pool (the Rails executor), as Sidekiq does" do
+      5.times { Sidekiq::Client.push("class" => "DatabaseJob", "args" => [0.3]) }
+      w = worker("-c", "5", chdir: rails_root)
+      w.await("the database jobs") { ledger.size == 5 }
+      Sidekiq::Client.push("class" => "PoolReportJob", "args" => [])
+      w.await("the pool report") { ledger.size == 6 }
+
+      # The jobs ran side by side, on threads that stay; each thread's connection went back to
+      # the pool when its job ended, so the report's own is the only one out.
+      expect(ledger.first(5).map { |e| e["thread"] }.uniq.size).to be > 1
+      expect(ledger.last).to eq("job" => "pool", "busy" => 1)
+      expect(w.stop.exitstatus).to eq(0)
+    end
+
+    it "reloads a job class changed on disk before its next job in development, as Sidekiq does" do
+      Dir.mktmpdir do |dir|
+        root = File.join(dir, "app")
+        FileUtils.cp_r(rails_root, root)
+        job_file = File.join(root, "app", "jobs", "versioned_job.rb")
+        FileUtils.mkdir_p(File.dirname(job_file))
+        write_job = lambda do |version|
+          File.write(job_file, <<~RUBY)
+            class VersionedJob
+              include Rustq::Job
+
+              def perform
+                Ledger.add("job" => "versioned", "version" => #{version})
+              end
+            end
+          RUBY
+        end
+        write_job.call(1)
+        w = worker(chdir: root)
+        Sidekiq::Client.push("class" => "VersionedJob", "args" => [])
+        w.await("version 1 of the job") { ledger.size == 1 }
+        sleep 1 # a later modification time than anything seen at boot, on any file system
+        write_job.call(2)
+        Sidekiq::Client.push("class" => "VersionedJob", "args" => [])
+        w.await("the job's second run") { ledger.size == 2 }
+
+        expect(ledger.map { |e| e["version"] }).to eq([1, 2])
+        expect(w.stop.exitstatus).to eq(0)
+      end
+    end
+
+    it "eager-loads the app's code in production and not in development, as the app's config says" do
+      %w[production development].each do |env|
+        w = worker(chdir: rails_root, env: {"RAILS_ENV" => env})
+        Sidekiq::Client.push("class" => "BootReportJob", "args" => [])
+        w.await("the boot report in #{env}") { ledger.any? { |e| e["env"] == env } }
+        expect(w.stop.exitstatus).to eq(0)
+      end
+      expect(ledger.to_h { |e| [e["env"], e["eager_loaded"]] }).to eq("production" => true, "development" => false)
     end
 
     it "stops gracefully on TERM: a job still running after the timeout goes back to its queue, exit 0" do
