@@ -20,8 +20,9 @@ module Rustq
   #
   # Payloads are byte-compatible with Sidekiq's, key order included, so Sidekiq can run them.
   module Job
-    # The class an ActiveJob payload names; Sidekiq 7.3+/8 also know their own alias. The Ruby
-    # host's engine sends payloads of these classes to Processor#process_active_job.
+    # The class an ActiveJob payload names: the first is the one rustq's adapter writes (Rails'
+    # own, which every Sidekiq runs); Sidekiq 7.3+/8 also know their own alias. Payloads of these
+    # classes whose args[0] is a Hash go to Processor#process_active_job in the Ruby host.
     ACTIVE_JOB_WRAPPERS = %w[
       ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper
       Sidekiq::ActiveJob::Wrapper

@@ -432,6 +432,19 @@ RSpec.describe "rustq-worker" do
       end
     end
 
+    # Sidekiq 7.3+ names ActiveJob payloads Sidekiq::ActiveJob::Wrapper; Rails' adapter, JobWrapper.
+    [true, false].each do |middleware|
+      it "runs ActiveJob payloads under Sidekiq 7.3+'s wrapper name, Sidekiq::ActiveJob::Wrapper (#{middleware ? "with" : "without"} server middleware)" do
+        data = in_rails_app('puts JSON.generate(GreetJob.new("from sidekiq 7.3").serialize)')
+        jid = Sidekiq::Client.push("class" => "Sidekiq::ActiveJob::Wrapper", "wrapped" => "GreetJob", "queue" => "default", "args" => [data])
+        w = worker(chdir: rails_root, env: middleware ? {} : {"RUSTQ_SPEC_NO_MIDDLEWARE" => "1"})
+        w.await("the job") { ledger.any? }
+
+        expect(ledger).to eq([{"job" => "greet", "name" => "from sidekiq 7.3", "jid" => jid, "executor" => true}])
+        expect(w.stop.exitstatus).to eq(0)
+      end
+    end
+
     it "gives each job's ActiveRecord connection back to the pool (the Rails executor), as Sidekiq does" do
       5.times { Sidekiq::Client.push("class" => "DatabaseJob", "args" => [0.3]) }
       w = worker("-c", "5", chdir: rails_root)
@@ -467,7 +480,7 @@ RSpec.describe "rustq-worker" do
         w = worker(chdir: root)
         Sidekiq::Client.push("class" => "VersionedJob", "args" => [])
         w.await("version 1 of the job") { ledger.size == 1 }
-        sleep 1 # a later modification time than anything seen at boot, on any file system
+        sleep 1 # a later modification time than anything seen at boot (1 s resolution suffices)
         write_job.call(2)
         Sidekiq::Client.push("class" => "VersionedJob", "args" => [])
         w.await("the job's second run") { ledger.size == 2 }
@@ -484,7 +497,7 @@ RSpec.describe "rustq-worker" do
         w.await("the boot report in #{env}") { ledger.any? { |e| e["env"] == env } }
         expect(w.stop.exitstatus).to eq(0)
       end
-      expect(ledger.to_h { |e| [e["env"], e["eager_loaded"]] }).to eq("production" => true, "development" => false)
+      expect(ledger.map { |e| [e["env"], e["eager_loaded"]] }).to eq([["production", true], ["development", false]])
     end
 
     it "stops gracefully on TERM: a job still running after the timeout goes back to its queue, exit 0" do

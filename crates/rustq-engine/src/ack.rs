@@ -23,7 +23,15 @@ pub struct Completion {
 /// Most completions written in one round trip.
 const BATCH: usize = 512;
 
-/// Adds the commands for one completion to an atomic pipeline.
+/// Moves a job from the in-progress list back to the front of its queue, only if it is still
+/// in the list: written again after a reply was lost (the batch had run), it pushes nothing.
+const REQUEUE: &str = r#"
+if redis.call('LREM', KEYS[1], -1, ARGV[1]) > 0 then redis.call('RPUSH', KEYS[2], ARGV[1]) end
+"#;
+
+/// Adds the commands for one completion to an atomic pipeline. Each outcome can be written
+/// twice without a second effect (a batch whose reply was lost is written again): `ZADD` of the
+/// same entry, `LREM` of a job already gone, a requeue that only moves what is still there.
 pub fn add_commands(
     pipe: &mut redis::Pipeline,
     identity: &str,
@@ -40,7 +48,14 @@ pub fn add_commands(
         }
         Action::Dead { payload } => add_dead(pipe, payload, now, dead),
         Action::Requeue => {
-            pipe.rpush(keys::queue(&c.unit.queue), &c.unit.raw).ignore();
+            pipe.cmd("EVAL")
+                .arg(REQUEUE)
+                .arg(2)
+                .arg(inprogress)
+                .arg(keys::queue(&c.unit.queue))
+                .arg(&c.unit.raw)
+                .ignore();
+            return;
         }
     }
     pipe.lrem(inprogress, -1, &c.unit.raw).ignore();

@@ -199,7 +199,8 @@ impl Waiters {
     /// Ends the waiters and returns the jobs they took that were not run. With `patient`,
     /// every blocking move in flight may end first (up to `BLOCK_SECS`), so a job Redis hands
     /// over as the process quiets is not left in the in-progress list until stop; otherwise
-    /// they are cut off at once (such a job then goes back at stop, with the list).
+    /// they are cut off at once (such a job then goes back at stop with the list, or earlier
+    /// through the periodic orphan check: see `orphans`).
     pub async fn finish(mut self, patient: bool) -> Vec<UnitOfWork> {
         self.closing.store(true, Ordering::SeqCst);
         for (_, arm) in &self.arms {

@@ -250,6 +250,7 @@ impl Worker {
                 queues: queue_names.clone(),
                 holdings: holdings.clone(),
                 recheck: orphans::RECHECK,
+                grace: orphans::grace(&options.redis),
             }
             .run(),
         );

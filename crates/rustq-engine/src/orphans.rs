@@ -8,7 +8,7 @@
 //! So the process counts what it holds ([`Holdings`]: taken when a fetch reports a job, let go
 //! once the job's outcome is written), and after a failed fetch, and every [`RECHECK`] besides,
 //! it compares its lists with that count, twice: a job in a list and not held at the first
-//! look, and still there and still not held [`GRACE`] later, was never reported. It goes back
+//! look, and still there and still not held [`grace`] later, was never reported. It goes back
 //! to the front of its queue. (A job reported late is held by the second look; a finished one
 //! is gone from the list.) The periodic look finds what a fetch moved after the look that
 //! followed its failure: a command sent on a connection just before it broke can still reach
@@ -27,16 +27,22 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use rustq_core::wire::keys;
+use rustq_core::RedisConfig;
 use tokio::sync::Notify;
 
-use crate::fetch::UnitOfWork;
+use crate::fetch::{UnitOfWork, BLOCK_SECS};
 use crate::keys as rkeys;
 
 /// How long after a failed fetch the lists are first compared (time for Redis to come back).
 pub const SETTLE: Duration = Duration::from_secs(1);
-/// How long a job must stay in a list unreported before it counts as orphaned. A fetch's reply
-/// reaches its fetcher within milliseconds of Redis running it, or never.
-pub const GRACE: Duration = Duration::from_secs(5);
+/// How long a job must stay in a list unreported before it counts as orphaned: longer than a
+/// fetch's reply may take to arrive and still be read (a waiter's `BLMOVE` waits up to
+/// `BLOCK_SECS`, and its reply may then take up to the response timeout), so a reply that is
+/// merely slow is never taken for a lost one. Without a response timeout, 30 s.
+pub fn grace(redis: &RedisConfig) -> Duration {
+    let reply = redis.response_timeout.unwrap_or(Duration::from_secs(30));
+    reply + Duration::from_secs_f64(BLOCK_SECS) + Duration::from_secs(1)
+}
 /// How often the lists are compared when no fetch has failed: one `LRANGE` per queue.
 pub const RECHECK: Duration = Duration::from_secs(60);
 
@@ -134,13 +140,14 @@ return moved
 "#;
 
 /// Finds and gives back this process's orphaned jobs after each failed fetch, and every
-/// `recheck` ([`RECHECK`]).
+/// `recheck` ([`RECHECK`]); a job counts as orphaned once unreported for `grace` ([`grace`]).
 pub struct Adopter {
     pub conn: ConnectionManager,
     pub identity: String,
     pub queues: Vec<String>,
     pub holdings: Arc<Holdings>,
     pub recheck: Duration,
+    pub grace: Duration,
 }
 
 impl Adopter {
@@ -151,7 +158,7 @@ impl Adopter {
                 () = self.holdings.suspect.notified() => tokio::time::sleep(SETTLE).await,
                 () = tokio::time::sleep(self.recheck) => {}
             }
-            match self.check(GRACE).await {
+            match self.check(self.grace).await {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(
                     jobs = n,

@@ -27,6 +27,7 @@ async fn adopter(redis: &RedisServer, holdings: Arc<Holdings>) -> Adopter {
         queues: vec!["default".into()],
         holdings,
         recheck: Duration::from_secs(3600),
+        grace: Duration::from_secs(1),
     }
 }
 
@@ -85,9 +86,9 @@ async fn the_periodic_look_finds_orphans_when_no_fetch_has_failed() {
     let mut adopter = adopter(&redis, Arc::new(Holdings::default())).await;
     adopter.recheck = Duration::from_millis(100);
     let running = tokio::spawn(adopter.run());
-    // The first look, then GRACE (5 s) before the give-back.
+    // The first look, then the grace (1 s here) before the give-back.
     let mut back = false;
-    for _ in 0..150 {
+    for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if redis.cli(&["LLEN", "queue:default"]) == "1" {
             back = true;
