@@ -43,6 +43,7 @@ pub fn grace(redis: &RedisConfig) -> Duration {
     let reply = redis.response_timeout.unwrap_or(Duration::from_secs(30));
     reply + Duration::from_secs_f64(BLOCK_SECS) + Duration::from_secs(1)
 }
+
 /// How often the lists are compared when no fetch has failed: one `LRANGE` per queue.
 pub const RECHECK: Duration = Duration::from_secs(60);
 
