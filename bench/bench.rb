@@ -343,6 +343,7 @@ module Bench
           "jobs/s", rustq, sidekiq,
           target: target("≥ 20× and ≥ 100,000/s") { |q, _, r| r && r >= 20 && q.median >= 100_000 })
       roofline
+      job_roofline(count, rustq)
     end
 
     def roofline
@@ -361,6 +362,88 @@ module Bench
       end
       row("4r", "Redis roofline: `redis-benchmark -P 16` LPUSH", "ops/s", Stat.of(lpush), nil)
       row("4r", "Redis roofline: `redis-benchmark -P 16` RPOP", "ops/s", Stat.of(rpop), nil)
+    end
+
+    # The in-progress list of the 4j row, named as rustq names a process's list for a queue.
+    JOB_ROOFLINE_INPROGRESS = "rustq:inprogress:bench:default"
+
+    # The roofline for one job: the Redis commands a job costs rustq end to end, sent pipelined by a
+    # bare client (`redis-cli --pipe`) on the same Redis. Per job, as rustq sends them: push =
+    # `SADD queues default` + `LPUSH queue:default <payload>`, fetch = `LMOVE queue:default
+    # <in-progress list> RIGHT LEFT`, acknowledge = `LREM <in-progress list> -1 <payload>` (the
+    # per-job stats an acknowledgement writes are batched by the engine, and left out). Three phases,
+    # one `redis-cli --pipe` each: every push, then every fetch, then every acknowledgement; each LREM
+    # finds its job at the tail of the in-progress list, as in the engine. The commands are written
+    # to files before the clock starts; the figure is `count` over the three phases' wall-clock time.
+    # Scenario 4's rustq figure (`noop`) is logged as a fraction of it, and of fetch + acknowledge
+    # alone, since scenario 4 times no push.
+    def job_roofline(count, noop)
+      paths = write_job_commands(count)
+      commands = { push: count * 2, fetch: count, ack: count }
+      splits = []
+      stat = repeat("4j redis-cli --pipe jobs/s") do
+        @redis.flush
+        seconds = paths.to_h { |phase, path| [phase, pipe_seconds(path, commands.fetch(phase))] }
+        left = queue_length + @redis.client.llen(JOB_ROOFLINE_INPROGRESS)
+        raise "4j: #{left} jobs left in queue:default and #{JOB_ROOFLINE_INPROGRESS} after redis-cli --pipe" unless left.zero?
+
+        splits << count / (seconds[:fetch] + seconds[:ack])
+        log format("  push %.3f s, fetch %.3f s, acknowledge %.3f s", seconds[:push], seconds[:fetch], seconds[:ack])
+        count / seconds.values.sum
+      end
+      fetch_ack = Stat.of(splits)
+      share = noop.median / stat.median if noop && stat
+      if share
+        log format("4j: rustq no-op = %.0f %% of the roofline (%s of %s jobs/s); of fetch + acknowledge alone " \
+                   "(%s jobs/s, what scenario 4 times): %.0f %%", share * 100, number(noop.median, "jobs/s"),
+                   number(stat.median, "jobs/s"), number(fetch_ack.median, "jobs/s"), noop.median / fetch_ack.median * 100)
+      end
+      row("4j", "roofline for a job: push + fetch + acknowledge pipelined by `redis-cli --pipe` (#{number(count, "jobs/s")} jobs)",
+          "jobs/s", stat, nil, note: share && format("rustq no-op = %.0f %% of this", share * 100))
+    ensure
+      paths&.each_value { |path| FileUtils.rm_f(path) }
+    end
+
+    # Writes the 4j row's commands for `count` jobs as RESP (bulk strings with their byte lengths),
+    # one file per phase; returns { phase => path }.
+    def write_job_commands(count)
+      now = Time.now.to_f
+      payloads = Array.new(count) do |i|
+        # A Sidekiq payload of ~190 bytes, each with its own jid.
+        JSON.generate("retry" => true, "queue" => "default", "class" => "NoopJob", "args" => [i, "gid://bench/User/#{i}"],
+                      "jid" => SecureRandom.hex(12), "created_at" => now, "enqueued_at" => now)
+      end
+      fetch = resp_command("LMOVE", "queue:default", JOB_ROOFLINE_INPROGRESS, "RIGHT", "LEFT")
+      phases = {
+        push: ->(payload) { resp_command("SADD", "queues", "default") << resp_command("LPUSH", "queue:default", payload) },
+        fetch: ->(_) { fetch },
+        ack: ->(payload) { resp_command("LREM", JOB_ROOFLINE_INPROGRESS, "-1", payload) }
+      }
+      phases.to_h do |phase, command|
+        path = File.join(@dir, "job-roofline-#{phase}.resp")
+        File.open(path, "wb") { |f| payloads.each_slice(10_000) { |slice| f.write(slice.map(&command).join) } }
+        [phase, path]
+      end
+    end
+
+    def resp_command(*words)
+      out = String.new("*#{words.size}\r\n", encoding: Encoding::BINARY)
+      words.each { |w| out << "$#{w.bytesize}\r\n" << w.b << "\r\n" }
+      out
+    end
+
+    # Runs `redis-cli --pipe` on the commands in `path`; the wall-clock seconds it took, after
+    # checking that Redis answered all `commands` without an error.
+    def pipe_seconds(path, commands)
+      started = Bench.now
+      out = IO.popen(["redis-cli", "-h", "127.0.0.1", "-p", @redis.port.to_s, "--pipe"], in: path, err: [:child, :out], &:read)
+      seconds = Bench.now - started
+      errors, replies = out[/errors: (\d+), replies: (\d+)/] && [$1.to_i, $2.to_i]
+      unless $?.success? && errors&.zero? && replies == commands
+        raise "redis-cli --pipe: expected #{commands} replies and no error, got: #{out.strip}"
+      end
+
+      seconds
     end
 
     def ruby_processing_scenario(id, name, active_job:)
