@@ -3,7 +3,7 @@
 # rustq against Sidekiq 6.4.1, same machine, same run. Started by `bench/run`, which builds
 # first; see bench/README.md for what each scenario measures.
 #
-#   ruby bench/bench.rb [--runs N] [--only 1,4,7] [--quick]
+#   ruby bench/bench.rb [--runs N] [--only 1,4,7] [--quick] [--ab DIR]
 #
 # Everything runs against a private redis-server on a spare loopback port, flushed before every
 # measurement. Prints a Markdown table and writes bench/results/latest.json.
@@ -136,6 +136,7 @@ module Bench
       @runs = options[:runs]
       @only = options[:only]
       @quick = options[:quick]
+      @ab = options[:ab]
       @dir = Dir.mktmpdir("rustq-bench-")
       @redis = RedisServer.new(@dir)
       ENV["REDIS_URL"] = @redis.url
@@ -151,6 +152,12 @@ module Bench
     def run
       started = Bench.now
       log "private redis-server on #{@redis.url}; #{@runs} runs per figure; logs in #{@dir}"
+      if @ab
+        ab_scenarios
+        seconds = Bench.now - started
+        report(seconds)
+        return
+      end
       scenario(1) { push_scenario("1", "single push from Ruby (`perform_async`)", "single", @quick ? 5_000 : 20_000) }
       scenario(2) { push_scenario("2", "bulk push from Ruby (`push_bulk`, 100,000 jobs)", "bulk", 100_000) }
       scenario(3) { active_job_push_scenarios }
@@ -287,9 +294,41 @@ module Bench
       [RUBY, "-W0", "-S", "sidekiq", "-r", SIDEKIQ_APP, "-c", CONCURRENCY.to_s, "-q", "default"]
     end
 
-    def ruby_host_argv
-      [RUBY, "-W0", "-I", File.join(ROOT, "lib"), RUBY_HOST, "-r", RUSTQ_APP, "-C", @config,
+    def ruby_host_argv(root = ROOT)
+      [RUBY, "-W0", "-I", File.join(root, "lib"), File.join(root, "exe", "rustq-worker"), "-r", RUSTQ_APP, "-C", @config,
        "-c", CONCURRENCY.to_s, "-q", "default", "-l", "warn"]
+    end
+
+    # --ab DIR: scenarios 4, 5 and 6 for DIR's build ("before") and this one ("after"), each
+    # repetition running one then the other, so both see the same machine state. The Sidekiq
+    # column of these rows holds "before"; the ratio is after / before.
+    def ab_scenarios
+      noop = @quick ? 50_000 : 100_000
+      ruby = @quick ? 20_000 : 200_000
+      cases = [
+        ["4ab", "no-op Rust handler in `rustq-worker` (#{noop} jobs)", noop, false, {},
+         ->(root) { rust_worker_argv(File.join(root, "target", "release", "rustq-worker"), ["--noop", "NoopJob"]) }],
+        ["5ab", "Ruby no-op jobs in the Ruby host (#{ruby} jobs)", ruby, false, {}, ->(root) { ruby_host_argv(root) }],
+        ["6ab", "ActiveJob no-op jobs in the Ruby host (#{ruby} jobs)", ruby, true, { "BENCH_ACTIVE_JOB" => "1" },
+         ->(root) { ruby_host_argv(root) }]
+      ]
+      cases.each do |id, name, count, active_job, env, argv|
+        next if @only && !@only.include?(id.to_i)
+
+        before = []
+        after = []
+        @runs.times do |i|
+          before << drain(argv.call(@ab), count, active_job: active_job, env: env)
+          after << drain(argv.call(ROOT), count, active_job: active_job, env: env)
+          log format("%s run %d: before %.0f, after %.0f jobs/s (%+.1f %%)", id, i + 1, before.last, after.last,
+                     (after.last / before.last - 1) * 100)
+        end
+        b = Stat.of(before)
+        a = Stat.of(after)
+        spread = ->(st) { format("%.1f %%", (st.max - st.min) / st.median * 100) }
+        row(id, "A/B: #{name}; Sidekiq column = before (#{@ab})", "jobs/s", a, b,
+            note: "spread of runs: before #{spread.call(b)}, after #{spread.call(a)}")
+      end
     end
 
     # Pre-loads `count` jobs, starts `processes` workers, and times from the first job taken to
@@ -637,7 +676,9 @@ end
 
 options = { runs: 3, only: nil, quick: false }
 OptionParser.new do |o|
-  o.banner = "usage: bench/run [--runs N] [--only 1,4,7] [--quick]"
+  o.banner = "usage: bench/run [--runs N] [--only 1,4,7] [--quick] [--ab DIR]"
+  o.on("--ab DIR", "A/B of scenarios 4, 5 and 6 only: DIR's build (a checkout with target/release and the " \
+                   "compiled lib/) against this one, interleaved run by run; no Sidekiq") { |d| options[:ab] = File.expand_path(d) }
   o.on("--runs N", Integer, "measurements per figure (default 3)") { |n| options[:runs] = n }
   o.on("--only LIST", "scenarios to run, e.g. 1,4,7") { |l| options[:only] = l.split(",").map(&:to_i) }
   o.on("--quick", "smaller job counts (a smoke test, not for quoting)") { options[:quick] = true }

@@ -15,9 +15,10 @@ module Rustq
   #   rustq-worker -r ./app.rb -C config/rustq.yml
   #
   # Signals, as Sidekiq: TERM/INT stop (running jobs get `-t` seconds, then go back to their
-  # queue), TSTP stops fetching, TTIN logs the running jobs and every thread's backtrace.
+  # queue), TSTP (and Sidekiq 5's USR1) stops fetching, TTIN logs the running jobs and every
+  # thread's backtrace. The names and what they mean come from the engine's one table.
   class CLI
-    SIGNALS = %w[TERM INT TSTP TTIN].freeze
+    SIGNALS = Native.signals.to_h.freeze
 
     # Runs a worker until it is stopped; returns the exit code.
     def self.start(argv = ARGV)
@@ -95,8 +96,7 @@ module Rustq
       capsules = @sidekiq&.extra_capsules
       return if capsules.nil? || capsules.empty?
 
-      raise UsageError, "rustq-worker: Sidekiq capsules (#{capsules.join(", ")}, made in Sidekiq.configure_server) " \
-        "are not supported: run one rustq-worker per capsule, with its own -q and -c\n"
+      raise UsageError, "rustq-worker: #{Native.capsules_refused("Sidekiq capsules (#{capsules.join(", ")}, made in Sidekiq.configure_server)")}\n"
     end
 
     # Sidekiq's server reads the Redis its configure_server names before REDIS_URL; so does this
@@ -113,7 +113,7 @@ module Rustq
     # Like Sidekiq's: trap handlers may not lock anything (not even to log), so they only write
     # the signal's name to a pipe that the main thread reads.
     def trap_signals
-      SIGNALS.each do |signal|
+      SIGNALS.each_key do |signal|
         trap(signal) { @self_write.write_nonblock("#{signal}\n", exception: false) }
       end
     end
@@ -155,16 +155,19 @@ module Rustq
             raise @engine_error if @engine_error
 
             return
-          when "TERM", "INT"
-            logger.info { "rustq-worker: SIG#{event}: stopping; running jobs get the shutdown timeout" }
-            Rustq.stopping = true
-            @worker.signal(event)
-          when "TSTP"
-            logger.info { "rustq-worker: SIGTSTP: quiet, no new jobs" }
-            @worker.signal(event)
-          when "TTIN"
-            @worker.signal(event)
-            dump_threads
+          else
+            case SIGNALS[event]
+            when "stop"
+              logger.info { "rustq-worker: SIG#{event}: stopping; running jobs get the shutdown timeout" }
+              Rustq.stopping = true
+              @worker.signal(event)
+            when "quiet"
+              logger.info { "rustq-worker: SIG#{event}: quiet, no new jobs" }
+              @worker.signal(event)
+            when "dump"
+              @worker.signal(event)
+              dump_threads
+            end
           end
         end
         stop_abandoned_jobs

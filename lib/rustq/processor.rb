@@ -258,18 +258,14 @@ module Rustq
       nil
     end
 
-    # `sidekiq_retry_in { |count, exception| }`: seconds (a positive number; anything else is
-    # Sidekiq's default backoff), :kill or :discard. A block that raises means the default.
+    # `sidekiq_retry_in { |count, exception| }`: what the engine will read of its value (whole
+    # seconds, "kill", "discard", or nil for Sidekiq's formula; Native.retry_in is the engine's
+    # one rule). A block that raises means the default.
     def retry_in(klass, count, error, msg)
       block = hook(klass, :sidekiq_retry_in_block)
       return unless block
 
-      value = block.call(*[count, error, msg].first(block.arity.negative? ? 3 : block.arity))
-      case value
-      when :kill, "kill" then "kill"
-      when :discard, "discard" then "discard"
-      when Numeric then value.to_i.positive? ? value.to_i : nil
-      end
+      Native.retry_in(block.call(*[count, error, msg].first(block.arity.negative? ? 3 : block.arity)))
     rescue => e
       @logger.error { "#{klass.name}'s retry_in failed (#{e.class}: #{e.message}); using the default backoff" }
       nil
@@ -286,22 +282,21 @@ module Rustq
       klass.public_send(reader) if klass.respond_to?(reader)
     end
 
-    # The payload as the hooks see it under Sidekiq: with this failure's fields filled in.
+    # The payload as the hooks see it under Sidekiq: with this failure's fields filled in, by the
+    # engine's own code (Native.failed_payload: what it writes into the retry or dead set).
     def failed_payload(payload, result, queue)
-      count = payload["retry_count"] ? [payload["retry_count"].to_i + 1, 0].max : 0
-      payload.merge(
-        "queue" => payload["retry_queue"] || queue,
-        "error_message" => result["message"],
-        "error_class" => result["error_class"],
-        "retry_count" => count
-      )
+      Native.failed_payload(JSON.generate(payload), queue, result["error_class"], result["message"], result["backtrace"])
+    rescue StandardError => e
+      @logger.error { "cannot fill in the failure of #{payload["jid"]} for its hooks (#{e.class}: #{e.message})" }
+      payload
     end
 
     def error_message(error)
       # Ruby 3.1 appends error_highlight snippets and did_you_mean hints to `message`; Sidekiq
       # users see the message itself.
+      # (The engine truncates it where it writes it.)
       message = error.respond_to?(:original_message) ? error.original_message : error.message
-      utf8(message.to_s[0, 10_000])
+      utf8(message.to_s)
     rescue Exception # rubocop:disable Lint/RescueException
       UNREADABLE_MESSAGE
     end

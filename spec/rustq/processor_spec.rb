@@ -71,6 +71,38 @@ RSpec.describe Rustq::Processor do
     expect(ProcessorSpecFailingJob.exhausted).to eq([["0123456789abcdef01234567", 5, "30"]])
   end
 
+  it "hands the hooks the payload with this failure recorded by the engine's own code" do
+    stub_const("ProcessorSpecMsgJob", Class.new do
+      include Rustq::Job
+      class << self; attr_accessor :seen; end
+      rustq_retries_exhausted { |msg, _error| self.seen = msg }
+      def perform = raise(ArgumentError, "x" * 20_000)
+    end)
+    processor.process(payload("ProcessorSpecMsgJob", [], "retry_count" => 1, "retry_queue" => "low"), "default", "exhausted")
+    msg = ProcessorSpecMsgJob.seen
+    # What the engine writes into the retry and dead sets: truncated message, retried_at, the retry queue.
+    expect(msg).to include("error_class" => "ArgumentError", "retry_count" => 2, "queue" => "low")
+    expect(msg["error_message"].length).to be <= 10_000
+    expect(msg["retried_at"]).to be_a(Float)
+  end
+
+  it "reads a retry_in block's value by the engine's one rule" do
+    native = Rustq.const_get(:Native)
+    expect(native.retry_in(30)).to eq(30)
+    expect(native.retry_in(2.9)).to eq(2)
+    expect(native.retry_in(0)).to be_nil
+    expect(native.retry_in(-5)).to be_nil
+    expect(native.retry_in(nil)).to be_nil
+    expect(native.retry_in(:kill)).to eq("kill")
+    expect(native.retry_in("discard")).to eq("discard")
+    expect(native.retry_in("later")).to be_nil
+  end
+
+  it "takes its signal names and their meaning from the engine's one table" do
+    require "rustq/cli"
+    expect(Rustq::CLI::SIGNALS).to eq("TERM" => "stop", "INT" => "stop", "TSTP" => "quiet", "USR1" => "quiet", "TTIN" => "dump")
+  end
+
   describe "#process_active_job (what rustq-worker calls for an ActiveJob payload)" do
     let(:wrapper) { "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper" }
     let(:jid) { "0123456789abcdef01234567" }

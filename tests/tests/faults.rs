@@ -440,3 +440,85 @@ fn fd_count(pid: u32) -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// Every entry of the Redis list `key`, in order.
+fn list(redis: &RedisServer, key: &str) -> Vec<String> {
+    redis
+        .cli(&["LRANGE", key, "0", "-1"])
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Each value of `entries` (read by `id`) once; panics naming a value seen twice.
+fn once_each(entries: &[String], id: impl Fn(&str) -> String) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    for entry in entries {
+        let id = id(entry);
+        assert!(seen.insert(id.clone()), "{id} was written twice");
+    }
+    seen
+}
+
+#[test]
+fn check_point_deferrals_and_outcome_writes_are_atomic_under_sigkill() {
+    // The test worker's check point defers every DeferJob into the list `deferred` (it never
+    // runs) and pushes each CountedJob's jid to `outcomes` with its acknowledgement. Workers
+    // are killed mid-run three times; whatever instant a kill lands on, each deferred job must
+    // be in `deferred` once and each counted job's jid in `outcomes` once.
+    let redis = RedisServer::start();
+    let deferred = push_many(&redis, "DeferJob", json!([]), 3_000);
+    let counted = push_many(&redis, "CountedJob", json!([]), 3_000);
+    let mut in_flight = Vec::new();
+    for round in 1..=3 {
+        let mut worker = start(&redis, &["-c", "25"]);
+        let target = round * 1_500;
+        let moved = wait_until(Duration::from_secs(60), || {
+            list(&redis, "deferred").len() + list(&redis, "outcomes").len() >= target
+        });
+        assert!(moved, "round {round}: {}", worker.log_text());
+        worker.signal("KILL");
+        worker
+            .wait(Duration::from_secs(5))
+            .expect("killed worker exits");
+        in_flight.push(inprogress_total(&redis));
+    }
+    let last = start(&redis, &["-c", "25"]);
+    let done = wait_until(Duration::from_secs(120), || {
+        list(&redis, "deferred").len() >= deferred.len()
+            && list(&redis, "outcomes").len() >= counted.len()
+            && inprogress_total(&redis) == 0
+    });
+    assert!(done, "{}", last.log_text());
+    // Let any write that might wrongly come twice arrive before counting.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let parked = once_each(&list(&redis, "deferred"), |raw| {
+        serde_json::from_str::<Value>(raw).unwrap()["jid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    });
+    assert_eq!(parked, deferred, "every DeferJob deferred, none lost");
+    let written = once_each(&list(&redis, "outcomes"), str::to_string);
+    assert_eq!(
+        written, counted,
+        "every CountedJob's outcome written, none lost"
+    );
+    let ran = ledger(&redis);
+    assert!(
+        ran.iter().all(|e| e["class"] != "DeferJob"),
+        "a deferred job ran"
+    );
+    let t = tally(&counted, &ran);
+    report(
+        "check-point-sigkill",
+        t,
+        &format!(
+            "3 kills with {in_flight:?} in flight; 3,000 deferred and 3,000 outcome writes, each once"
+        ),
+    );
+    assert_eq!(t.lost, 0, "{t:?}");
+    assert_eq!(redis.cli(&["LLEN", "queue:default"]), "0");
+}

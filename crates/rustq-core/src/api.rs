@@ -16,6 +16,7 @@ pub struct Queue<'a> {
 }
 
 impl Client {
+    /// The queue `name`, like `Sidekiq::Queue.new(name)`. Touches no network.
     pub fn queue(&self, name: &str) -> Queue<'_> {
         Queue {
             client: self,
@@ -34,14 +35,17 @@ impl Client {
         Ok(names)
     }
 
+    /// The scheduled set (`schedule`), like `Sidekiq::ScheduledSet`.
     pub fn scheduled_set(&self) -> JobSet<'_> {
         JobSet::new(self, keys::SCHEDULE)
     }
 
+    /// The retry set (`retry`), like `Sidekiq::RetrySet`.
     pub fn retry_set(&self) -> JobSet<'_> {
         JobSet::new(self, keys::RETRY)
     }
 
+    /// The dead set (`dead`), like `Sidekiq::DeadSet`.
     pub fn dead_set(&self) -> JobSet<'_> {
         JobSet::new(self, keys::DEAD)
     }
@@ -88,18 +92,26 @@ impl Client {
 /// What `Sidekiq::Stats` reports.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Stats {
+    /// Jobs processed, ever (`stat:processed`); failures count too.
     pub processed: u64,
+    /// Jobs failed, ever (`stat:failed`).
     pub failed: u64,
+    /// Jobs in the scheduled set.
     pub scheduled_size: u64,
+    /// Jobs in the retry set.
     pub retry_size: u64,
+    /// Jobs in the dead set.
     pub dead_size: u64,
+    /// Process identities in the `processes` set.
     pub processes_size: u64,
+    /// Jobs waiting in all queues together.
     pub enqueued: u64,
     /// `(queue name, size)` for every queue in the `queues` set.
     pub queues: Vec<(String, u64)>,
 }
 
 impl Queue<'_> {
+    /// The queue's name, without the `queue:` prefix.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -108,6 +120,7 @@ impl Queue<'_> {
         self.client.connection()
     }
 
+    /// How many jobs are waiting (`LLEN`).
     pub async fn size(&self) -> Result<u64> {
         self.conn()
             .llen(keys::queue(&self.name))
@@ -150,6 +163,8 @@ impl Queue<'_> {
             .collect())
     }
 
+    /// The waiting job with this jid, if any. Reads the whole queue; payloads that do not parse are
+    /// skipped.
     pub async fn find_job(&self, jid: &str) -> Result<Option<Job>> {
         Ok(self
             .jobs()
@@ -175,11 +190,14 @@ impl Queue<'_> {
 /// One member of a sorted set of jobs, with its score (epoch seconds).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SetEntry {
+    /// Epoch seconds: when the job runs (scheduled), is retried (retry) or died (dead).
     pub score: f64,
+    /// The payload exactly as stored.
     pub raw: String,
 }
 
 impl SetEntry {
+    /// Parses the payload.
     pub fn job(&self) -> Result<Job, PayloadError> {
         Job::from_json(&self.raw)
     }
@@ -196,10 +214,12 @@ impl<'a> JobSet<'a> {
         JobSet { client, key }
     }
 
+    /// The set's Redis key: `schedule`, `retry` or `dead`.
     pub fn key(&self) -> &'static str {
         self.key
     }
 
+    /// How many jobs the set holds (`ZCARD`).
     pub async fn size(&self) -> Result<u64> {
         self.client
             .connection()
@@ -222,6 +242,8 @@ impl<'a> JobSet<'a> {
             .collect())
     }
 
+    /// The entry whose job has this jid, with the job parsed. Reads the whole set; payloads that do
+    /// not parse are skipped.
     pub async fn find_job(&self, jid: &str) -> Result<Option<(SetEntry, Job)>> {
         Ok(self.entries().await?.into_iter().find_map(|entry| {
             let job = entry.job().ok()?;
@@ -229,6 +251,7 @@ impl<'a> JobSet<'a> {
         }))
     }
 
+    /// Deletes the whole set.
     pub async fn clear(&self) -> Result<()> {
         self.client
             .connection()

@@ -18,6 +18,7 @@ use crate::wire::{self, keys, WireVersion};
 pub struct Clock(Arc<dyn Fn() -> f64 + Send + Sync>);
 
 impl Clock {
+    /// The system clock, in epoch seconds.
     pub fn system() -> Clock {
         Clock(Arc::new(wire::now_secs))
     }
@@ -27,6 +28,7 @@ impl Clock {
         Clock(Arc::new(move || epoch_secs))
     }
 
+    /// The current time in epoch seconds.
     pub fn now(&self) -> f64 {
         (self.0)()
     }
@@ -41,9 +43,11 @@ impl fmt::Debug for Clock {
 /// How a [`Client`] fills in what a push leaves out.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
+    /// Which Sidekiq generation's timestamps to write (`created_at`, `enqueued_at`).
     pub wire: WireVersion,
     /// Merged under every job, like `Sidekiq.default_job_options` (`retry: true, queue: "default"`).
     pub default_job_options: Fields,
+    /// Where `created_at` and `enqueued_at` take the time from.
     pub clock: Clock,
 }
 
@@ -65,6 +69,7 @@ impl Default for ClientOptions {
 /// `enqueued_at` is not set yet: like Sidekiq's `raw_push`, [`Client::write`] stamps it on the
 /// jobs that go straight to a queue at the moment they are written.
 pub struct PreparedPush {
+    /// The jobs' jids, in push order: what `push` and `push_bulk` return.
     pub jids: Jids,
     queue: String,
     /// The normalised job; for a bulk push, every job's fields but its `args` and `jid`.
@@ -89,6 +94,7 @@ pub struct BulkArgs {
 }
 
 impl BulkArgs {
+    /// An empty buffer with room for `jobs` jobs.
     pub fn with_capacity(jobs: usize) -> BulkArgs {
         BulkArgs {
             json: Vec::with_capacity(jobs * 16),
@@ -114,10 +120,12 @@ impl BulkArgs {
         self.ends.push(self.json.len());
     }
 
+    /// How many jobs' arguments it holds.
     pub fn len(&self) -> usize {
         self.ends.len()
     }
 
+    /// True when no job has been added.
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
@@ -146,6 +154,7 @@ enum Piece {
 }
 
 impl PreparedPush {
+    /// True when there is nothing to write (a bulk push of no jobs).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -358,6 +367,7 @@ impl Client {
         Client::connect_with(config, ClientOptions::default()).await
     }
 
+    /// Connects with the given wire version, default job options and clock.
     pub async fn connect_with(
         config: &crate::RedisConfig,
         options: ClientOptions,
@@ -370,6 +380,7 @@ impl Client {
         })
     }
 
+    /// The options this client pushes with.
     pub fn options(&self) -> &ClientOptions {
         &self.options
     }

@@ -20,6 +20,7 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 /// ```
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
+    /// The Redis URL, password included: log [`RedisConfig::redacted_url`] instead.
     pub url: String,
     /// How long to wait for a connection to open.
     pub connect_timeout: Duration,
@@ -37,6 +38,7 @@ impl Default for RedisConfig {
 }
 
 impl RedisConfig {
+    /// A config for `url`, with 1 s to connect and 5 s to wait for a reply.
     pub fn new(url: impl Into<String>) -> RedisConfig {
         RedisConfig {
             url: url.into(),

@@ -5,30 +5,46 @@ use redis::RedisError;
 /// A push that Sidekiq would refuse. Nothing is written to Redis for it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum JobError {
+    /// The push has no `class` or no `args` key.
     #[error("Job must be a Hash with 'class' and 'args' keys")]
     NotAJob,
+    /// `args` is not an Array.
     #[error("Job args must be an Array")]
     ArgsNotArray,
+    /// `class` is not a non-blank String.
     #[error("Job class must be either a Class or String representation of the class name")]
     BadClass,
+    /// `at` is not a number.
     #[error("Job 'at' must be a Numeric timestamp")]
     BadAt,
+    /// `tags` is neither nil nor an Array.
     #[error("Job tags must be an Array")]
     BadTags,
+    /// `queue` is missing, nil or blank once the default job options are merged in.
     #[error("Job must include a valid queue name")]
     MissingQueue,
+    /// The queue name has characters the Web UI cannot show, or is not a String or number;
+    /// holds it as given.
     #[error("Job must include a valid queue name: {0:?} may only contain letters, digits, '_', ':', '.' and '-'")]
     BadQueueName(String),
+    /// An argument is not a native JSON type (Sidekiq 7's strict args). The Ruby extension reports
+    /// it while converting arguments, before the core sees them.
     #[error("Job arguments to {class} must be native JSON types, but {value} is a {type_name}.\nSee https://github.com/sidekiq/sidekiq/wiki/Best-Practices")]
     NotNativeJson {
+        /// The job class being pushed.
         class: String,
+        /// The offending argument, as Ruby's `inspect` shows it.
         value: String,
+        /// The offending argument's Ruby class.
         type_name: String,
     },
+    /// `push_bulk`'s `args` is not an Array of Arrays.
     #[error("Bulk arguments must be an Array of Arrays: [[1], [2]]")]
     BulkArgs,
+    /// `push_bulk`'s `at` is neither a number nor a non-empty Array of numbers.
     #[error("Job 'at' must be a Numeric or an Array of Numeric timestamps")]
     BulkAt,
+    /// `push_bulk`'s `at` Array does not have one timestamp per job.
     #[error("Job 'at' Array must have same size as 'args' Array")]
     BulkAtSize,
 }
@@ -36,14 +52,19 @@ pub enum JobError {
 /// A stored payload that a server cannot run.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PayloadError {
+    /// The payload is not JSON; holds the parser's message.
     #[error("invalid JSON: {0}")]
     InvalidJson(String),
+    /// The payload is JSON but not an object; holds the Ruby name of what it is instead.
     #[error("job payload must be a JSON object, got a {0}")]
     NotAnObject(&'static str),
+    /// `class` is missing, null or blank.
     #[error("job payload has no 'class' (or it is blank)")]
     MissingClass,
+    /// A required field is missing; holds its name.
     #[error("job payload has no '{0}'")]
     MissingField(&'static str),
+    /// A field has the wrong type; holds its name and the Ruby name of its type.
     #[error("job payload's '{0}' must not be a {1}")]
     BadField(&'static str, &'static str),
 }
@@ -51,20 +72,34 @@ pub enum PayloadError {
 /// Everything rustq-core can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A push that Sidekiq would refuse; nothing was written.
     #[error(transparent)]
     InvalidJob(#[from] JobError),
+    /// The Redis URL, or the CA file it needs, cannot be used.
     #[error("invalid Redis configuration {url}: {reason}")]
-    Config { url: String, reason: String },
+    Config {
+        /// The Redis URL, password redacted.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No connection to Redis could be opened.
     #[error("cannot connect to Redis at {url}: {source}")]
     Connect {
+        /// The Redis URL, password redacted.
         url: String,
+        /// Why the connection failed.
         #[source]
         source: RedisError,
     },
+    /// A Redis command failed.
     #[error("Redis {op} failed on {url}: {source}")]
     Redis {
+        /// What was being done: a Redis command, or an operation such as `push`.
         op: &'static str,
+        /// The Redis URL, password redacted.
         url: String,
+        /// The error Redis or the connection returned.
         #[source]
         source: RedisError,
     },
@@ -87,4 +122,5 @@ impl Error {
     }
 }
 
+/// rustq-core's result; the error is [`Error`] unless given.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

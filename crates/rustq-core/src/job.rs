@@ -46,6 +46,7 @@ impl Retry {
         }
     }
 
+    /// The `retry` value as stored: `true`, `false` or the count.
     pub fn to_value(self) -> Value {
         match self {
             Retry::Default => Value::Bool(true),
@@ -106,18 +107,22 @@ impl Job {
         Ok(())
     }
 
+    /// Every field, in order.
     pub fn fields(&self) -> &Fields {
         &self.fields
     }
 
+    /// The fields, to edit in place.
     pub fn fields_mut(&mut self) -> &mut Fields {
         &mut self.fields
     }
 
+    /// Unwraps the hash.
     pub fn into_fields(self) -> Fields {
         self.fields
     }
 
+    /// A field's value, as stored.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.fields.get(key)
     }
@@ -145,6 +150,7 @@ impl Job {
         self.fields.get(key).and_then(wire::read_timestamp)
     }
 
+    /// `class`: the worker class to run (for ActiveJob, the wrapper; see [`Job::wrapped`]).
     pub fn class(&self) -> Option<&str> {
         self.str_field("class")
     }
@@ -159,18 +165,22 @@ impl Job {
         self.wrapped().or_else(|| self.class()).unwrap_or("")
     }
 
+    /// `args`, when it is an Array.
     pub fn args(&self) -> Option<&Vec<Value>> {
         self.fields.get("args").and_then(Value::as_array)
     }
 
+    /// The job id, `jid`.
     pub fn jid(&self) -> Option<&str> {
         self.str_field("jid")
     }
 
+    /// The queue the job is in or was pushed to, `queue`.
     pub fn queue(&self) -> Option<&str> {
         self.str_field("queue")
     }
 
+    /// The `retry` option; `None` when it is absent or nil.
     pub fn retry(&self) -> Option<Retry> {
         Retry::from_value(self.fields.get("retry"))
     }
@@ -181,6 +191,7 @@ impl Job {
         self.fields.get("retry_count").and_then(Value::as_i64)
     }
 
+    /// `retry_queue`: where the job's retries go instead of its own queue.
     pub fn retry_queue(&self) -> Option<&str> {
         self.str_field("retry_queue")
     }
@@ -204,6 +215,7 @@ impl Job {
         self.fields.get("retry_for").and_then(Value::as_f64)
     }
 
+    /// The String entries of `tags`; empty when there are none.
     pub fn tags(&self) -> Vec<&str> {
         self.fields
             .get("tags")
@@ -212,10 +224,12 @@ impl Job {
             .unwrap_or_default()
     }
 
+    /// The last failure's `error_message`.
     pub fn error_message(&self) -> Option<&str> {
         self.str_field("error_message")
     }
 
+    /// The last failure's `error_class`.
     pub fn error_class(&self) -> Option<&str> {
         self.str_field("error_class")
     }
@@ -231,30 +245,38 @@ impl Job {
         self.time_field("created_at")
     }
 
+    /// `enqueued_at` in epoch seconds, whichever generation wrote it.
     pub fn enqueued_at_secs(&self) -> Option<f64> {
         self.time_field("enqueued_at")
     }
 
+    /// `failed_at` (the first failure) in epoch seconds, whichever generation wrote it.
     pub fn failed_at_secs(&self) -> Option<f64> {
         self.time_field("failed_at")
     }
 
+    /// `retried_at` (the latest failure of a retry) in epoch seconds, whichever generation wrote
+    /// it.
     pub fn retried_at_secs(&self) -> Option<f64> {
         self.time_field("retried_at")
     }
 
+    /// `created_at` as a UTC time.
     pub fn created_at(&self) -> Option<DateTime<Utc>> {
         self.created_at_secs().and_then(to_datetime)
     }
 
+    /// `enqueued_at` as a UTC time.
     pub fn enqueued_at(&self) -> Option<DateTime<Utc>> {
         self.enqueued_at_secs().and_then(to_datetime)
     }
 
+    /// `failed_at` (the first failure) as a UTC time.
     pub fn failed_at(&self) -> Option<DateTime<Utc>> {
         self.failed_at_secs().and_then(to_datetime)
     }
 
+    /// `retried_at` (the latest failure of a retry) as a UTC time.
     pub fn retried_at(&self) -> Option<DateTime<Utc>> {
         self.retried_at_secs().and_then(to_datetime)
     }
@@ -288,6 +310,7 @@ pub struct Jids {
 }
 
 impl Jids {
+    /// The jid of a single push.
     pub fn one(jid: String) -> Jids {
         Jids {
             ends: vec![jid.len()],
@@ -308,10 +331,12 @@ impl Jids {
         }
     }
 
+    /// How many jids there are.
     pub fn len(&self) -> usize {
         self.ends.len()
     }
 
+    /// True when there are none.
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
@@ -321,10 +346,12 @@ impl Jids {
         &self.text[segment(&self.ends, index)]
     }
 
+    /// The jids, in push order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
         (0..self.len()).map(|i| self.get(i))
     }
 
+    /// The jids as owned strings, in push order.
     pub fn to_vec(&self) -> Vec<String> {
         self.iter().map(str::to_string).collect()
     }

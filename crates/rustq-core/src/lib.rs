@@ -8,6 +8,8 @@
 //!
 //! Nothing here knows about Ruby, threads of Ruby, or command lines.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod client;
 pub mod config;

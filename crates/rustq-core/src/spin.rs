@@ -72,6 +72,7 @@ pub struct Call<'a> {
 }
 
 impl Calls {
+    /// No calls yet. `const`, so the count can live in a `static` shared by every thread.
     pub const fn new() -> Calls {
         Calls {
             in_flight: AtomicUsize::new(0),

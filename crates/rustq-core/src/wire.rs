@@ -22,7 +22,9 @@ pub mod keys {
     pub const PROCESSES: &str = "processes";
     /// Set of paused queue names (Sidekiq Pro's pause; rustq honours it).
     pub const PAUSED: &str = "paused";
+    /// Counter of jobs processed, ever, failures included.
     pub const STAT_PROCESSED: &str = "stat:processed";
+    /// Counter of jobs that failed, ever.
     pub const STAT_FAILED: &str = "stat:failed";
 
     /// The list holding a queue's jobs: `queue:<name>`.
@@ -74,8 +76,10 @@ pub const DAILY_STAT_TTL_SECS: i64 = 5 * 365 * 24 * 60 * 60;
 /// Integer epoch milliseconds, which only Sidekiq 8 reads. Reading always accepts both.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum WireVersion {
+    /// Sidekiq 6 and 7: Float epoch seconds.
     #[default]
     V7,
+    /// Sidekiq 8: Integer epoch milliseconds.
     V8,
 }
 
@@ -89,6 +93,7 @@ impl WireVersion {
         }
     }
 
+    /// The generation as a number: 7 or 8.
     pub fn number(self) -> u8 {
         match self {
             WireVersion::V7 => 7,

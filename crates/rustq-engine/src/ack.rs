@@ -1,139 +1,98 @@
-//! Writes finished jobs back in batches: each job's removal from the in-progress list goes in
-//! the same MULTI as whatever else its outcome needs (a retry, a dead-set entry, a requeue).
+//! Acknowledges finished jobs in batches: each job leaves its in-progress list in the same atomic
+//! step as whatever its outcome writes (a retry, a dead-set entry, a requeue, a deferral, a check
+//! point's writes; see [`crate::outcome`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use rustq_core::wire::{self, keys};
+use rustq_core::wire;
 use tokio::sync::mpsc;
 
-use crate::fetch::UnitOfWork;
-use crate::job_retry::Action;
+use crate::dead_set::DeadSetLimits;
+use crate::holdings::Holdings;
 use crate::keys as rkeys;
-use crate::orphans::Holdings;
-
-/// A finished job and what to write for it.
-#[derive(Debug)]
-pub struct Completion {
-    pub unit: UnitOfWork,
-    pub action: Action,
-}
+use crate::outcome::{self, Batch, Effect};
+use crate::service::Service;
+use crate::work::Completion;
 
 /// Most completions written in one round trip.
 const BATCH: usize = 512;
 
-/// Moves a job from the in-progress list back to the front of its queue, only if it is still
-/// in the list: written again after a reply was lost (the batch had run), it pushes nothing.
-const REQUEUE: &str = r#"
-if redis.call('LREM', KEYS[1], -1, ARGV[1]) > 0 then redis.call('RPUSH', KEYS[2], ARGV[1]) end
-"#;
-
-/// Adds the commands for one completion to an atomic pipeline. Each outcome can be written
-/// twice without a second effect (a batch whose reply was lost is written again): `ZADD` of the
-/// same entry, `LREM` of a job already gone, a requeue that only moves what is still there.
-pub fn add_commands(
-    pipe: &mut redis::Pipeline,
-    identity: &str,
-    c: &Completion,
-    now: f64,
-    dead: DeadSetLimits,
-) {
+/// Adds one completion to `batch`.
+pub fn add(batch: &mut Batch, identity: &str, c: &Completion) {
     let inprogress = rkeys::inprogress(identity, &c.unit.queue);
-    match &c.action {
-        Action::Acknowledge => {}
-        Action::Retry { at, payload } => {
-            pipe.zadd(keys::RETRY, payload, wire::format_float(*at))
-                .ignore();
-        }
-        Action::Dead { payload } => add_dead(pipe, payload, now, dead),
-        Action::Requeue => {
-            pipe.cmd("EVAL")
-                .arg(REQUEUE)
-                .arg(2)
-                .arg(inprogress)
-                .arg(keys::queue(&c.unit.queue))
-                .arg(&c.unit.raw)
-                .ignore();
-            return;
-        }
+    batch.add(
+        &inprogress,
+        &c.unit.raw,
+        Effect::Action(&c.action, &c.unit.queue),
+        &c.writes,
+    );
+}
+
+/// Writes completions until every sender is gone. A failed write is retried with backoff until
+/// Redis answers: an unwritten acknowledgement would only make the job run again, but an
+/// unwritten retry or dead entry must not be dropped. Once written, a job is no longer one of
+/// `holdings`.
+pub struct Acker {
+    /// Its own connection's manager.
+    pub conn: ConnectionManager,
+    /// This process's identity (its in-progress lists are named after it).
+    pub identity: String,
+    /// Finished jobs.
+    pub rx: mpsc::UnboundedReceiver<Completion>,
+    /// The dead set's trim.
+    pub dead: DeadSetLimits,
+    /// What this process holds.
+    pub holdings: Arc<Holdings>,
+}
+
+impl Service for Acker {
+    fn name(&self) -> &'static str {
+        "acker"
     }
-    pipe.lrem(inprogress, -1, &c.unit.raw).ignore();
-}
 
-/// How much the dead set keeps: Sidekiq's `dead_max_jobs` (10,000) and `dead_timeout_in_seconds`
-/// (180 days), settable in the config file as in `sidekiq.yml`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct DeadSetLimits {
-    pub max_jobs: i64,
-    pub timeout_secs: f64,
-}
+    fn finishes(&self) -> bool {
+        true
+    }
 
-impl Default for DeadSetLimits {
-    fn default() -> Self {
-        DeadSetLimits {
-            max_jobs: wire::DEAD_MAX_JOBS,
-            timeout_secs: wire::DEAD_TIMEOUT_SECS,
-        }
+    fn run(self: Box<Self>) -> crate::handler::BoxFuture<()> {
+        Box::pin(self.drain())
     }
 }
 
-/// `DeadSet#kill`: add, then drop entries older than the timeout and all but the newest
-/// `max_jobs`.
-pub fn add_dead(pipe: &mut redis::Pipeline, payload: &str, now: f64, limits: DeadSetLimits) {
-    pipe.zadd(keys::DEAD, payload, wire::format_float(now))
-        .ignore()
-        .cmd("ZREMRANGEBYSCORE")
-        .arg(keys::DEAD)
-        .arg("-inf")
-        .arg(wire::format_float(now - limits.timeout_secs))
-        .ignore()
-        .cmd("ZREMRANGEBYRANK")
-        .arg(keys::DEAD)
-        .arg(0)
-        .arg(-limits.max_jobs)
-        .ignore();
-}
-
-/// Drains `rx` until every sender is gone, writing completions in batches. A failed write is
-/// retried with backoff until Redis answers: an unwritten acknowledgement would only make the
-/// job run again, but an unwritten retry or dead entry must not be dropped. Once written, a
-/// job is no longer one of `holdings`.
-pub async fn run(
-    conn: ConnectionManager,
-    identity: String,
-    mut rx: mpsc::UnboundedReceiver<Completion>,
-    dead: DeadSetLimits,
-    holdings: Arc<Holdings>,
-) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
-            }
-        }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let now = wire::now_secs();
-        for c in &batch {
-            add_commands(&mut pipe, &identity, c, now, dead);
-        }
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let mut c = conn.clone();
-            match pipe.query_async::<()>(&mut c).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, jobs = batch.len(), "cannot write finished jobs; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+impl Acker {
+    async fn drain(mut self) {
+        let script = outcome::script();
+        let mut completions = Vec::with_capacity(BATCH);
+        while let Some(first) = self.rx.recv().await {
+            completions.push(first);
+            while completions.len() < BATCH {
+                match self.rx.try_recv() {
+                    Ok(c) => completions.push(c),
+                    Err(_) => break,
                 }
             }
+            let mut batch = Batch::new(wire::now_secs(), self.dead);
+            for c in &completions {
+                add(&mut batch, &self.identity, c);
+            }
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let mut conn = self.conn.clone();
+                match batch.write(&script, &mut conn).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, jobs = completions.len(), "cannot write finished jobs; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            completions
+                .iter()
+                .for_each(|c| self.holdings.release(&c.unit));
+            completions.clear();
         }
-        batch.iter().for_each(|c| holdings.release(&c.unit));
-        batch.clear();
     }
 }

@@ -84,6 +84,7 @@ struct Cli {
 /// Parsed command-line settings: the worker's options and how to log.
 #[derive(Debug)]
 pub struct Parsed {
+    /// The worker's options: defaults, then the config file, then the flags.
     pub options: WorkerOptions,
     /// `-r`, else the config file's `require` (as Sidekiq merges them): what a Ruby host should
     /// load. The standalone binary refuses `-r` and ignores the file's.
@@ -137,6 +138,11 @@ where
 /// Parses the command line, runs a worker with `registry` plus the handlers the config file
 /// declares, and returns the process's exit code (0 after a graceful stop, 2 for bad options).
 pub fn main(registry: Registry) -> ExitCode {
+    main_with(registry, |_| {})
+}
+
+/// [`main`], letting `setup` add check points and services to the worker before it runs.
+pub fn main_with(registry: Registry, setup: impl FnOnce(&mut Worker)) -> ExitCode {
     let parsed = match parse_from(std::env::args_os()) {
         Ok(p) => p,
         Err(e) => {
@@ -167,7 +173,8 @@ pub fn main(registry: Registry) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let worker = Worker::new(options, registry);
+        let mut worker = Worker::new(options, registry);
+        setup(&mut worker);
         if let Err(e) = worker.control().listen_for_signals() {
             eprintln!("rustq-worker: cannot listen for signals: {e}");
             return ExitCode::FAILURE;

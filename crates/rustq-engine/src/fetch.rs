@@ -17,17 +17,10 @@ use rustq_core::wire::keys;
 use rustq_core::RedisConfig;
 use tokio::sync::Notify;
 
+use crate::holdings::Holdings;
 use crate::keys as rkeys;
 use crate::options::QueueWeight;
-use crate::orphans::Holdings;
-
-/// One job taken from a queue, not yet acknowledged.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnitOfWork {
-    pub queue: String,
-    /// The payload exactly as stored (it may not even be UTF-8).
-    pub raw: Vec<u8>,
-}
+use crate::work::UnitOfWork;
 
 const SWEEP: &str = r#"
 -- KEYS[1] = paused set, then per queue: queue list, in-progress list
@@ -64,6 +57,7 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
+    /// The fetcher of process `identity`, over `queues` (in order when `strict`).
     pub fn new(
         conn: ConnectionManager,
         identity: &str,
@@ -131,6 +125,7 @@ impl Fetcher {
         Ok((units, paused))
     }
 
+    /// The names of its queues.
     pub fn queue_names(&self) -> Vec<String> {
         self.queues.iter().map(|q| q.name.clone()).collect()
     }

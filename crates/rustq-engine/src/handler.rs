@@ -3,38 +3,92 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustq_core::{Job, Retry};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
 
+use crate::failure::{class, Backoff, Failure, JobResult};
 use crate::options::{HandlerConfig, HandlerSpec};
+pub use crate::service::BoxFuture;
 
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// Tells the process a job has begun; called at most once, and a no-op when nobody listens.
+/// The moment a job begins, for a handler that runs jobs on threads of its own
+/// ([`Handler::signals_start`]): the thread that takes the job [`claims`](Started::claim) it,
+/// unless the engine has [`withdrawn`](Started::withdraw) it first (the process quieted while it
+/// waited): exactly one of the two wins. The engine counts the job busy and starts its time limit
+/// from the claim.
 #[derive(Clone, Default)]
-pub struct Started(Option<Arc<std::sync::Mutex<Option<OnStart>>>>);
+pub struct Started(Option<Arc<StartState>>);
 
 type OnStart = Box<dyn FnOnce() + Send>;
 
+struct StartState {
+    state: AtomicU8,
+    claimed: Notify,
+    on_start: Mutex<Option<OnStart>>,
+}
+
+const WAITING: u8 = 0;
+const CLAIMED: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
 impl Started {
+    /// A start that runs `on_start` when claimed.
     pub fn new(on_start: impl FnOnce() + Send + 'static) -> Started {
-        Started(Some(Arc::new(std::sync::Mutex::new(Some(Box::new(
-            on_start,
-        ))))))
+        Started(Some(Arc::new(StartState {
+            state: AtomicU8::new(WAITING),
+            claimed: Notify::new(),
+            on_start: Mutex::new(Some(Box::new(on_start))),
+        })))
     }
 
-    pub fn signal(&self) {
-        let Some(cell) = &self.0 else { return };
-        let on_start = cell.lock().unwrap_or_else(|p| p.into_inner()).take();
+    /// The job begins now, on the calling thread. False when the engine has withdrawn it: the
+    /// thread must not run it (the engine gives it back to its queue).
+    pub fn claim(&self) -> bool {
+        let Some(state) = &self.0 else { return true };
+        if state
+            .state
+            .compare_exchange(WAITING, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return state.state.load(Ordering::Acquire) == CLAIMED;
+        }
+        let on_start = state
+            .on_start
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(on_start) = on_start {
             on_start();
+        }
+        state.claimed.notify_waiters();
+        true
+    }
+
+    /// The engine takes the job back before any thread claimed it; false when one already has.
+    pub fn withdraw(&self) -> bool {
+        let Some(state) = &self.0 else { return false };
+        state
+            .state
+            .compare_exchange(WAITING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Resolves once the job is claimed (never, once withdrawn).
+    pub async fn claimed(&self) {
+        let Some(state) = &self.0 else { return };
+        loop {
+            let notified = state.claimed.notified();
+            if state.state.load(Ordering::Acquire) == CLAIMED {
+                return;
+            }
+            notified.await;
         }
     }
 }
@@ -55,10 +109,14 @@ pub struct JobContext {
 }
 
 impl JobContext {
+    /// The context of `job`, fetched from `queue`, for a handler that runs it where it is called
+    /// (no start signal: [`JobContext::started`] is always true).
     pub fn new(job: Arc<Job>, queue: String) -> JobContext {
         JobContext::with_start(job, queue, Started::default())
     }
 
+    /// The context of `job`, fetched from `queue`, with the start signal of a handler that runs
+    /// jobs on threads of its own ([`Handler::signals_start`]).
     pub fn with_start(job: Arc<Job>, queue: String, started: Started) -> JobContext {
         JobContext {
             job,
@@ -97,9 +155,10 @@ impl JobContext {
     }
 
     /// For a handler that queues jobs for its own threads ([`Handler::signals_start`]): the job
-    /// has just begun on one of them. It then counts as busy (Web UI, heartbeat) from now on.
-    pub fn started(&self) {
-        self.started.signal();
+    /// begins now on one of them; false when the engine took it back first (do not run it). It
+    /// counts as busy (Web UI, heartbeat) from now on.
+    pub fn started(&self) -> bool {
+        self.started.claim()
     }
 
     /// The same signal as [`JobContext::started`], to give to the thread that will run the job.
@@ -107,6 +166,7 @@ impl JobContext {
         self.started.clone()
     }
 
+    /// The job's jid (empty if the payload has none).
     pub fn jid(&self) -> &str {
         self.job.jid().unwrap_or_default()
     }
@@ -127,6 +187,7 @@ impl JobContext {
         self.job.retry_count()
     }
 
+    /// The job's arguments (empty if `args` is not an Array).
     pub fn args(&self) -> &[Value] {
         self.job.args().map(Vec::as_slice).unwrap_or_default()
     }
@@ -147,112 +208,21 @@ impl JobContext {
     }
 }
 
-/// Why a job did not succeed, and what to do about it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FailureKind {
-    /// Retry with backoff, then the dead set.
-    Retry,
-    /// Straight to the dead set.
-    Kill,
-    /// Drop it: no retry, no dead set.
-    Discard,
-    /// It never started (the process is quieting): back on its queue untouched, not a failure.
-    Requeue,
-}
-
-/// A failed job: Sidekiq's `error_class`/`error_message`, plus what to do next.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
-    pub kind: FailureKind,
-    pub error_class: String,
-    pub message: String,
-    pub backtrace: Vec<String>,
-    /// When to retry, decided by the job itself (a Ruby job's `sidekiq_retry_in`); `None` leaves
-    /// it to the handler's `retry_in`, else Sidekiq's formula. Only used while retries are left.
-    pub backoff: Option<Backoff>,
-}
-
-impl Failure {
-    pub fn retry(error_class: impl Into<String>, message: impl Into<String>) -> Failure {
-        Failure {
-            kind: FailureKind::Retry,
-            error_class: error_class.into(),
-            message: message.into(),
-            backtrace: Vec::new(),
-            backoff: None,
-        }
-    }
-
-    pub fn kill(error_class: impl Into<String>, message: impl Into<String>) -> Failure {
-        Failure {
-            kind: FailureKind::Kill,
-            ..Failure::retry(error_class, message)
-        }
-    }
-
-    pub fn discard(message: impl Into<String>) -> Failure {
-        Failure {
-            kind: FailureKind::Discard,
-            ..Failure::retry("Rustq::Discard", message)
-        }
-    }
-
-    /// The job was never started and goes back to its queue as it was (see
-    /// [`Handler::signals_start`]).
-    pub fn requeue() -> Failure {
-        Failure {
-            kind: FailureKind::Requeue,
-            ..Failure::retry("Rustq::Requeued", "not started before the process quieted")
-        }
-    }
-
-    pub fn with_backtrace(mut self, lines: Vec<String>) -> Failure {
-        self.backtrace = lines;
-        self
-    }
-
-    /// Retries this failure after `backoff` rather than the handler's or Sidekiq's delay.
-    pub fn with_backoff(mut self, backoff: Backoff) -> Failure {
-        self.backoff = Some(backoff);
-        self
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.error_class, self.message)
-    }
-}
-
-/// Any error converts into a retryable failure named after its type.
-impl<E: std::error::Error + 'static> From<E> for Failure {
-    fn from(e: E) -> Failure {
-        let name = std::any::type_name::<E>();
-        Failure::retry(name, e.to_string())
-    }
-}
-
-pub type JobResult = Result<(), Failure>;
-
-/// A handler's answer to "when should the `count`-th retry run?" (Sidekiq's `sidekiq_retry_in`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backoff {
-    /// Sidekiq's formula.
-    Default,
-    In(Duration),
-    Kill,
-    Discard,
-}
-
+/// A handler's own backoff rule (Sidekiq's `sidekiq_retry_in`): the `count`-th retry, this
+/// failure.
 pub type RetryIn = Arc<dyn Fn(u32, &Failure) -> Backoff + Send + Sync>;
 
 /// Runs jobs of one class.
 pub trait Handler: Send + Sync + 'static {
+    /// Runs one job. `Ok(())` acknowledges it; a [`Failure`] decides whether it goes to the retry
+    /// set, the dead set or nowhere.
     fn perform(&self, ctx: JobContext) -> BoxFuture<JobResult>;
 
     /// True for a handler that runs jobs on threads of its own and may be given more jobs than
-    /// it has threads (with `WorkerOptions::dispatch_ahead`): it calls [`JobContext::started`]
-    /// when a job begins, and answers [`Failure::requeue`] for one it gives back unstarted.
+    /// it has threads (with `WorkerOptions::dispatch_ahead`): a thread calls
+    /// [`JobContext::started`] when it takes a job, and runs it only if that returns true. The
+    /// engine decides the rest: a job not taken when the process quiets goes back to its queue,
+    /// and the time limit counts from the start.
     fn signals_start(&self) -> bool {
         false
     }
@@ -271,8 +241,12 @@ where
 /// Per-class options: retries, backoff, time limit.
 #[derive(Clone, Default)]
 pub struct HandlerOptions {
+    /// Retries for jobs of this class whose payload has no `retry` of its own.
     pub retry: Option<Retry>,
+    /// Time limit of one run, in place of the process's `job_timeout`; a job over it fails and is
+    /// retried.
     pub timeout: Option<Duration>,
+    /// Backoff for this class's retries, like `sidekiq_retry_in`, when the failure names none.
     pub retry_in: Option<RetryIn>,
 }
 
@@ -289,7 +263,9 @@ impl fmt::Debug for HandlerOptions {
 /// A registered handler and its options.
 #[derive(Clone)]
 pub struct Registered {
+    /// What runs the jobs.
     pub handler: Arc<dyn Handler>,
+    /// Its retries, backoff and time limit.
     pub options: HandlerOptions,
 }
 
@@ -339,6 +315,7 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// An empty registry: no handlers, no fallback.
     pub fn new() -> Registry {
         Registry::default()
     }
@@ -414,6 +391,7 @@ impl Registry {
             .or(self.fallback.as_ref())
     }
 
+    /// The class names that have a handler of their own, sorted (the fallback is not counted).
     pub fn classes(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
         names.sort();
@@ -425,6 +403,7 @@ impl Registry {
 /// stdin, `RUSTQ_JID`/`RUSTQ_QUEUE`/`RUSTQ_CLASS` in its environment. Exit status 0 is success;
 /// stdout and stderr go to the log.
 pub struct ExecHandler {
+    /// The program, then its arguments.
     pub argv: Vec<String>,
 }
 
@@ -444,7 +423,7 @@ impl Handler for ExecHandler {
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| {
-                    Failure::retry("Rustq::ExecError", format!("cannot run {:?}: {e}", argv[0]))
+                    Failure::retry(class::EXEC_ERROR, format!("cannot run {:?}: {e}", argv[0]))
                 })?;
             let payload = ctx.job().to_json();
             let mut stdin = child.stdin.take().expect("piped stdin");
@@ -454,7 +433,7 @@ impl Handler for ExecHandler {
             };
             let (_, output) = tokio::join!(writer, child.wait_with_output());
             let output = output
-                .map_err(|e| Failure::retry("Rustq::ExecError", format!("{:?}: {e}", argv[0])))?;
+                .map_err(|e| Failure::retry(class::EXEC_ERROR, format!("{:?}: {e}", argv[0])))?;
             let stdout = String::from_utf8_lossy(&output.stdout);
             let stderr = String::from_utf8_lossy(&output.stderr);
             for line in stdout.lines() {
@@ -475,7 +454,7 @@ impl Handler for ExecHandler {
                 .rev()
                 .collect();
             Err(Failure::retry(
-                "Rustq::ExecFailed",
+                class::EXEC_FAILED,
                 format!(
                     "{} exited with {}{}",
                     argv[0],

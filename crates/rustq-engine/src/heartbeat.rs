@@ -4,15 +4,17 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use rustq_core::wire::{self, keys, WireVersion};
 use serde_json::json;
 
-use crate::fetch::UnitOfWork;
+use crate::control::{Control, Signal};
 use crate::options::WorkerOptions;
+use crate::service::{BoxFuture, Service};
 use crate::stats::Counters;
+use crate::work::UnitOfWork;
 
 /// Jobs running now, by task id (Sidekiq's `tid`).
 #[derive(Default)]
@@ -22,6 +24,7 @@ pub struct Busy {
 }
 
 impl Busy {
+    /// Marks `unit` running; returns its `tid`.
     pub fn start(&self, unit: Arc<UnitOfWork>) -> u64 {
         let tid = self.next.fetch_add(1, Ordering::Relaxed);
         let run_at = wire::now_secs() as i64;
@@ -29,14 +32,17 @@ impl Busy {
         tid
     }
 
+    /// The job `tid` is no longer running.
     pub fn finish(&self, tid: u64) {
         self.lock().remove(&tid);
     }
 
+    /// How many run.
     pub fn len(&self) -> usize {
         self.lock().len()
     }
 
+    /// True when none runs.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -46,6 +52,7 @@ impl Busy {
         self.lock().drain().map(|(_, (u, _))| u).collect()
     }
 
+    /// Every running job: `tid`, the job, when it started (epoch seconds).
     pub fn snapshot(&self) -> Vec<(u64, Arc<UnitOfWork>, i64)> {
         self.lock()
             .iter()
@@ -58,33 +65,17 @@ impl Busy {
     }
 }
 
-/// A command from the Web UI's `<identity>-signals` list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Signal {
-    Quiet,
-    Stop,
-    Dump,
-}
-
-impl Signal {
-    pub fn parse(s: &str) -> Option<Signal> {
-        match s {
-            "TSTP" | "USR1" => Some(Signal::Quiet),
-            "TERM" => Some(Signal::Stop),
-            "TTIN" => Some(Signal::Dump),
-            _ => None,
-        }
-    }
-}
-
 /// Writes this process's heartbeat.
 pub struct Heartbeat {
+    /// This process's identity.
     pub identity: String,
     info: String,
     concurrency: usize,
     wire: WireVersion,
     conn: ConnectionManager,
+    /// Counts to flush with each beat.
     pub counters: Arc<Counters>,
+    /// Jobs running now.
     pub busy: Arc<Busy>,
 }
 
@@ -97,6 +88,7 @@ pub fn identity() -> String {
 }
 
 impl Heartbeat {
+    /// The heartbeat of a process with these options.
     pub fn new(
         options: &WorkerOptions,
         identity: String,
@@ -185,7 +177,7 @@ impl Heartbeat {
         flush.write(&mut pipe, chrono::Utc::now(), self.wire);
         pipe.rpop(keys::signals(id), None);
         match pipe.query_async::<(Option<String>,)>(&mut conn).await {
-            Ok((signal,)) => Ok(signal.as_deref().and_then(Signal::parse)),
+            Ok((signal,)) => Ok(signal.as_deref().and_then(Signal::from_name)),
             Err(e) => {
                 self.counters.restore(flush);
                 Err(e)
@@ -209,6 +201,76 @@ impl Heartbeat {
             ])
             .ignore();
         pipe.query_async::<()>(&mut conn).await
+    }
+}
+
+/// Beats every `every`, and at once when the process quiets (so the Web UI shows it), applying
+/// the signals the Web UI sends.
+pub struct Beat {
+    /// What writes the beat.
+    pub heartbeat: Arc<Heartbeat>,
+    /// The process's control.
+    pub control: Control,
+    /// `heartbeat_interval`.
+    pub every: Duration,
+}
+
+impl Service for Beat {
+    fn name(&self) -> &'static str {
+        "heartbeat"
+    }
+
+    fn run(self: Box<Self>) -> BoxFuture<()> {
+        Box::pin(async move {
+            let Beat {
+                heartbeat,
+                control,
+                every,
+            } = *self;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = control.quieted(), if !control.is_quiet() => {}
+                }
+                match heartbeat.beat(control.is_quiet()).await {
+                    Ok(signal) => {
+                        control.beaten();
+                        if let Some(signal) = signal {
+                            tracing::info!(signal = ?signal, "signal from the Web UI");
+                            control.apply(signal);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                }
+            }
+        })
+    }
+}
+
+/// Logs the running jobs when asked (SIGTTIN, the Web UI).
+pub struct Dump {
+    /// Jobs running now.
+    pub busy: Arc<Busy>,
+    /// The process's control.
+    pub control: Control,
+}
+
+impl Service for Dump {
+    fn name(&self) -> &'static str {
+        "dump"
+    }
+
+    fn run(self: Box<Self>) -> BoxFuture<()> {
+        Box::pin(async move {
+            loop {
+                self.control.dump_asked().await;
+                let running = self.busy.snapshot();
+                tracing::info!(running = running.len(), "state dump");
+                for (tid, unit, run_at) in running {
+                    tracing::info!(tid = format!("{tid:x}"), queue = %unit.queue, run_at, payload = %String::from_utf8_lossy(&unit.raw), "running");
+                }
+            }
+        })
     }
 }
 

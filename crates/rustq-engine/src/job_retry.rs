@@ -5,25 +5,16 @@ use rand::Rng;
 use rustq_core::wire::{self, WireVersion};
 use rustq_core::{Job, Retry};
 
-use crate::handler::{Backoff, Failure, FailureKind, HandlerOptions};
-
-/// What to write for a finished job (each is atomic with removing it from the in-progress list).
-#[derive(Clone, Debug, PartialEq)]
-pub enum Action {
-    /// Done (succeeded, discarded, or `retry: false`): just remove it.
-    Acknowledge,
-    /// `ZADD retry <at> <payload>`.
-    Retry { at: f64, payload: String },
-    /// `ZADD dead <now> <payload>` and trim the dead set.
-    Dead { payload: String },
-    /// Put it back at the front of its queue (`RPUSH queue:<q>`), unchanged.
-    Requeue,
-}
+use crate::failure::{Backoff, Failure, FailureKind};
+use crate::handler::HandlerOptions;
+use crate::work::Action;
 
 /// Settings the retry decision needs from the process.
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
+    /// How timestamps are written.
     pub wire: WireVersion,
+    /// Retries for a job whose `retry` is `true` (Sidekiq's `max_retries`, 25).
     pub max_retries: u32,
 }
 

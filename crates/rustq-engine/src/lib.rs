@@ -1,11 +1,17 @@
 //! rustq-engine: a Sidekiq-compatible job server.
 //!
 //! Follow a job through the files in order: [`fetch`] takes it (reliably: into an in-progress
-//! list), [`processor`] runs it with its [`handler`], [`job_retry`] decides what a failure means,
-//! [`ack`] writes the outcome, [`scheduled`] brings due retries and scheduled jobs back,
-//! [`heartbeat`] keeps the process visible with its [`stats`], [`recovery`] rescues the jobs of
-//! processes that died, [`orphans`] those a lost fetch reply left in this process's lists, and [`launcher`] runs the whole life of a process (telling [`systemd`]
-//! when it is ready and when it stops, as `sidekiq` does).
+//! list) as a [`work::UnitOfWork`]; the [`manager`] runs it with the [`processor`], which waits
+//! for its start, passes it through the [`check_point`]s and runs its [`handler`] (a Rust
+//! handler, a program, or the Ruby host); [`failure`] says why it failed and [`job_retry`] what
+//! that means; [`ack`] writes its outcome, through the one atomic step of [`outcome`] (a retry,
+//! the [`dead_set`], a requeue, a deferral, a check point's writes). Beside the jobs run the
+//! [`service`]s: [`scheduled`] brings due retries and scheduled jobs back, [`heartbeat`] keeps
+//! the process visible with its [`stats`], [`recovery`] rescues the jobs of processes that died,
+//! [`orphans`] those a lost fetch reply left in this process's lists (counted by [`holdings`]).
+//! The [`launcher`] runs the whole life of a process under its [`control`] (telling [`systemd`]
+//! when it is ready and when it stops, as `sidekiq` does); [`options`] and [`cli`] read its
+//! settings, [`keys`] names rustq's own Redis keys.
 //!
 //! ```no_run
 //! use rustq_engine::{Failure, JobContext, Registry, Worker, WorkerOptions};
@@ -22,26 +28,42 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
+pub mod work;
+
 pub mod ack;
-pub mod cli;
-pub mod erb;
+pub mod check_point;
+pub mod dead_set;
+pub mod failure;
 pub mod fetch;
 pub mod handler;
-pub mod heartbeat;
 pub mod job_retry;
+pub mod manager;
+pub mod outcome;
+pub mod processor;
+
+pub mod heartbeat;
+pub mod holdings;
+pub mod orphans;
+pub mod recovery;
+pub mod scheduled;
+pub mod service;
+pub mod stats;
+
+pub mod cli;
+pub mod control;
+pub mod erb;
 pub mod keys;
 pub mod launcher;
 pub mod options;
-pub mod orphans;
-pub mod processor;
-pub mod recovery;
-pub mod scheduled;
-pub mod stats;
 pub mod systemd;
 
-pub use handler::{
-    Backoff, Failure, FailureKind, Handler, HandlerOptions, JobContext, JobResult, Registry,
-    Started,
-};
-pub use launcher::{Control, EngineError, Worker};
+pub use check_point::{CheckFuture, CheckPoint, Outcome, Verdict};
+pub use control::{Control, Signal};
+pub use failure::{Backoff, Failure, FailureKind, JobResult};
+pub use handler::{Handler, HandlerOptions, JobContext, Registry, Started};
+pub use launcher::{EngineError, Worker};
 pub use options::{HandlerConfig, HandlerSpec, QueueWeight, WorkerOptions};
+pub use service::Service;
+pub use work::{Action, Deferral, UnitOfWork, Write};

@@ -6,12 +6,19 @@ use std::time::Duration;
 
 use rustq_core::{RedisConfig, Retry, WireVersion};
 
-use crate::ack::DeadSetLimits;
+use crate::dead_set::DeadSetLimits;
 use serde_norway::Value as Yaml;
+
+/// Why Sidekiq 7's capsules (`what`: where they were found) are refused rather than left
+/// unworked; the config file and the Ruby host's check of `Sidekiq.configure_server` both say it.
+pub fn capsules_refused(what: &str) -> String {
+    format!("{what} are not supported: run one rustq-worker per capsule, with its own -q and -c")
+}
 
 /// A queue and its weight, as in `-q critical,3`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueWeight {
+    /// The queue's name, without the `queue:` prefix.
     pub name: String,
     /// 0 when no weight was given.
     pub weight: u32,
@@ -42,7 +49,10 @@ impl QueueWeight {
 #[derive(Clone, Debug, PartialEq)]
 pub enum HandlerSpec {
     /// Run a program (no shell): job JSON on stdin, exit status 0 is success.
-    Exec { argv: Vec<String> },
+    Exec {
+        /// The program, then its arguments.
+        argv: Vec<String>,
+    },
     /// Succeed without doing anything (benchmarks, smoke tests).
     Noop,
 }
@@ -50,14 +60,18 @@ pub enum HandlerSpec {
 /// A per-class entry of the config file's `handlers:` map.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HandlerConfig {
+    /// What runs the jobs.
     pub spec: HandlerSpec,
+    /// `timeout`: the time limit of one run, in place of the process's `job_timeout`.
     pub timeout: Option<Duration>,
+    /// `retry`: retries for jobs of this class whose payload has no `retry` of its own.
     pub retry: Option<Retry>,
 }
 
 /// Everything a worker process needs to know.
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
+    /// The Redis to work from (`--redis-url`, `REDIS_URL` or the file's `redis_url`).
     pub redis: RedisConfig,
     /// Jobs run at once (`-c`).
     pub concurrency: usize,
@@ -67,8 +81,11 @@ pub struct WorkerOptions {
     pub shutdown_timeout: Duration,
     /// A per-job time limit for jobs whose handler sets none.
     pub job_timeout: Option<Duration>,
+    /// Tag shown in the Web UI's process list (`-g`, `tag`).
     pub tag: Option<String>,
+    /// Labels shown in the Web UI's process list (`--label`, `labels`).
     pub labels: Vec<String>,
+    /// Which Sidekiq generation's wire format to write: timestamps, metrics keys, retry backoff.
     pub wire: WireVersion,
     /// Retries for `retry: true`.
     pub max_retries: u32,
@@ -94,6 +111,7 @@ pub struct WorkerOptions {
     /// systemd's watchdog (`WATCHDOG_USEC`) is pinged by the host process (the Ruby host, from
     /// a Ruby thread, so a VM stuck holding its lock stops the pings), not by the engine.
     pub host_watchdog: bool,
+    /// Handlers declared in the config file's `handlers:` (and by `--noop`), by class name.
     pub handlers: BTreeMap<String, HandlerConfig>,
     /// `dead_max_jobs` and `dead_timeout_in_seconds`, as in `sidekiq.yml`.
     pub dead_set: DeadSetLimits,
@@ -135,10 +153,18 @@ impl Default for WorkerOptions {
     }
 }
 
+/// Why the options could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error("cannot read config file {path}: {reason}")]
-    Read { path: String, reason: String },
+    Read {
+        /// The file's path.
+        path: String,
+        /// Why it could not be read.
+        reason: String,
+    },
+    /// Something in the configuration is not valid; holds what and why.
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -186,6 +212,7 @@ impl WorkerOptions {
         self.apply_yaml(&text, environment)
     }
 
+    /// [`WorkerOptions::apply_file`] for the text of a config file, ERB already rendered.
     pub fn apply_yaml(&mut self, text: &str, environment: Option<&str>) -> Result<(), ConfigError> {
         let doc: Yaml = serde_norway::from_str(text)
             .map_err(|e| ConfigError::Invalid(format!("config is not valid YAML: {e}")))?;
@@ -256,11 +283,9 @@ impl WorkerOptions {
             self.dead_set.timeout_secs = t.as_secs_f64();
         }
         if map.get("capsules").is_some() {
-            return Err(ConfigError::Invalid(
-                "`capsules` (Sidekiq 7) are not supported: run one rustq-worker per capsule, with \
-                 its own -q and -c"
-                    .into(),
-            ));
+            return Err(ConfigError::Invalid(capsules_refused(
+                "`capsules` (Sidekiq 7)",
+            )));
         }
         if let Some(n) = uint("max_recoveries")? {
             self.max_recoveries = n as u32;

@@ -5,7 +5,7 @@
 //! after Redis ran the command — the jobs sit in the in-progress list of a process that never
 //! learned of them: nothing would run them until the process stops or dies.
 //!
-//! So the process counts what it holds ([`Holdings`]: taken when a fetch reports a job, let go
+//! So the process counts what it holds ([`crate::holdings::Holdings`]: taken when a fetch reports a job, let go
 //! once the job's outcome is written), and after a failed fetch, and every [`RECHECK`] besides,
 //! it compares its lists with that count, twice: a job in a list and not held at the first
 //! look, and still there and still not held [`grace`] later, was never reported. It goes back
@@ -18,20 +18,19 @@
 //! as an orphan be fetched and reported between the second look and the give-back, one copy too
 //! many goes back and runs twice. Jids make such twins rare; nothing is ever lost.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use rustq_core::wire::keys;
 use rustq_core::RedisConfig;
-use tokio::sync::Notify;
 
-use crate::fetch::{UnitOfWork, BLOCK_SECS};
+use crate::fetch::BLOCK_SECS;
+use crate::holdings::Holdings;
 use crate::keys as rkeys;
+use crate::service::{BoxFuture, Service};
 
 /// How long after a failed fetch the lists are first compared (time for Redis to come back).
 pub const SETTLE: Duration = Duration::from_secs(1);
@@ -46,58 +45,6 @@ pub fn grace(redis: &RedisConfig) -> Duration {
 
 /// How often the lists are compared when no fetch has failed: one `LRANGE` per queue.
 pub const RECHECK: Duration = Duration::from_secs(60);
-
-/// How many copies of each job (queue and payload) this process holds: reported by a fetch and
-/// not yet written back. Keyed by a hash of the pair, so a job is not copied to be counted.
-#[derive(Default)]
-pub struct Holdings {
-    counts: Mutex<HashMap<u64, u32>>,
-    suspect: Notify,
-}
-
-fn key(queue: &str, raw: &[u8]) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    queue.hash(&mut hasher);
-    raw.hash(&mut hasher);
-    hasher.finish()
-}
-
-impl Holdings {
-    /// A fetch reported `unit`.
-    pub fn take(&self, unit: &UnitOfWork) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        *counts.entry(key(&unit.queue, &unit.raw)).or_default() += 1;
-    }
-
-    /// `unit`'s outcome is written: it is no longer in the in-progress list.
-    pub fn release(&self, unit: &UnitOfWork) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let k = key(&unit.queue, &unit.raw);
-        if let Some(n) = counts.get_mut(&k) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&k);
-            }
-        }
-    }
-
-    /// How many copies of `raw` from `queue` are held.
-    pub fn held(&self, queue: &str, raw: &[u8]) -> u32 {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        counts.get(&key(queue, raw)).copied().unwrap_or(0)
-    }
-
-    /// How many distinct jobs are held (the tests check that released ones leave no entry).
-    #[cfg(test)]
-    fn distinct(&self) -> usize {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// A fetch failed without an answer: it may have moved jobs nobody was told of.
-    pub fn fetch_failed(&self) {
-        self.suspect.notify_one();
-    }
-}
 
 /// Jobs of one list that are there more often than they are held: `(payload, extra copies)`,
 /// in the list's order (newest first), so that pushed back in this order the oldest is fetched
@@ -122,7 +69,7 @@ pub fn unreported(holdings: &Holdings, queue: &str, list: Vec<Vec<u8>>) -> Vec<(
 }
 
 const GIVE_BACK: &str = r#"
--- KEYS[1] = in-progress list, KEYS[2] = queue list; ARGV[1] = queue name,
+-- KEYS[1] = in-progress list, KEYS[2] = queue list, KEYS[3] = queues; ARGV[1] = queue name,
 -- then per job: payload, copies found unreported before, copies held now
 local moved = 0
 for i = 2, #ARGV, 3 do
@@ -136,27 +83,43 @@ for i = 2, #ARGV, 3 do
     moved = moved + removed
   end
 end
-if moved > 0 then redis.call('SADD', 'queues', ARGV[1]) end
+if moved > 0 then redis.call('SADD', KEYS[3], ARGV[1]) end
 return moved
 "#;
 
 /// Finds and gives back this process's orphaned jobs after each failed fetch, and every
 /// `recheck` ([`RECHECK`]); a job counts as orphaned once unreported for `grace` ([`grace`]).
 pub struct Adopter {
+    /// A connection's manager.
     pub conn: ConnectionManager,
+    /// This process's identity.
     pub identity: String,
+    /// The queues it fetches from.
     pub queues: Vec<String>,
+    /// What it holds.
     pub holdings: Arc<Holdings>,
+    /// How often to look when no fetch failed.
     pub recheck: Duration,
+    /// How long a job must stay unreported.
     pub grace: Duration,
+}
+
+impl Service for Adopter {
+    fn name(&self) -> &'static str {
+        "orphans"
+    }
+
+    fn run(self: Box<Self>) -> BoxFuture<()> {
+        Box::pin(self.watch())
+    }
 }
 
 impl Adopter {
     /// Runs for the life of the process.
-    pub async fn run(self) {
+    pub async fn watch(self) {
         loop {
             tokio::select! {
-                () = self.holdings.suspect.notified() => tokio::time::sleep(SETTLE).await,
+                () = self.holdings.suspected() => tokio::time::sleep(SETTLE).await,
                 () = tokio::time::sleep(self.recheck) => {}
             }
             match self.check(self.grace).await {
@@ -197,6 +160,7 @@ impl Adopter {
             invocation
                 .key(rkeys::inprogress(&self.identity, queue))
                 .key(keys::queue(queue))
+                .key(keys::QUEUES)
                 .arg(queue);
             for (raw, before) in &extra {
                 invocation
@@ -213,28 +177,13 @@ impl Adopter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::work::UnitOfWork;
 
     fn unit(queue: &str, raw: &str) -> UnitOfWork {
         UnitOfWork {
             queue: queue.into(),
             raw: raw.as_bytes().to_vec(),
         }
-    }
-
-    #[test]
-    fn counts_copies_per_queue_and_payload() {
-        let h = Holdings::default();
-        h.take(&unit("a", "x"));
-        h.take(&unit("a", "x"));
-        h.take(&unit("b", "x"));
-        assert_eq!(h.held("a", b"x"), 2);
-        assert_eq!(h.held("b", b"x"), 1);
-        h.release(&unit("a", "x"));
-        assert_eq!(h.held("a", b"x"), 1);
-        h.release(&unit("a", "x"));
-        h.release(&unit("a", "x"));
-        assert_eq!(h.held("a", b"x"), 0);
-        assert_eq!(h.distinct(), 1);
     }
 
     #[test]

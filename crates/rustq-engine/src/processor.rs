@@ -1,72 +1,110 @@
-//! Runs one job: parse, find its handler, run it under a time limit with panics caught, log
-//! start/done/fail like Sidekiq, and decide what to write back.
+//! Runs one job: parse it, find its handler, wait for its start, pass the check points, run it
+//! under its time limit with panics caught, log start/done/fail like Sidekiq, and decide what to
+//! write back.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use rustq_core::wire::{self, WireVersion};
-use rustq_core::{Job, PayloadError};
-use serde_json::Value;
+use rustq_core::wire;
+use rustq_core::Job;
 
-use crate::fetch::UnitOfWork;
-use crate::handler::{Failure, FailureKind, JobContext, Registry, Started};
-use crate::job_retry::{self, Action, RetryPolicy};
+use crate::check_point::{CheckPoints, Verdict};
+use crate::control::Control;
+use crate::dead_set;
+use crate::failure::{class, Failure, FailureKind, JobResult};
+use crate::handler::{JobContext, Registered, Registry, Started};
+use crate::job_retry::{self, RetryPolicy};
 use crate::stats::Counters;
-
-/// The error class given to payloads that cannot be run at all.
-pub const INVALID_PAYLOAD: &str = "Rustq::InvalidPayload";
+use crate::work::{Action, UnitOfWork, Write};
 
 /// What a processor needs from its process.
 pub struct Processor {
+    /// Handlers by class.
     pub registry: Registry,
+    /// Retry settings.
     pub policy: RetryPolicy,
+    /// `--job-timeout`: the time limit of jobs whose handler sets none.
     pub job_timeout: Option<Duration>,
+    /// Processed/failed counts for the heartbeat and `stat:*`.
     pub counters: Arc<Counters>,
-    /// With `WorkerOptions::dispatch_ahead`: the `concurrency` slots that handlers which do not
-    /// run jobs on threads of their own (Rust and `exec` handlers) wait for before they start,
-    /// and the process's control: a job still waiting for a slot goes back when it quiets.
-    pub slots: Option<(Arc<tokio::sync::Semaphore>, crate::Control)>,
+    /// What sees each job before it runs and each outcome.
+    pub check_points: CheckPoints,
+    /// The process's control: a job not started when it quiets goes back.
+    pub control: Control,
+    /// With `WorkerOptions::dispatch_ahead`: the `concurrency` permits that handlers which do
+    /// not run jobs on threads of their own (Rust and `exec` handlers) wait for before they
+    /// start. (Handlers with threads of their own start a job when a thread claims it.)
+    pub permits: Option<Arc<tokio::sync::Semaphore>>,
 }
 
+/// What to write for a job: its action and the check points' writes.
+pub type Decision = (Action, Vec<Write>);
+
 impl Processor {
-    /// Runs `unit` and returns what to write for it; `started` is signalled when the job begins.
-    pub async fn process(&self, unit: &UnitOfWork, started: Started) -> Action {
-        let job = match parse(&unit.raw) {
+    /// Runs `unit` and returns what to write for it; `started` is claimed when the job begins.
+    pub async fn process(&self, unit: &UnitOfWork, started: Started) -> Decision {
+        let job = match unit.parse() {
             Ok(job) => job,
             Err(e) => {
                 let now = wire::now_secs();
                 tracing::error!(queue = %unit.queue, error = %e, "poison job sent to the dead set");
-                self.counters.record(INVALID_PAYLOAD, 0, true);
-                return Action::Dead {
-                    payload: poison_payload(&unit.raw, &unit.queue, &e, self.policy.wire, now),
-                };
+                self.counters.record(class::INVALID_PAYLOAD, 0, true);
+                let payload =
+                    dead_set::unreadable_entry(&unit.raw, &unit.queue, &e, self.policy.wire, now);
+                return (Action::Dead { payload }, Vec::new());
             }
         };
         if let Err(e) = job.check() {
             tracing::error!(queue = %unit.queue, jid = job.jid().unwrap_or(""), error = %e, "poison job sent to the dead set");
-            self.counters.record(INVALID_PAYLOAD, 0, true);
-            let failure = Failure::kill(INVALID_PAYLOAD, e.to_string());
-            let mut job = job;
+            self.counters.record(class::INVALID_PAYLOAD, 0, true);
+            let failure = Failure::kill(class::INVALID_PAYLOAD, e.to_string());
+            let mut dead = job.clone();
             job_retry::record_error(
-                &mut job,
+                &mut dead,
                 &unit.queue,
                 &failure,
                 self.policy.wire,
                 wire::now_secs(),
             );
-            return Action::Dead {
-                payload: job.to_json(),
+            let action = Action::Dead {
+                payload: dead.to_json(),
             };
+            return self.decided(&job, &unit.queue, action, 0);
+        }
+
+        let registered = self
+            .registry
+            .resolve(job.class().unwrap_or_default(), job.wrapped());
+        let own_threads = registered.is_some_and(|r| r.handler.signals_start());
+        let mut _permit = None;
+        if !own_threads {
+            if let Some(permits) = &self.permits {
+                match self
+                    .control
+                    .start_unless_quiet(permits.clone().acquire_owned())
+                    .await
+                {
+                    None => return self.decided(&job, &unit.queue, Action::Requeue, 0),
+                    Some(permit) => _permit = permit.ok(),
+                }
+            }
+            started.claim();
+        }
+        let (verdict, passed) = if self.check_points.is_empty() {
+            (Verdict::Run, 0)
+        } else {
+            self.check_points.before(&job, &unit.queue).await
+        };
+        if let Verdict::Defer(deferral) = verdict {
+            tracing::debug!(class = %job.display_class(), jid = job.jid().unwrap_or(""), ?deferral, "deferred");
+            return self.decided(&job, &unit.queue, Action::Defer(deferral), passed);
         }
 
         let job = Arc::new(job);
         let class = job.display_class().to_string();
         let jid = job.jid().unwrap_or("").to_string();
-        let registered = self
-            .registry
-            .resolve(job.class().unwrap_or_default(), job.wrapped());
         let begun = Instant::now();
         tracing::info!(class = %class, jid = %jid, "start");
         let result = match registered {
@@ -75,42 +113,17 @@ impl Processor {
                 "NameError",
                 format!("uninitialized constant {}", job.class().unwrap_or_default()),
             )),
-            Some(registered) => {
-                let mut _slot = None;
-                if !registered.handler.signals_start() {
-                    if let Some((slots, control)) = &self.slots {
-                        tokio::select! {
-                            biased;
-                            () = control.quieted() => return Action::Requeue,
-                            slot = slots.clone().acquire_owned() => _slot = slot.ok(),
-                        }
-                    }
-                    started.signal();
+            Some(registered) => match self.run(registered, &job, unit, started).await {
+                Some(result) => result,
+                None => {
+                    return self.decided(&job, &unit.queue, Action::Requeue, passed);
                 }
-                let mut ctx = JobContext::with_start(job.clone(), unit.queue.clone(), started);
-                if let Ok(raw) = std::str::from_utf8(&unit.raw) {
-                    ctx = ctx.with_raw(Arc::from(raw));
-                }
-                let run = AssertUnwindSafe(registered.handler.perform(ctx)).catch_unwind();
-                match registered.options.timeout.or(self.job_timeout) {
-                    Some(limit) => match tokio::time::timeout(limit, run).await {
-                        Ok(r) => r.unwrap_or_else(|panic| Err(panic_failure(panic))),
-                        Err(_) => Err(Failure::retry(
-                            "Rustq::TimeoutError",
-                            format!(
-                                "job exceeded its time limit of {:.1} s",
-                                limit.as_secs_f64()
-                            ),
-                        )),
-                    },
-                    None => run.await.unwrap_or_else(|panic| Err(panic_failure(panic))),
-                }
-            }
+            },
         };
         let elapsed = begun.elapsed();
         let ms = elapsed.as_millis() as u64;
         let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
-        match result {
+        let action = match result {
             Ok(()) => {
                 self.counters.record(&class, ms, false);
                 tracing::info!(class = %class, jid = %jid, elapsed_ms, "done");
@@ -120,9 +133,8 @@ impl Processor {
             Err(failure) => {
                 self.counters.record(&class, ms, true);
                 tracing::warn!(class = %class, jid = %jid, elapsed_ms, error = %failure, "fail");
-                let job = Arc::try_unwrap(job).unwrap_or_else(|shared| (*shared).clone());
                 job_retry::on_failure(
-                    job,
+                    (*job).clone(),
                     &unit.queue,
                     &failure,
                     registered.map(|r| &r.options),
@@ -130,48 +142,57 @@ impl Processor {
                     wire::now_secs(),
                 )
             }
-        }
+        };
+        self.decided(&job, &unit.queue, action, passed)
     }
-}
 
-fn parse(raw: &[u8]) -> Result<Job, PayloadError> {
-    let text = std::str::from_utf8(raw)
-        .map_err(|e| PayloadError::InvalidJson(format!("payload is not valid UTF-8 ({e})")))?;
-    Job::from_json(text)
-}
+    /// Runs the job with its handler under its time limit, panics caught. `None` when the job
+    /// went back unstarted: its handler runs jobs on threads of its own, and the process quieted
+    /// before one took it.
+    async fn run(
+        &self,
+        registered: &Registered,
+        job: &Arc<Job>,
+        unit: &UnitOfWork,
+        started: Started,
+    ) -> Option<JobResult> {
+        let mut ctx = JobContext::with_start(job.clone(), unit.queue.clone(), started.clone());
+        if let Ok(raw) = std::str::from_utf8(&unit.raw) {
+            ctx = ctx.with_raw(Arc::from(raw));
+        }
+        let mut run = AssertUnwindSafe(registered.handler.perform(ctx)).catch_unwind();
+        if registered.handler.signals_start() {
+            // The job waits for one of the handler's threads; its time limit starts when one
+            // takes it. (An answer before that: the handler could not run it at all.)
+            tokio::select! {
+                biased;
+                answer = &mut run => return Some(answer.unwrap_or_else(|panic| Err(Failure::panicked(panic.as_ref())))),
+                () = started.claimed() => {}
+                () = self.control.quieted() => {
+                    if started.withdraw() {
+                        return None;
+                    }
+                    started.claimed().await;
+                }
+            }
+        }
+        let answer = match registered.options.timeout.or(self.job_timeout) {
+            // Dropping `run` tells the handler the engine no longer waits for the job.
+            Some(limit) => match tokio::time::timeout(limit, run).await {
+                Ok(answer) => answer,
+                Err(_) => return Some(Err(Failure::timed_out(limit))),
+            },
+            None => run.await,
+        };
+        Some(answer.unwrap_or_else(|panic| Err(Failure::panicked(panic.as_ref()))))
+    }
 
-fn panic_failure(panic: Box<dyn std::any::Any + Send>) -> Failure {
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "handler panicked".to_string());
-    Failure::retry("Rustq::Panic", format!("handler panicked: {message}"))
-}
-
-/// A dead-set entry for bytes that are not a job at all: a JSON object Sidekiq's Web UI can show,
-/// with the error, and the original bytes (lossily decoded) under `payload` for salvage.
-pub fn poison_payload(
-    raw: &[u8],
-    queue: &str,
-    error: &PayloadError,
-    wire: WireVersion,
-    now: f64,
-) -> String {
-    let mut job = Job::from_fields(Default::default());
-    job.set("class", INVALID_PAYLOAD);
-    job.set("args", Value::Array(Vec::new()));
-    job.set("queue", queue);
-    job.set("retry", false);
-    job.set("jid", rustq_core::generate_jid());
-    job.set_time("created_at", now, wire);
-    job.set(
-        "error_message",
-        wire::truncate_error_message(&format!("cannot run job: {error}")),
-    );
-    job.set("error_class", INVALID_PAYLOAD);
-    job.set_time("failed_at", now, wire);
-    job.set("retry_count", 0);
-    job.set("payload", String::from_utf8_lossy(raw).into_owned());
-    job.to_json()
+    /// The decision, with what the check points write with it.
+    fn decided(&self, job: &Job, queue: &str, action: Action, passed: usize) -> Decision {
+        if self.check_points.is_empty() {
+            return (action, Vec::new());
+        }
+        let writes = self.check_points.on_outcome(job, queue, &action, passed);
+        (action, writes)
+    }
 }

@@ -10,26 +10,35 @@
 //! are the ones that may have been running; jobs fetched ahead behind them were never started
 //! and go back without a mark.
 
+use std::time::Duration;
+
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use rustq_core::wire::{self, keys};
-use rustq_core::Job;
+use rustq_core::WireVersion;
 
-use crate::ack::{add_dead, DeadSetLimits};
+use crate::dead_set::{self, DeadSetLimits};
+use crate::failure::class;
 use crate::keys as rkeys;
+use crate::outcome::{self, Batch, Effect};
+use crate::service::{BoxFuture, Service};
+use crate::work;
 
 const RECOVER: &str = r#"
--- KEYS[1] = rustq:processes, KEYS[2] = rustq:recoveries, KEYS[3] = rustq:poison
+-- KEYS[1] = rustq:processes, KEYS[2] = rustq:recoveries, KEYS[3] = rustq:poison,
+-- KEYS[4] = the process's heartbeat key, KEYS[5] = queues, KEYS[6] = its scheduling list,
+-- KEYS[7] = schedule, then per queue of its entry: its in-progress list, the queue's list.
 -- ARGV[1] = identity, ARGV[2] = max recoveries, ARGV[3] = force (skip the liveness check),
--- ARGV[4] = count (1 to count this as a death), ARGV[5] = in-progress prefix, ARGV[6] = scheduling list
-local identity = ARGV[1]
-if ARGV[3] ~= '1' and redis.call('EXISTS', identity) == 1 then return {0, 0} end
-local entry = redis.call('HGET', KEYS[1], identity)
+-- ARGV[4] = count (1 to count this as a death), ARGV[5] = its entry as read (the keys were named
+-- from it), ARGV[6] = now, then the queue names in the order of the key pairs.
+if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[4]) == 1 then return {0, 0} end
+local entry = redis.call('HGET', KEYS[1], ARGV[1])
 if not entry then return {0, 0} end
+if entry ~= ARGV[5] then return {-1, 0} end
 entry = cjson.decode(entry)
 -- Older entries were a bare list of queues: count every job then.
-local queues, concurrency = entry, 1e9
-if entry.queues then queues, concurrency = entry.queues, entry.concurrency end
+local concurrency = 1e9
+if entry.queues then concurrency = entry.concurrency end
 local limit = tonumber(ARGV[2])
 local moved, poisoned = 0, 0
 local function jid_of(job)
@@ -37,7 +46,7 @@ local function jid_of(job)
   if ok and type(decoded) == 'table' and type(decoded.jid) == 'string' then return decoded.jid, decoded end
   return redis.sha1hex(job), nil
 end
-local function give_back(job, queue, started)
+local function give_back(job, name, queue, started)
   if ARGV[4] == '1' and started then
     local id = jid_of(job)
     if redis.call('HINCRBY', KEYS[2], id, 1) > limit then
@@ -46,53 +55,54 @@ local function give_back(job, queue, started)
       return
     end
   end
-  redis.call('SADD', 'queues', queue)
-  redis.call('RPUSH', 'queue:' .. queue, job)
+  redis.call('SADD', KEYS[5], name)
+  redis.call('RPUSH', queue, job)
   moved = moved + 1
 end
 -- The list's right end is its oldest job. Taking from the left (newest) and pushing on the
 -- queue's right end puts the oldest job back at the very front, so order is kept and the
 -- job that was running is the first one fetched again.
-for _, queue in ipairs(queues) do
-  local list = ARGV[5] .. identity .. ':' .. queue
+for i = 7, #ARGV do
+  local list, queue = KEYS[2 * i - 6], KEYS[2 * i - 5]
   local remaining = redis.call('LLEN', list)
   while remaining > 0 do
     local job = redis.call('LPOP', list)
     if not job then break end
-    give_back(job, queue, remaining <= concurrency)
+    give_back(job, ARGV[i], queue, remaining <= concurrency)
     remaining = remaining - 1
   end
 end
+-- Due scheduled jobs it had taken were never started: they do not count as a death. Their
+-- queue comes from the payload, so its key cannot be named beforehand: they go back to the
+-- schedule set, due now, for the next poll to push.
 while true do
-  local job = redis.call('RPOP', ARGV[6])
+  local job = redis.call('RPOP', KEYS[6])
   if not job then break end
-  local _, decoded = jid_of(job)
-  local queue = (decoded and type(decoded.queue) == 'string') and decoded.queue or 'default'
-  -- A due scheduled job was never started: it does not count as a death.
-  redis.call('SADD', 'queues', queue)
-  redis.call('LPUSH', 'queue:' .. queue, job)
+  redis.call('ZADD', KEYS[7], ARGV[6], job)
   moved = moved + 1
 end
 redis.call('EXPIRE', KEYS[2], 86400)
-redis.call('HDEL', KEYS[1], identity)
+redis.call('HDEL', KEYS[1], ARGV[1])
 return {moved, poisoned}
 "#;
 
+/// Finds processes that died and gives back their jobs.
 pub struct Recovery {
     conn: ConnectionManager,
     identity: String,
     max_recoveries: u32,
-    wire: rustq_core::WireVersion,
+    wire: WireVersion,
     script: redis::Script,
     dead: DeadSetLimits,
 }
 
 impl Recovery {
+    /// The recovery of process `identity`, burying a job after `max_recoveries` deaths.
     pub fn new(
         conn: ConnectionManager,
         identity: &str,
         max_recoveries: u32,
-        wire: rustq_core::WireVersion,
+        wire: WireVersion,
     ) -> Recovery {
         Recovery {
             conn,
@@ -156,6 +166,8 @@ impl Recovery {
         Ok(self.run(&identity, true, false).await?.0)
     }
 
+    /// Gives back the jobs of `identity` (`force`: whether or not it beats; `count`: as a
+    /// death). The keys are named from its entry, which the script checks is still the same.
     async fn run(
         &self,
         identity: &str,
@@ -163,59 +175,120 @@ impl Recovery {
         count: bool,
     ) -> redis::RedisResult<(u64, u64)> {
         let mut conn = self.conn.clone();
-        self.script
-            .key(rkeys::PROCESSES)
-            .key(rkeys::RECOVERIES)
-            .key(rkeys::POISON)
-            .arg(identity)
-            .arg(self.max_recoveries)
-            .arg(if force { "1" } else { "0" })
-            .arg(if count { "1" } else { "0" })
-            .arg(rkeys::INPROGRESS_PREFIX)
-            .arg(rkeys::scheduling(identity))
-            .invoke_async(&mut conn)
-            .await
+        loop {
+            let entry: Option<String> = conn.hget(rkeys::PROCESSES, identity).await?;
+            let Some(entry) = entry else {
+                return Ok((0, 0));
+            };
+            let queues = entry_queues(&entry);
+            let mut invocation = self.script.prepare_invoke();
+            invocation
+                .key(rkeys::PROCESSES)
+                .key(rkeys::RECOVERIES)
+                .key(rkeys::POISON)
+                .key(identity)
+                .key(keys::QUEUES)
+                .key(rkeys::scheduling(identity))
+                .key(keys::SCHEDULE);
+            for queue in &queues {
+                invocation
+                    .key(rkeys::inprogress(identity, queue))
+                    .key(keys::queue(queue));
+            }
+            invocation
+                .arg(identity)
+                .arg(self.max_recoveries)
+                .arg(if force { "1" } else { "0" })
+                .arg(if count { "1" } else { "0" })
+                .arg(&entry)
+                .arg(wire::format_float(wire::now_secs()));
+            for queue in &queues {
+                invocation.arg(queue);
+            }
+            let (moved, poisoned): (i64, u64) = invocation.invoke_async(&mut conn).await?;
+            // -1: the entry changed between the read and the script; read it again.
+            if moved >= 0 {
+                return Ok((moved as u64, poisoned));
+            }
+        }
     }
 
     /// Moves jobs that keep killing processes to the dead set, with an error saying so.
     async fn bury_poison(&self) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
+        let write = outcome::script();
         loop {
             let tail: Vec<Vec<u8>> = conn.lrange(rkeys::POISON, -50, -1).await?;
             if tail.is_empty() {
                 return Ok(());
             }
             let now = wire::now_secs();
-            let mut pipe = redis::pipe();
-            pipe.atomic();
+            let mut batch = Batch::new(now, self.dead);
+            let message = format!(
+                "the process running this job died {} times (killed, crashed or out of memory); it was moved to the dead set so it cannot crash-loop every worker",
+                self.max_recoveries + 1
+            );
             for raw in &tail {
-                let message = format!(
-                    "the process running this job died {} times (killed, crashed or out of memory); it was moved to the dead set so it cannot crash-loop every worker",
-                    self.max_recoveries + 1
-                );
-                let payload = match std::str::from_utf8(raw)
-                    .ok()
-                    .and_then(|s| Job::from_json(s).ok())
-                {
-                    Some(mut job) => {
-                        job.set("error_message", message);
-                        job.set("error_class", "Rustq::ProcessDied");
+                let payload = match work::parse(raw) {
+                    Ok(mut job) => {
+                        job.set("error_message", message.as_str());
+                        job.set("error_class", class::PROCESS_DIED);
                         job.set_time("failed_at", now, self.wire);
                         job.to_json()
                     }
-                    None => crate::processor::poison_payload(
+                    Err(_) => dead_set::unreadable_entry(
                         raw,
                         "default",
-                        &rustq_core::PayloadError::InvalidJson(message),
+                        &rustq_core::PayloadError::InvalidJson(message.clone()),
                         self.wire,
                         now,
                     ),
                 };
-                add_dead(&mut pipe, &payload, now, self.dead);
-                pipe.lrem(rkeys::POISON, -1, raw).ignore();
+                batch.add(rkeys::POISON, raw, Effect::Bury(&payload), &[]);
             }
-            pipe.query_async::<()>(&mut conn).await?;
+            batch.write(&write, &mut conn).await?;
         }
+    }
+}
+
+/// The queues of a `rustq:processes` entry: `{"queues": [...], "concurrency": N}`, or the bare
+/// list older versions wrote.
+fn entry_queues(entry: &str) -> Vec<String> {
+    let value: serde_json::Value = serde_json::from_str(entry).unwrap_or_default();
+    let list = value.get("queues").unwrap_or(&value);
+    list.as_array()
+        .map(|queues| {
+            queues
+                .iter()
+                .filter_map(|q| q.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Recovers the jobs of dead processes every `every` (the heartbeat interval), for the life of
+/// the process.
+pub struct Recover {
+    /// The recovery.
+    pub recovery: std::sync::Arc<Recovery>,
+    /// How often.
+    pub every: Duration,
+}
+
+impl Service for Recover {
+    fn name(&self) -> &'static str {
+        "recovery"
+    }
+
+    fn run(self: Box<Self>) -> BoxFuture<()> {
+        Box::pin(async move {
+            loop {
+                tokio::time::sleep(self.every).await;
+                if let Err(e) = self.recovery.recover_dead().await {
+                    tracing::warn!(error = %e, "recovering dead processes failed");
+                }
+            }
+        })
     }
 }
 

@@ -1,8 +1,8 @@
 //! The scheduled poller: due jobs in `retry` and `schedule` go to their queues.
 //!
 //! A Lua script moves due jobs atomically from the sorted set into this process's `scheduling`
-//! list; each is then pushed with a fresh `enqueued_at` in the same MULTI that removes it from
-//! that list. A process that dies in between leaves them to be recovered, never lost; a poll
+//! list; each is then pushed with a fresh `enqueued_at` in the same step that removes it from
+//! that list (see [`crate::outcome`]). A process that dies in between leaves them to be recovered, never lost; a poll
 //! that fails in between (Redis gone, or a reply lost) leaves them for the next poll, which
 //! pushes whatever it finds in the list first: only this process's poller, one poll at a time,
 //! moves jobs into it.
@@ -13,11 +13,13 @@ use rand::Rng;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use rustq_core::wire::{self, keys, WireVersion};
-use rustq_core::Job;
 
-use crate::ack::{add_dead, DeadSetLimits};
+use crate::control::Control;
+use crate::dead_set::{self, DeadSetLimits};
 use crate::keys as rkeys;
-use crate::processor::poison_payload;
+use crate::outcome::{self, Batch, Effect};
+use crate::service::{BoxFuture, Service};
+use crate::work;
 
 const TAKE_DUE: &str = r#"
 -- KEYS[1] = sorted set, KEYS[2] = this process's scheduling list; ARGV[1] = now, ARGV[2] = limit
@@ -32,21 +34,25 @@ return jobs
 /// Jobs moved per script call.
 const LIMIT: usize = 100;
 
+/// Moves due jobs of `retry` and `schedule` to their queues.
 pub struct Poller {
     conn: ConnectionManager,
     scheduling: String,
     wire: WireVersion,
     script: redis::Script,
+    write: redis::Script,
     dead: DeadSetLimits,
 }
 
 impl Poller {
+    /// The poller of the process `identity`.
     pub fn new(conn: ConnectionManager, identity: &str, wire: WireVersion) -> Poller {
         Poller {
             conn,
             scheduling: rkeys::scheduling(identity),
             wire,
             script: redis::Script::new(TAKE_DUE),
+            write: outcome::script(),
             dead: DeadSetLimits::default(),
         }
     }
@@ -96,45 +102,38 @@ impl Poller {
         Ok(moved)
     }
 
-    /// Pushes `due` jobs from the scheduling list to their queues, in one MULTI.
+    /// Pushes `due` jobs from the scheduling list to their queues, in one step.
     async fn push_all(
         &self,
         conn: &mut ConnectionManager,
         due: &[Vec<u8>],
         now: f64,
     ) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut batch = Batch::new(now, self.dead);
         for raw in due {
-            self.push_due(&mut pipe, raw, now);
-        }
-        pipe.query_async(conn).await
-    }
-
-    fn push_due(&self, pipe: &mut redis::Pipeline, raw: &[u8], now: f64) {
-        let parsed = std::str::from_utf8(raw)
-            .map_err(|e| rustq_core::PayloadError::InvalidJson(e.to_string()))
-            .and_then(Job::from_json);
-        match parsed {
-            Ok(mut job) => {
-                let queue = job.queue().unwrap_or("default").to_string();
-                job.set_time("enqueued_at", now, self.wire);
-                pipe.sadd(keys::QUEUES, &queue)
-                    .ignore()
-                    .lpush(keys::queue(&queue), job.to_json())
-                    .ignore();
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "unreadable job in a scheduled set sent to the dead set");
-                add_dead(
-                    pipe,
-                    &poison_payload(raw, "default", &e, self.wire, now),
-                    now,
-                    self.dead,
-                );
+            match work::parse(raw) {
+                Ok(mut job) => {
+                    let queue = job.queue().unwrap_or("default").to_string();
+                    job.set_time("enqueued_at", now, self.wire);
+                    let payload = job.to_json();
+                    batch.add(
+                        &self.scheduling,
+                        raw,
+                        Effect::Push {
+                            queue: &queue,
+                            payload: &payload,
+                        },
+                        &[],
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "unreadable job in a scheduled set sent to the dead set");
+                    let entry = dead_set::unreadable_entry(raw, "default", &e, self.wire, now);
+                    batch.add(&self.scheduling, raw, Effect::Bury(&entry), &[]);
+                }
             }
         }
-        pipe.lrem(&self.scheduling, -1, raw).ignore();
+        batch.write(&self.write, conn).await.map(drop)
     }
 
     /// Seconds until the next poll: `avg * rand + avg / 2` (Sidekiq's spread), where `avg` is
@@ -151,5 +150,48 @@ impl Poller {
         };
         let secs = avg * rand::rng().random::<f64>() + avg / 2.0;
         Duration::from_secs_f64(secs.max(0.05))
+    }
+}
+
+/// Polls for due jobs for the life of the process, not while it is quiet.
+pub struct Poll {
+    /// The poller.
+    pub poller: Poller,
+    /// The process's control.
+    pub control: Control,
+    /// `poll_interval_average`, when set: this process's own average.
+    pub fixed: Option<f64>,
+    /// `average_scheduled_poll_interval`: the fleet's average.
+    pub average: f64,
+}
+
+impl Service for Poll {
+    fn name(&self) -> &'static str {
+        "poller"
+    }
+
+    fn run(self: Box<Self>) -> BoxFuture<()> {
+        Box::pin(async move {
+            let Poll {
+                poller,
+                control,
+                fixed,
+                average,
+            } = *self;
+            // A random first wait keeps processes started together from polling together.
+            let first =
+                Duration::from_secs_f64(rand::random::<f64>() * fixed.unwrap_or(average).min(5.0));
+            tokio::time::sleep(first).await;
+            loop {
+                if !control.is_quiet() {
+                    match poller.enqueue_due().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(jobs = n, "enqueued due scheduled/retry jobs"),
+                        Err(e) => tracing::warn!(error = %e, "scheduled poll failed"),
+                    }
+                }
+                tokio::time::sleep(poller.next_interval(fixed, average).await).await;
+            }
+        })
     }
 }

@@ -18,12 +18,18 @@ pub const HISTOGRAM_BOUNDS_MS: [u64; 25] = [
 /// Metrics hashes and histograms live eight hours (Sidekiq's `SHORT_TERM`/`HISTOGRAM_TTL`).
 pub const METRICS_TTL_SECS: i64 = 8 * 3600;
 
+/// One job class's counts since the last flush: the per-class metrics and run time histogram
+/// that Sidekiq 7's Web UI charts.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClassMetrics {
     /// Sum of the run times of successful executions, in ms.
     pub ms: u64,
+    /// Executions, failed ones included.
     pub processed: u64,
+    /// Failed executions.
     pub failed: u64,
+    /// Successful executions per run time bucket of [`HISTOGRAM_BOUNDS_MS`]; the last bucket holds
+    /// those slower than every bound.
     pub histogram: [u64; 26],
 }
 
@@ -38,8 +44,11 @@ pub struct Counters {
 /// A drained set of counters, ready to write (or to put back if writing failed).
 #[derive(Debug, Default, PartialEq)]
 pub struct Flush {
+    /// Executions, failed ones included: added to `stat:processed` and today's counter.
     pub processed: u64,
+    /// Failed executions: added to `stat:failed` and today's counter.
     pub failed: u64,
+    /// Metrics by job class name.
     pub classes: HashMap<String, ClassMetrics>,
 }
 
@@ -68,10 +77,12 @@ impl Counters {
         }
     }
 
+    /// Executions counted since the last flush, failed ones included.
     pub fn processed(&self) -> u64 {
         self.processed.load(Ordering::Relaxed)
     }
 
+    /// Drains the counts for the heartbeat to write, leaving every counter at zero.
     pub fn take(&self) -> Flush {
         let classes = std::mem::take(&mut *self.classes.lock().unwrap_or_else(|e| e.into_inner()));
         Flush {

@@ -63,12 +63,27 @@ pub fn watchdog_interval() -> Option<Duration> {
     Some(Duration::from_micros(usec / 2))
 }
 
-/// Pings the watchdog until aborted. It runs on the engine's runtime, so a wedged runtime stops
-/// the pings and systemd restarts the process.
-pub async fn watchdog(notifier: std::sync::Arc<Notifier>, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        notifier.notify("WATCHDOG=1");
+/// Pings the watchdog until the process has stopped. It runs on the engine's runtime, so a
+/// wedged runtime stops the pings and systemd restarts the process.
+pub struct Watchdog {
+    /// Where the pings go.
+    pub notifier: std::sync::Arc<Notifier>,
+    /// How often.
+    pub every: Duration,
+}
+
+impl crate::service::Service for Watchdog {
+    fn name(&self) -> &'static str {
+        "watchdog"
+    }
+
+    fn run(self: Box<Self>) -> crate::service::BoxFuture<()> {
+        Box::pin(async move {
+            loop {
+                tokio::time::sleep(self.every).await;
+                self.notifier.notify("WATCHDOG=1");
+            }
+        })
     }
 }
 

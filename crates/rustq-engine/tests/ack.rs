@@ -1,11 +1,14 @@
 //! Finished jobs written back, against a real Redis: a batch is written again when its reply is
-//! lost, and must then change nothing more.
+//! lost, and must then change nothing more — check points' writes included, even those that are
+//! not idempotent themselves (an `INCR`, an `LPUSH`).
 
 use rustq_core::RedisConfig;
-use rustq_engine::ack::{self, Completion, DeadSetLimits};
-use rustq_engine::fetch::UnitOfWork;
-use rustq_engine::job_retry::Action;
+use rustq_engine::ack;
+use rustq_engine::dead_set::DeadSetLimits;
 use rustq_engine::keys;
+use rustq_engine::outcome::{self, Batch};
+use rustq_engine::work::Completion;
+use rustq_engine::{Action, Deferral, UnitOfWork, Write};
 use rustq_testing::RedisServer;
 
 const ME: &str = "me:1:000000000000";
@@ -15,24 +18,29 @@ fn job(jid: &str) -> String {
 }
 
 fn completion(jid: &str, action: Action) -> Completion {
-    Completion {
-        unit: UnitOfWork {
+    Completion::new(
+        UnitOfWork {
             queue: "default".into(),
             raw: job(jid).into_bytes(),
         },
         action,
-    }
+    )
 }
 
 #[tokio::test]
 async fn a_batch_written_twice_has_the_effect_of_one() {
     let redis = RedisServer::start();
     let list = keys::inprogress(ME, "default");
-    for jid in ["done", "requeued", "retried", "dead"] {
+    for jid in ["done", "requeued", "retried", "dead", "later", "parked"] {
         redis.cli(&["LPUSH", &list, &job(jid)]);
     }
+    let mut done = completion("done", Action::Acknowledge);
+    done.writes = vec![
+        Write::new("INCR").key("rustq:test:outcomes"),
+        Write::new("LPUSH").key("rustq:test:log").arg("done"),
+    ];
     let batch = [
-        completion("done", Action::Acknowledge),
+        done,
         completion("requeued", Action::Requeue),
         completion(
             "retried",
@@ -47,20 +55,30 @@ async fn a_batch_written_twice_has_the_effect_of_one() {
                 payload: job("dead"),
             },
         ),
+        completion("later", Action::Defer(Deferral::Until(2_100_000_000.0))),
+        completion(
+            "parked",
+            Action::Defer(Deferral::Into("rustq:test:parked".into())),
+        ),
+        // Not in the list (another process recovered it): nothing of it is written.
+        {
+            let mut gone = completion("gone", Action::Requeue);
+            gone.writes = vec![Write::new("INCR").key("rustq:test:outcomes")];
+            gone
+        },
     ];
-    let mut pipe = redis::pipe();
-    pipe.atomic();
+    let mut writes = Batch::new(1_900_000_000.0, DeadSetLimits::default());
     for c in &batch {
-        ack::add_commands(&mut pipe, ME, c, 1_900_000_000.0, DeadSetLimits::default());
+        ack::add(&mut writes, ME, c);
     }
     let mut conn = RedisConfig::new(redis.url())
         .connection_manager()
         .await
         .unwrap();
+    let script = outcome::script();
     // As the acker does when the reply to a batch that had run was lost: the same batch again.
-    for _ in 0..2 {
-        pipe.query_async::<()>(&mut conn).await.unwrap();
-    }
+    assert_eq!(writes.write(&script, &mut conn).await.unwrap(), 6);
+    assert_eq!(writes.write(&script, &mut conn).await.unwrap(), 0);
 
     assert_eq!(redis.cli(&["LLEN", &list]), "0");
     assert_eq!(
@@ -70,4 +88,16 @@ async fn a_batch_written_twice_has_the_effect_of_one() {
     );
     assert_eq!(redis.cli(&["ZCARD", "retry"]), "1");
     assert_eq!(redis.cli(&["ZCARD", "dead"]), "1");
+    assert_eq!(
+        redis.cli(&["ZRANGE", "schedule", "0", "-1", "WITHSCORES"]),
+        format!("{}\n2100000000", job("later")),
+        "deferred to a time: in the schedule set, unchanged"
+    );
+    assert_eq!(
+        redis.cli(&["LRANGE", "rustq:test:parked", "0", "-1"]),
+        job("parked"),
+        "deferred into a list: there once, unchanged"
+    );
+    assert_eq!(redis.cli(&["GET", "rustq:test:outcomes"]), "1");
+    assert_eq!(redis.cli(&["LLEN", "rustq:test:log"]), "1");
 }

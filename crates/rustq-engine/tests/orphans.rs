@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustq_core::{RedisConfig, WireVersion};
-use rustq_engine::fetch::UnitOfWork;
+use rustq_engine::holdings::Holdings;
 use rustq_engine::keys;
-use rustq_engine::orphans::{Adopter, Holdings};
+use rustq_engine::orphans::Adopter;
 use rustq_engine::scheduled::Poller;
+use rustq_engine::UnitOfWork;
 use rustq_testing::RedisServer;
 
 const ME: &str = "me:1:000000000000";
@@ -85,7 +86,7 @@ async fn the_periodic_look_finds_orphans_when_no_fetch_has_failed() {
     redis.cli(&["LPUSH", &list, &job("late-orphan")]);
     let mut adopter = adopter(&redis, Arc::new(Holdings::default())).await;
     adopter.recheck = Duration::from_millis(100);
-    let running = tokio::spawn(adopter.run());
+    let running = tokio::spawn(adopter.watch());
     // The first look, then the grace (1 s here) before the give-back.
     let mut back = false;
     for _ in 0..100 {

@@ -121,3 +121,35 @@ async fn recovered_jobs_keep_their_order_at_the_front_of_the_queue() {
     assert_eq!(redis.cli(&["HGET", keys::RECOVERIES, "first"]), "1");
     assert_eq!(redis.cli(&["HEXISTS", keys::RECOVERIES, "second"]), "0");
 }
+
+#[tokio::test]
+async fn due_jobs_a_dead_process_was_pushing_go_back_due_and_uncounted() {
+    let redis = RedisServer::start();
+    let dead = "elsewhere:4244:0123456789ab";
+    redis.cli(&[
+        "HSET",
+        keys::PROCESSES,
+        dead,
+        r#"{"queues":["default","mail"],"concurrency":5}"#,
+    ]);
+    let due = r#"{"class":"X","args":[],"jid":"due-1","queue":"mail"}"#;
+    redis.cli(&["LPUSH", &keys::scheduling(dead), due]);
+    let conn = RedisConfig::new(redis.url())
+        .connection_manager()
+        .await
+        .unwrap();
+    let recovery = Recovery::new(conn, "me:1:000000000000", 0, WireVersion::V7);
+    assert_eq!(recovery.recover_dead().await.unwrap(), 1);
+
+    // Its queue is in its payload, a key the script cannot name beforehand: it goes back to
+    // the schedule set, due now, for the next poll to push.
+    assert_eq!(redis.cli(&["ZRANGE", "schedule", "0", "-1"]), due);
+    let score: f64 = redis
+        .cli(&["ZSCORE", "schedule", due])
+        .parse()
+        .expect("a score");
+    assert!(score <= rustq_core::wire::now_secs(), "due now: {score}");
+    assert_eq!(redis.cli(&["EXISTS", &keys::scheduling(dead)]), "0");
+    assert_eq!(redis.cli(&["HLEN", keys::RECOVERIES]), "0", "not a death");
+    assert_eq!(redis.cli(&["HEXISTS", keys::PROCESSES, dead]), "0");
+}

@@ -106,10 +106,8 @@ where
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    let detail = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_string());
-    format!("rustq internal error: {detail}")
+    format!(
+        "rustq internal error: {}",
+        rustq_engine::failure::panic_message(panic.as_ref())
+    )
 }

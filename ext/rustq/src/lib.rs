@@ -21,11 +21,15 @@ use magnus::{function, method, prelude::*, Error, Ruby};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod answers;
 mod client;
 mod convert;
 mod errors;
+mod failure;
 mod gvl;
+mod job_queue;
 mod push;
+mod ruby_handler;
 mod to_ruby;
 mod worker;
 
@@ -38,6 +42,10 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     native.define_singleton_method("push", function!(push::push, 1))?;
     native.define_singleton_method("push_bulk", function!(push::push_bulk, 1))?;
     native.define_singleton_method("prepare", function!(push::prepare, 2))?;
+    native.define_singleton_method("retry_in", function!(failure::retry_in, 1))?;
+    native.define_singleton_method("capsules_refused", function!(worker::capsules_refused, 1))?;
+    native.define_singleton_method("failed_payload", function!(failure::failed_payload, 5))?;
+    native.define_singleton_method("signals", function!(worker::signals, 0))?;
 
     let worker = native.define_class("Worker", ruby.class_object())?;
     worker.define_singleton_method("new", function!(worker::Worker::new, 3))?;

@@ -22,412 +22,26 @@
 //! takes its job only once it holds the GVL, so a job never waits in a thread that cannot run.
 //! (Waking a thread per job, each to wait for the GVL, cost more than a no-op job itself.)
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::Duration;
 
 use magnus::error::ErrorType;
 use magnus::value::{BoxValue, Opaque};
-use magnus::{
-    block::Proc, prelude::*, Error, IntoValue, RArray, RHash, RString, Ruby, Symbol, Value,
-};
+use magnus::{block::Proc, prelude::*, Error, IntoValue, RHash, RString, Ruby, Value};
 use rustq_engine::cli::{self, Parsed};
-use rustq_engine::job_retry::{self, Outlook, RetryPolicy};
+use rustq_engine::job_retry::{Outlook, RetryPolicy};
 use rustq_engine::{
-    Backoff, Control, Failure, FailureKind, JobContext, JobResult, Registry, Started,
-    Worker as Engine,
+    failure::class, Control, Failure, JobResult, Registry, Signal, Worker as Engine,
 };
 use tokio::runtime::Runtime;
 use tokio::sync::{oneshot, watch, Notify};
 
+use crate::answers::{collect, Answers};
+use crate::failure::{failure, resume_jump, unreportable};
+use crate::job_queue::{Dispatch, JobQueue, QueueSender, Wait};
+use crate::ruby_handler::RubyHandler;
 use crate::{client, errors, gvl, to_ruby};
-
-/// One job on its way to a Ruby thread. `claim` decides, once, whether a Ruby thread takes it
-/// (`TAKEN`) or the engine gives it back unstarted because the process is quieting (`WITHDRAWN`).
-struct Dispatch {
-    /// The payload as the engine parsed it, written out for the Ruby thread that makes it a Hash
-    /// (the parsed payload itself stays with the engine, which frees it on its own runtime).
-    tape: to_ruby::Tape,
-    /// For an ActiveJob wrapper's payload: the wrapper's class name and the jid. The Ruby thread
-    /// then makes only `args[0]` (ActiveJob's own data) a Hash (`process_active_job`), and the
-    /// whole payload only should the job fail.
-    active_job: Option<ActiveJobParts>,
-    /// Its JSON as stored in Redis (for error handlers' `jobstr`).
-    json: Arc<str>,
-    queue: String,
-    outlook: Outlook,
-    claim: Arc<AtomicU8>,
-    /// Marks the job busy (Web UI, heartbeat) from the moment a Ruby thread takes it.
-    started: Started,
-    /// With a time limit: told when a Ruby thread takes the job, since its limit starts then.
-    taken: Option<oneshot::Sender<()>>,
-    reply: oneshot::Sender<JobResult>,
-}
-
-struct ActiveJobParts {
-    wrapper: String,
-    jid: String,
-}
-
-impl ActiveJobParts {
-    /// `wrappers`: the class names ActiveJob adapters put on a payload
-    /// (`Rustq::Job::ACTIVE_JOB_WRAPPERS`).
-    fn of(
-        job: &rustq_core::Job,
-        tape: &to_ruby::Tape,
-        wrappers: &[String],
-    ) -> Option<ActiveJobParts> {
-        let wrapper = job.class()?;
-        if !tape.has_first_arg() || !wrappers.iter().any(|w| w == wrapper) {
-            return None;
-        }
-        Some(ActiveJobParts {
-            wrapper: wrapper.to_string(),
-            jid: job.jid()?.to_string(),
-        })
-    }
-}
-
-const WAITING: u8 = 0;
-const TAKEN: u8 = 1;
-const WITHDRAWN: u8 = 2;
-
-impl Dispatch {
-    /// Takes the job for the calling Ruby thread; false if it is no longer to be run.
-    fn take(&mut self) -> bool {
-        if self.reply.is_closed()
-            || self
-                .claim
-                .compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
-            return false;
-        }
-        self.started.signal();
-        if let Some(taken) = self.taken.take() {
-            let _ = taken.send(());
-        }
-        true
-    }
-}
-
-/// The jobs handed to the Ruby threads, in fetch order.
-#[derive(Default)]
-struct JobQueue {
-    state: Mutex<QueueState>,
-    wake: Condvar,
-}
-
-#[derive(Default)]
-struct QueueState {
-    jobs: VecDeque<Dispatch>,
-    /// The engine has let go of its handler: no more jobs will come.
-    closed: bool,
-    /// Ruby threads waiting for a job, without the GVL.
-    idle: usize,
-    /// Where the one wake-up that may be under way is; while one is, no other thread is woken.
-    waking: Waking,
-}
-
-#[derive(Default, Clone, Copy, PartialEq, Eq)]
-enum Waking {
-    #[default]
-    No,
-    /// Granted to the idle threads (one was notified) and not yet claimed by one.
-    Granted,
-    /// Claimed by a thread that has not yet looked at the queue holding the GVL.
-    Claimed,
-}
-
-/// How a wait of a Ruby thread ended.
-enum Wait {
-    /// Woken to take a job: the wake-up is this thread's to end (see [`JobQueue::next`]).
-    Woken,
-    /// Nothing to wait for: a job came or the engine stopped before the thread went to sleep.
-    Look,
-    /// `Thread#kill`/`#raise` or a signal: back to Ruby at once.
-    Interrupted,
-}
-
-impl JobQueue {
-    fn lock(&self) -> MutexGuard<'_, QueueState> {
-        // Every change to the state is complete before anything that could panic.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn push(&self, dispatch: Dispatch) {
-        let mut state = self.lock();
-        state.jobs.push_back(dispatch);
-        self.wake_one(&mut state);
-    }
-
-    fn close(&self) {
-        self.lock().closed = true;
-        self.wake.notify_all();
-    }
-
-    /// Wakes an idle thread, unless one is already on its way.
-    fn wake_one(&self, state: &mut QueueState) {
-        if state.waking == Waking::No && state.idle > 0 {
-            state.waking = Waking::Granted;
-            self.wake.notify_one();
-        }
-    }
-
-    /// A thread woken to take a job goes back to Ruby without looking (an interrupt): the
-    /// next idle thread may be woken in its place.
-    fn forgo_wake(&self) {
-        let mut state = self.lock();
-        state.waking = Waking::No;
-        if !state.jobs.is_empty() {
-            self.wake_one(&mut state);
-        }
-    }
-
-    /// Holding the GVL: the next job to run, `Err(())` once the engine has stopped, or
-    /// `Ok(None)` when there is none yet (the caller then `wait`s). `woken` says the caller was
-    /// woken to look, which lets the next idle thread be woken.
-    fn next(&self, woken: bool) -> Result<Option<Dispatch>, ()> {
-        loop {
-            let mut state = self.lock();
-            if woken {
-                state.waking = Waking::No;
-            }
-            let Some(mut dispatch) = state.jobs.pop_front() else {
-                return if state.closed { Err(()) } else { Ok(None) };
-            };
-            // More jobs wait: have a thread ready to take one should this one block.
-            if !state.jobs.is_empty() {
-                self.wake_one(&mut state);
-            }
-            drop(state);
-            if dispatch.take() {
-                return Ok(Some(dispatch));
-            }
-        }
-    }
-
-    /// Without the GVL: sleeps until woken to look at the queue again, or interrupted.
-    fn wait(&self, interrupted: &AtomicBool) -> Wait {
-        let mut state = self.lock();
-        if !state.jobs.is_empty() || state.closed {
-            return Wait::Look;
-        }
-        state.idle += 1;
-        loop {
-            if interrupted.load(Ordering::Acquire) {
-                state.idle -= 1;
-                // A wake-up granted while no other thread is left idle to claim it lapses. (With
-                // others left, one claims it: the interrupt woke them all.)
-                if state.waking == Waking::Granted && state.idle == 0 {
-                    state.waking = Waking::No;
-                }
-                return Wait::Interrupted;
-            }
-            if state.waking == Waking::Granted {
-                state.waking = Waking::Claimed;
-                state.idle -= 1;
-                return Wait::Woken;
-            }
-            if state.closed {
-                state.idle -= 1;
-                return Wait::Look;
-            }
-            state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-}
-
-/// The engine's end of the queue: dropping it (the engine has stopped) ends the Ruby threads'
-/// loops once no job is left.
-struct QueueSender(Arc<JobQueue>);
-
-impl Drop for QueueSender {
-    fn drop(&mut self) {
-        self.0.close();
-    }
-}
-
-/// Answers of finished jobs on their way back to the engine. A Ruby thread files its answer here
-/// rather than waking the engine's runtime for each job: waking a parked runtime thread cost the
-/// Ruby thread ~10 µs per job, a fifth of a no-op ActiveJob job. [`collect`] hands them over
-/// every millisecond while jobs run, at once when the Ruby threads have run out of jobs (so the
-/// engine fetches more) or 64 are waiting, and rests after 100 ms without any.
-#[derive(Default)]
-struct Answers {
-    pending: Mutex<Vec<(oneshot::Sender<JobResult>, JobResult)>>,
-    wake: Notify,
-    /// `collect` waits for a wake instead of ticking.
-    resting: AtomicBool,
-}
-
-/// Answers waiting past this many wake the collector at once.
-const ANSWERS_BATCH: usize = 32;
-
-impl Answers {
-    fn file(&self, reply: oneshot::Sender<JobResult>, result: JobResult, out_of_jobs: bool) {
-        let waiting = {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.push((reply, result));
-            pending.len()
-        };
-        if out_of_jobs || waiting >= ANSWERS_BATCH || self.resting.load(Ordering::SeqCst) {
-            self.wake.notify_one();
-        }
-    }
-
-    /// Hands every waiting answer to its engine task; how many there were.
-    fn deliver(&self) -> usize {
-        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        let count = batch.len();
-        for (reply, result) in batch {
-            // The engine task may have stopped waiting (time limit, shutdown): nothing to do.
-            let _ = reply.send(result);
-        }
-        count
-    }
-}
-
-/// Runs on the engine's runtime for as long as the engine does (see [`Answers`]).
-async fn collect(answers: Arc<Answers>) {
-    let mut quiet_ticks = 0;
-    loop {
-        if quiet_ticks >= 100 {
-            answers.resting.store(true, Ordering::SeqCst);
-            // Whatever was filed before `resting` was set is delivered here; anything filed after
-            // it sees `resting` and wakes us.
-            if answers.deliver() == 0 {
-                answers.wake.notified().await;
-            }
-            answers.resting.store(false, Ordering::SeqCst);
-            quiet_ticks = 0;
-        } else {
-            tokio::select! {
-                () = answers.wake.notified() => {}
-                () = tokio::time::sleep(Duration::from_millis(1)) => {}
-            }
-        }
-        if answers.deliver() == 0 {
-            quiet_ticks += 1;
-        } else {
-            quiet_ticks = 0;
-        }
-    }
-}
-
-/// The fallback handler: every job class is resolved and run by Ruby.
-struct RubyHandler {
-    jobs: QueueSender,
-    policy: RetryPolicy,
-    /// `--job-timeout`, counted from when a Ruby thread takes the job (not while it waits for a
-    /// thread still busy with a job that went over its own limit).
-    time_limit: Option<Duration>,
-    /// Set once the engine exists: jobs still waiting for a thread go back when it quiets.
-    control: Arc<OnceLock<Control>>,
-    /// `Rustq::Job::ACTIVE_JOB_WRAPPERS`: payloads of these classes take the ActiveJob path.
-    active_job_wrappers: Vec<String>,
-}
-
-impl rustq_engine::Handler for RubyHandler {
-    fn signals_start(&self) -> bool {
-        true
-    }
-
-    fn perform(&self, ctx: JobContext) -> rustq_engine::handler::BoxFuture<JobResult> {
-        let (reply, answer) = oneshot::channel();
-        let (taken, taken_rx) = match self.time_limit {
-            Some(_) => {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
-            }
-            None => (None, None),
-        };
-        let claim = Arc::new(AtomicU8::new(WAITING));
-        let tape = to_ruby::Tape::of(ctx.job().fields());
-        self.jobs.0.push(Dispatch {
-            active_job: ActiveJobParts::of(ctx.job(), &tape, &self.active_job_wrappers),
-            tape,
-            json: ctx.shared_payload_json(),
-            queue: ctx.queue().to_string(),
-            outlook: job_retry::outlook(ctx.job(), None, self.policy, rustq_core::wire::now_secs()),
-            claim: claim.clone(),
-            started: ctx.start_signal(),
-            taken,
-            reply,
-        });
-        let time_limit = self.time_limit;
-        let control = self.control.get().cloned();
-        Box::pin(async move {
-            let quieted = async {
-                match &control {
-                    Some(control) => control.quieted().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::pin!(quieted);
-            // A reply dropped unanswered means the Ruby thread died with the job (or, before it
-            // was taken, that the Ruby threads are gone).
-            let answered = async {
-                answer.await.unwrap_or_else(|_| {
-                    Err(Failure::retry(
-                        "Rustq::JobAbandoned",
-                        "the Ruby thread running this job ended without reporting back",
-                    ))
-                })
-            };
-            tokio::pin!(answered);
-            let withdraw = || {
-                claim
-                    .compare_exchange(WAITING, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            };
-            let (Some(limit), Some(mut taken_rx)) = (time_limit, taken_rx) else {
-                // No time limit: only the answer, unless the process quiets before a thread
-                // has taken the job.
-                return tokio::select! {
-                    biased;
-                    result = &mut answered => result,
-                    () = &mut quieted => {
-                        if withdraw() {
-                            return Err(Failure::requeue());
-                        }
-                        answered.await
-                    }
-                };
-            };
-            let taken = tokio::select! {
-                biased;
-                taken = &mut taken_rx => taken.is_ok(),
-                () = &mut quieted => {
-                    if withdraw() {
-                        return Err(Failure::requeue());
-                    }
-                    // A thread has just taken it: wait for it to say so.
-                    (&mut taken_rx).await.is_ok()
-                }
-            };
-            if !taken {
-                return Err(Failure::retry(
-                    "Rustq::WorkerStopped",
-                    "the Ruby threads of this worker are gone",
-                ));
-            }
-            // Dropping `answer` tells Ruby (`stop_abandoned`) to stop the job's thread.
-            tokio::time::timeout(limit, answered)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Failure::retry(
-                        "Rustq::TimeoutError",
-                        format!(
-                            "job exceeded its time limit of {:.1} s",
-                            limit.as_secs_f64()
-                        ),
-                    ))
-                })
-        })
-    }
-}
 
 /// How `Worker::run` ended, once it has.
 type Outcome = Option<Result<(), String>>;
@@ -446,7 +60,7 @@ pub struct Worker {
     jobs: Arc<JobQueue>,
     answers: Arc<Answers>,
     /// The Ruby threads in `run_jobs`.
-    running: Mutex<Vec<Arc<Slot>>>,
+    running: Mutex<Vec<Arc<Seat>>>,
     outcome: watch::Receiver<Outcome>,
     finish: Mutex<Option<watch::Sender<Outcome>>>,
     watchdog: Option<Watchdog>,
@@ -459,7 +73,7 @@ struct Watchdog {
 }
 
 /// One Ruby thread in `run_jobs`, and the job it runs (where `stop_abandoned` looks).
-struct Slot {
+struct Seat {
     /// The Ruby Thread: alive while registered, since its own `run_jobs` call removes it.
     thread: Opaque<Value>,
     /// The running job's answer: taken by the thread when the job ends, or by
@@ -473,22 +87,22 @@ struct Slot {
     raising: AtomicBool,
 }
 
-/// Keeps a [`Slot`] in the worker's list for as long as its `run_jobs` call lasts.
+/// Keeps a [`Seat`] in the worker's list for as long as its `run_jobs` call lasts.
 struct Registered<'a> {
-    running: &'a Mutex<Vec<Arc<Slot>>>,
-    slot: Arc<Slot>,
+    running: &'a Mutex<Vec<Arc<Seat>>>,
+    seat: Arc<Seat>,
 }
 
 impl<'a> Registered<'a> {
-    fn new(running: &'a Mutex<Vec<Arc<Slot>>>, slot: Arc<Slot>) -> Self {
-        lock(running).push(slot.clone());
-        Registered { running, slot }
+    fn new(running: &'a Mutex<Vec<Arc<Seat>>>, seat: Arc<Seat>) -> Self {
+        lock(running).push(seat.clone());
+        Registered { running, seat }
     }
 }
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        lock(self.running).retain(|s| !Arc::ptr_eq(s, &self.slot));
+        lock(self.running).retain(|s| !Arc::ptr_eq(s, &self.seat));
     }
 }
 
@@ -497,18 +111,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// `Rustq::Native::Running`: what a Ruby thread's jobs get as `source`; one per thread. It
-/// keeps the thread alive for as long as it lives itself, so the [`Slot`]'s thread is never a
+/// keeps the thread alive for as long as it lives itself, so the [`Seat`]'s thread is never a
 /// dangling VALUE (should `run_jobs` be left by a longjmp that skips its cleanup, its `source`
 /// stays registered with the GC).
 #[derive(magnus::TypedData)]
 #[magnus(class = "Rustq::Native::Running", free_immediately, size, mark)]
 pub struct Running {
-    slot: Arc<Slot>,
+    seat: Arc<Seat>,
 }
 
 impl magnus::DataTypeFunctions for Running {
     fn mark(&self, marker: &magnus::gc::Marker) {
-        marker.mark(self.slot.thread);
+        marker.mark(self.seat.thread);
     }
 }
 
@@ -517,45 +131,18 @@ impl Running {
     /// the first job).
     pub fn payload(ruby: &Ruby, rb_self: &Running) -> Option<RHash> {
         // Copied out first: no lock is held while Ruby allocates.
-        let tape = lock(&rb_self.slot.tape).clone();
+        let tape = lock(&rb_self.seat.tape).clone();
         tape.map(|tape| to_ruby::hash_from_tape(ruby, &tape))
     }
 
     /// `payload_json`: the running job's JSON as it was stored in Redis (what Sidekiq's error
     /// handlers get as `jobstr`).
     pub fn payload_json(&self) -> String {
-        lock(&self.slot.json)
+        lock(&self.seat.json)
             .as_deref()
             .map(str::to_string)
             .unwrap_or_default()
     }
-}
-
-/// `Thread#kill`/`Thread.exit` inside a job (a jump, not an exception): it goes on once the job
-/// has been answered for. Any other outcome has been answered already.
-fn resume_jump(answer: Result<Value, Error>) -> Result<(), Error> {
-    match answer {
-        Err(e) if matches!(e.error_type(), ErrorType::Jump(_)) => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// The failure for an answer the engine cannot take (a bug in the host), or an exception that
-/// escaped `process`: the job still fails rather than lose its thread.
-fn unreportable(ruby: &Ruby, error: &Error) -> Failure {
-    let class = error
-        .value()
-        .and_then(|v| {
-            let class = if v.is_kind_of(ruby.class_module()) {
-                v
-            } else {
-                v.class().as_value()
-            };
-            class.funcall::<_, _, String>("name", ()).ok()
-        })
-        .unwrap_or_else(|| "Rustq::Error".to_string());
-    tracing::error!(error_class = %class, error = %error, "rustq-worker: cannot report a job's outcome; the job fails with this error");
-    Failure::retry(class, error.to_string())
 }
 
 impl Worker {
@@ -579,29 +166,20 @@ impl Worker {
             errors::usage(ruby, e.render().to_string(), status)
         })?;
         let mut options = parsed.options.clone();
-        // The Ruby handler applies `--job-timeout` itself (see `RubyHandler::time_limit`); the
-        // config file's handlers (`noop`, `exec`) keep it as their default and keep working.
-        let time_limit = options.job_timeout.take();
-        for handler in options.handlers.values_mut() {
-            handler.timeout = handler.timeout.or(time_limit);
-        }
         let mut registry = Registry::new();
         registry.add_configured(&options.handlers);
         let queue = Arc::new(JobQueue::default());
-        let control = Arc::new(OnceLock::new());
         registry.fallback(RubyHandler {
             jobs: QueueSender(queue.clone()),
             policy: RetryPolicy {
                 wire: options.wire,
                 max_retries: options.max_retries,
             },
-            time_limit,
-            control: control.clone(),
             active_job_wrappers,
         });
         // Ruby threads take jobs fetched ahead straight from the engine. Not with `exec`
-        // handlers from the config file: those would run in slots of their own on top of the
-        // Ruby threads, so every job goes through the engine's `concurrency` slots instead.
+        // handlers from the config file: those would run in seats of their own on top of the
+        // Ruby threads, so every job goes through the engine's `concurrency` seats instead.
         options.dispatch_ahead = options.handlers.is_empty();
         // systemd's watchdog is pinged from a Ruby thread (`ping_watchdog`), as Sidekiq pings it:
         // a VM stuck holding the GVL then stops the pings and gets restarted.
@@ -611,7 +189,6 @@ impl Worker {
         });
         options.host_watchdog = true;
         let engine = Engine::new(options, registry);
-        let _ = control.set(engine.control());
         let (finish, outcome) = watch::channel(None);
         Ok(Worker {
             runtime: client::session(ruby)?.runtime(),
@@ -730,17 +307,17 @@ impl Worker {
         processor: Value,
         host: Value,
     ) -> Result<(), Error> {
-        let slot = Arc::new(Slot {
+        let seat = Arc::new(Seat {
             thread: Opaque::from(ruby.thread_current().as_value()),
             current: Mutex::new(None),
             json: Mutex::new(None),
             tape: Mutex::new(None),
             raising: AtomicBool::new(false),
         });
-        let _registered = Registered::new(&rb_self.running, slot.clone());
+        let _registered = Registered::new(&rb_self.running, seat.clone());
         let source = BoxValue::new(
             Running {
-                slot: Arc::clone(&slot),
+                seat: Arc::clone(&seat),
             }
             .into_value_with(ruby),
         );
@@ -757,15 +334,15 @@ impl Worker {
             };
             let queue = to_ruby::word(ruby, &dispatch.queue);
             let outlook = to_ruby::word(ruby, outlook);
-            *lock(&slot.json) = Some(dispatch.json);
-            *lock(&slot.current) = Some(dispatch.reply);
+            *lock(&seat.json) = Some(dispatch.json);
+            *lock(&seat.current) = Some(dispatch.reply);
             let answer = match &dispatch.active_job {
                 Some(parts) => {
                     let data = to_ruby::first_arg_from_tape(ruby, &dispatch.tape)
                         .expect("an ActiveJob payload's args[0] is on its tape");
                     let jid = ruby.str_new(&parts.jid);
                     let wrapper = to_ruby::word(ruby, &parts.wrapper);
-                    *lock(&slot.tape) = Some(dispatch.tape);
+                    *lock(&seat.tape) = Some(dispatch.tape);
                     processor.funcall::<_, _, Value>(
                         process_active_job,
                         (data, jid, wrapper, queue, outlook, *source),
@@ -773,17 +350,17 @@ impl Worker {
                 }
                 None => {
                     let payload = to_ruby::hash_from_tape(ruby, &dispatch.tape);
-                    *lock(&slot.tape) = Some(dispatch.tape);
+                    *lock(&seat.tape) = Some(dispatch.tape);
                     processor.funcall::<_, _, Value>(process, (payload, queue, outlook, *source))
                 }
             };
-            let Some(reply) = lock(&slot.current).take() else {
+            let Some(reply) = lock(&seat.current).take() else {
                 // `stop_abandoned` took the job (the engine has given up on it) and raises
                 // Rustq::JobTimeout in this thread: once it has, the exception, if not already
                 // delivered in the job, is cleared here so it cannot reach the next job.
                 // `discard_late_timeout` also lets the GVL go, should the raise still be under way.
                 loop {
-                    let raising = slot.raising.load(Ordering::SeqCst);
+                    let raising = seat.raising.load(Ordering::SeqCst);
                     host.funcall::<_, _, Value>("discard_late_timeout", ())?;
                     if !raising {
                         break;
@@ -799,7 +376,7 @@ impl Worker {
                     .unwrap_or_else(|e| unreportable(ruby, &e))),
                 Err(e) => Err(match e.error_type() {
                     ErrorType::Jump(_) => {
-                        Failure::retry("Rustq::JobAbandoned", "the job's Ruby thread was killed")
+                        Failure::retry(class::ABANDONED, "the job's Ruby thread was killed")
                     }
                     _ => unreportable(ruby, e),
                 }),
@@ -867,20 +444,20 @@ impl Worker {
         exception_class: Value,
         message: RString,
     ) -> Result<usize, Error> {
-        let slots: Vec<Arc<Slot>> = lock(&rb_self.running).clone();
+        let seats: Vec<Arc<Seat>> = lock(&rb_self.running).clone();
         let mut stopped = 0;
-        for slot in slots {
+        for seat in seats {
             {
-                let mut current = lock(&slot.current);
+                let mut current = lock(&seat.current);
                 if !current.as_ref().is_some_and(|reply| reply.is_closed()) {
                     continue;
                 }
-                slot.raising.store(true, Ordering::SeqCst);
+                seat.raising.store(true, Ordering::SeqCst);
                 current.take();
             }
-            let thread = ruby.get_inner(slot.thread);
+            let thread = ruby.get_inner(seat.thread);
             let raised = thread.funcall::<_, _, Value>("raise", (exception_class, message));
-            slot.raising.store(false, Ordering::SeqCst);
+            seat.raising.store(false, Ordering::SeqCst);
             match raised {
                 Ok(_) => stopped += 1,
                 Err(e) if matches!(e.error_type(), ErrorType::Jump(_)) => return Err(e),
@@ -891,20 +468,22 @@ impl Worker {
         Ok(stopped)
     }
 
-    /// `signal(name)`: "TERM"/"INT" stop, "TSTP" quiet, "TTIN" logs the running jobs.
+    /// `signal(name)`: what the engine's table of signals says ([`rustq_engine::control::SIGNALS`]:
+    /// "TERM"/"INT" stop, "TSTP"/"USR1" quiet, "TTIN" logs the running jobs).
     pub fn signal(ruby: &Ruby, rb_self: &Worker, name: String) -> Result<(), Error> {
-        match name.trim_start_matches("SIG") {
-            "TERM" | "INT" => rb_self.control.stop(),
-            "TSTP" => rb_self.control.quiet(),
-            "TTIN" => rb_self.control.dump(),
-            other => {
-                return Err(Error::new(
-                    ruby.exception_arg_error(),
-                    format!("rustq-worker does not handle SIG{other}"),
-                ))
+        match Signal::from_name(&name) {
+            Some(signal) => {
+                rb_self.control.apply(signal);
+                Ok(())
             }
+            None => Err(Error::new(
+                ruby.exception_arg_error(),
+                format!(
+                    "rustq-worker does not handle SIG{}",
+                    name.trim_start_matches("SIG")
+                ),
+            )),
         }
-        Ok(())
     }
 
     pub fn stopping(&self) -> bool {
@@ -965,6 +544,27 @@ impl Worker {
     }
 }
 
+/// `Rustq::Native.capsules_refused(what)`: the engine's one text for refused capsules.
+pub fn capsules_refused(what: String) -> String {
+    rustq_engine::options::capsules_refused(&what)
+}
+
+/// `Rustq::Native.signals`: every signal the engine answers and what it means ("stop", "quiet",
+/// "dump"), as `[name, meaning]` pairs from its one table.
+pub fn signals() -> Vec<(&'static str, &'static str)> {
+    rustq_engine::control::SIGNALS
+        .iter()
+        .map(|(name, signal)| {
+            let meaning = match signal {
+                Signal::Stop => "stop",
+                Signal::Quiet => "quiet",
+                _ => "dump",
+            };
+            (*name, meaning)
+        })
+        .collect()
+}
+
 /// Whether two Redis URLs name the same server, database and user (`redis://h:6379` and
 /// `redis://h:6379/0` do).
 fn same_server(a: &str, b: &str) -> bool {
@@ -978,61 +578,5 @@ fn same_server(a: &str, b: &str) -> bool {
                 && x.password() == y.password()
         }
         _ => a == b,
-    }
-}
-
-fn failure(ruby: &Ruby, hash: RHash) -> Result<Failure, Error> {
-    let text = |key: &str| -> Result<String, Error> {
-        match hash.get(key).filter(|v| !v.is_nil()) {
-            Some(v) => RString::try_convert(v)?.to_string(),
-            None => Ok(String::new()),
-        }
-    };
-    let backtrace = match hash.get("backtrace").filter(|v| !v.is_nil()) {
-        Some(lines) => RArray::try_convert(lines)?
-            .into_iter()
-            .map(|line| RString::try_convert(line)?.to_string())
-            .collect::<Result<Vec<_>, _>>()?,
-        None => Vec::new(),
-    };
-    let failure = Failure::retry(text("error_class")?, text("message")?).with_backtrace(backtrace);
-    Ok(match hash.get("retry_in").filter(|v| !v.is_nil()) {
-        None => failure,
-        Some(value) => apply_retry_in(ruby, failure, value)?,
-    })
-}
-
-/// `retry_in`: seconds (Integer/Float), or "kill"/:kill (dead set now), "discard"/:discard.
-fn apply_retry_in(ruby: &Ruby, failure: Failure, value: Value) -> Result<Failure, Error> {
-    let word = if let Some(symbol) = Symbol::from_value(value) {
-        Some(symbol.name()?.to_string())
-    } else {
-        RString::from_value(value)
-            .map(|s| s.to_string())
-            .transpose()?
-    };
-    match word.as_deref() {
-        Some("kill") => Ok(Failure {
-            kind: FailureKind::Kill,
-            ..failure
-        }),
-        Some("discard") => Ok(Failure {
-            kind: FailureKind::Discard,
-            ..failure
-        }),
-        Some(other) => Err(Error::new(
-            ruby.exception_arg_error(),
-            format!("retry_in must be seconds, \"kill\" or \"discard\", not {other:?}"),
-        )),
-        None => {
-            let secs = f64::try_convert(value)?;
-            let delay = Duration::try_from_secs_f64(secs).map_err(|_| {
-                Error::new(
-                    ruby.exception_arg_error(),
-                    format!("retry_in must be a positive number of seconds, not {secs}"),
-                )
-            })?;
-            Ok(failure.with_backoff(Backoff::In(delay)))
-        }
     }
 }

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use rustq_engine::{Failure, JobContext, JobResult, Registry};
+use rustq_core::Job;
+use rustq_engine::{
+    Action, CheckFuture, CheckPoint, Deferral, Failure, JobContext, JobResult, Outcome, Registry,
+    Verdict, Write,
+};
 use serde_json::json;
 use tokio::sync::OnceCell;
 
@@ -36,9 +40,34 @@ async fn record(ctx: &JobContext) -> JobResult {
     Ok(())
 }
 
+/// A check point for the tests: `DeferJob`s never run, they are deferred into the list
+/// `deferred`; every `CountedJob` that succeeds has its jid pushed to `outcomes` in the same
+/// atomic step as its acknowledgement.
+struct TestGate;
+
+impl CheckPoint for TestGate {
+    fn before<'a>(&'a self, job: &'a Job, _queue: &'a str) -> CheckFuture<'a> {
+        let verdict = match job.class() {
+            Some("DeferJob") => Verdict::Defer(Deferral::Into("deferred".into())),
+            _ => Verdict::Run,
+        };
+        Box::pin(std::future::ready(verdict))
+    }
+
+    fn on_outcome(&self, outcome: &Outcome<'_>, writes: &mut Vec<Write>) {
+        if outcome.job.class() == Some("CountedJob") && outcome.action == &Action::Acknowledge {
+            writes.push(
+                Write::new("RPUSH")
+                    .key("outcomes")
+                    .arg(outcome.job.jid().unwrap_or_default()),
+            );
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let mut registry = Registry::new();
-    for class in ["LedgerJob", "RecordJob", "Billing::ChargeJob"] {
+    for class in ["LedgerJob", "RecordJob", "Billing::ChargeJob", "DeferJob"] {
         registry.handle(class, |ctx: JobContext| async move { record(&ctx).await });
     }
     registry.handle_args("SlowJob", |ctx: JobContext, (ms,): (u64,)| async move {
@@ -67,5 +96,11 @@ fn main() -> ExitCode {
         std::future::pending::<()>().await;
         Ok(())
     });
-    rustq_engine::cli::main(registry)
+    registry.handle("CountedJob", |ctx: JobContext| async move {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        record(&ctx).await
+    });
+    rustq_engine::cli::main_with(registry, |worker| {
+        worker.add_check_point(TestGate);
+    })
 }

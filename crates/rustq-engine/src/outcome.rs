@@ -1,0 +1,239 @@
+//! The one atomic step that takes jobs out of a list this process holds them in — an in-progress
+//! list, the poller's scheduling list, the poison list — together with what each job's outcome
+//! writes: a retry, a dead-set entry, a requeue, a deferral, a push to its queue, and whatever a
+//! check point adds ([`Write`]).
+//!
+//! Each job's writes run only if the job was still in its list (`LREM` removed it), so a batch
+//! written again after its reply was lost, or an outcome for a job another process has since
+//! recovered, applies nothing a second time. One Lua script, sent by hash, names every key it
+//! touches in `KEYS`.
+
+use std::collections::HashMap;
+
+use redis::aio::ConnectionManager;
+use rustq_core::wire::{self, keys};
+
+use crate::dead_set::{self, DeadSetLimits};
+use crate::work::{Action, Deferral, Write};
+
+const WRITE_OUTCOMES: &str = r#"
+-- KEYS: every key of the batch. ARGV[1] = number of jobs, then per job: the index in KEYS of
+-- the list holding it, the job as held there, its number of commands, then each command: its
+-- number of parts, then per part a kind ('k': a key, by index in KEYS; 'j': the job as held;
+-- 'a': the value itself) and a value. Last, the commands run once after every job (the dead
+-- set's trim), in the same form. Returns how many jobs were still held (and so written).
+local at, applied = 2, 0
+local function command(job)
+  local parts = {}
+  for p = 1, tonumber(ARGV[at]) do
+    local kind, value = ARGV[at + 2 * p - 1], ARGV[at + 2 * p]
+    if kind == 'k' then parts[p] = KEYS[tonumber(value)]
+    elseif kind == 'j' then parts[p] = job
+    else parts[p] = value end
+  end
+  at = at + 1 + 2 * #parts
+  return parts
+end
+for _ = 1, tonumber(ARGV[1]) do
+  local list, job, count = KEYS[tonumber(ARGV[at])], ARGV[at + 1], tonumber(ARGV[at + 2])
+  at = at + 3
+  local held = redis.call('LREM', list, -1, job) > 0
+  if held then applied = applied + 1 end
+  for _ = 1, count do
+    local parts = command(job)
+    if held then redis.call(unpack(parts)) end
+  end
+end
+local after = tonumber(ARGV[at])
+at = at + 1
+for _ = 1, after do redis.call(unpack(command(nil))) end
+return applied
+"#;
+
+/// A command's parts, each marked `k` (a key, by its index in `KEYS`), `j` (the job) or `a`.
+type Parts = Vec<(u8, Vec<u8>)>;
+
+/// A batch of jobs leaving the lists they are held in, written in one step by [`Batch::write`].
+pub struct Batch {
+    keys: Vec<Vec<u8>>,
+    index: HashMap<Vec<u8>, usize>,
+    jobs: usize,
+    body: Vec<Vec<u8>>,
+    /// Commands run once after every job: the dead set's trim, once a job is buried.
+    tail: Vec<Parts>,
+    now: f64,
+    dead: DeadSetLimits,
+}
+
+/// Where a job goes besides out of its list.
+#[derive(Clone, Copy, Debug)]
+pub enum Effect<'a> {
+    /// Nowhere else.
+    Remove,
+    /// What `action` says.
+    Action(&'a Action, &'a str),
+    /// `SADD queues <queue>` and `LPUSH queue:<queue> <payload>`: a due scheduled job, pushed.
+    Push {
+        /// The queue it goes to.
+        queue: &'a str,
+        /// The payload as pushed (with its new `enqueued_at`).
+        payload: &'a str,
+    },
+    /// Into the dead set with this payload.
+    Bury(&'a str),
+}
+
+impl Batch {
+    /// An empty batch; `now` is the time dead-set entries get, `dead` their trim.
+    pub fn new(now: f64, dead: DeadSetLimits) -> Batch {
+        Batch {
+            keys: Vec::new(),
+            index: HashMap::new(),
+            jobs: 0,
+            body: Vec::new(),
+            tail: Vec::new(),
+            now,
+            dead,
+        }
+    }
+
+    /// How many jobs it holds.
+    pub fn len(&self) -> usize {
+        self.jobs
+    }
+
+    /// True when it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.jobs == 0
+    }
+
+    fn key(&mut self, key: &[u8]) -> Vec<u8> {
+        let next = self.keys.len() + 1;
+        let at = *self.index.entry(key.to_vec()).or_insert(next);
+        if at == next {
+            self.keys.push(key.to_vec());
+        }
+        at.to_string().into_bytes()
+    }
+
+    /// `job`, held in `list`, leaves it; `effect` and `writes` follow, only if it was there.
+    pub fn add(&mut self, list: &str, job: &[u8], effect: Effect<'_>, writes: &[Write]) {
+        let mut commands: Vec<Parts> = Vec::new();
+        let job_part = || (b'j', Vec::new());
+        match effect {
+            Effect::Remove | Effect::Action(Action::Acknowledge, _) => {}
+            Effect::Action(Action::Retry { at, payload }, _) => commands.push(
+                self.parts(
+                    &Write::new("ZADD")
+                        .key(keys::RETRY)
+                        .arg(wire::format_float(*at))
+                        .arg(payload),
+                ),
+            ),
+            Effect::Action(Action::Dead { payload }, _) => {
+                self.bury(&mut commands, payload);
+            }
+            Effect::Bury(payload) => {
+                self.bury(&mut commands, payload);
+            }
+            Effect::Push { queue, payload } => {
+                commands.push(self.parts(&Write::new("SADD").key(keys::QUEUES).arg(queue)));
+                commands
+                    .push(self.parts(&Write::new("LPUSH").key(keys::queue(queue)).arg(payload)));
+            }
+            Effect::Action(Action::Requeue, queue) => {
+                let mut parts = self.parts(&Write::new("RPUSH").key(keys::queue(queue)));
+                parts.push(job_part());
+                commands.push(parts);
+            }
+            Effect::Action(Action::Defer(Deferral::Until(at)), _) => {
+                let mut parts = self.parts(
+                    &Write::new("ZADD")
+                        .key(keys::SCHEDULE)
+                        .arg(wire::format_float(*at)),
+                );
+                parts.push(job_part());
+                commands.push(parts);
+            }
+            Effect::Action(Action::Defer(Deferral::Into(target)), _) => {
+                let mut parts = self.parts(&Write::new("LPUSH").key(target));
+                parts.push(job_part());
+                commands.push(parts);
+            }
+        }
+        for write in writes {
+            commands.push(self.parts(write));
+        }
+        let list = self.key(list.as_bytes());
+        self.jobs += 1;
+        self.body.push(list);
+        self.body.push(job.to_vec());
+        self.body.push(commands.len().to_string().into_bytes());
+        for parts in commands {
+            self.push_command(parts);
+        }
+    }
+
+    /// A dead-set entry, and the trim once per batch.
+    fn bury(&mut self, commands: &mut Vec<Parts>, payload: &str) {
+        if self.tail.is_empty() {
+            for write in dead_set::trim(self.now, self.dead) {
+                let parts = self.parts(&write);
+                self.tail.push(parts);
+            }
+        }
+        commands.push(self.parts(&dead_set::bury(payload, self.now)));
+    }
+
+    fn parts(&mut self, write: &Write) -> Parts {
+        write
+            .parts()
+            .iter()
+            .map(|(is_key, value)| {
+                if *is_key {
+                    (b'k', self.key(value))
+                } else {
+                    (b'a', value.clone())
+                }
+            })
+            .collect()
+    }
+
+    fn push_command(&mut self, parts: Parts) {
+        self.body.push(parts.len().to_string().into_bytes());
+        for (kind, value) in parts {
+            self.body.push(vec![kind]);
+            self.body.push(value);
+        }
+    }
+
+    /// Writes the batch in one step; returns how many of its jobs were still held (those
+    /// whose outcome was written).
+    pub async fn write(
+        &self,
+        script: &redis::Script,
+        conn: &mut ConnectionManager,
+    ) -> redis::RedisResult<u64> {
+        let mut invocation = script.prepare_invoke();
+        for k in &self.keys {
+            invocation.key(k.as_slice());
+        }
+        invocation.arg(self.jobs);
+        for part in &self.body {
+            invocation.arg(part.as_slice());
+        }
+        invocation.arg(self.tail.len());
+        for parts in &self.tail {
+            invocation.arg(parts.len());
+            for (kind, value) in parts {
+                invocation.arg(&[*kind][..]).arg(value.as_slice());
+            }
+        }
+        invocation.invoke_async(conn).await
+    }
+}
+
+/// The script [`Batch::write`] runs; load it once per process.
+pub fn script() -> redis::Script {
+    redis::Script::new(WRITE_OUTCOMES)
+}

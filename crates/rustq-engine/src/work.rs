@@ -1,0 +1,139 @@
+//! The unit of work and its outcome: a job taken from a queue (Sidekiq's `UnitOfWork`), what is
+//! to be written for it once it has run ([`Action`]), and the extra Redis commands a check point
+//! adds to that write ([`Write`]). Every other step of a job's life speaks in these terms.
+
+use rustq_core::{Job, PayloadError};
+
+/// One job taken from a queue, not yet acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitOfWork {
+    /// The queue it was taken from (without `queue:`).
+    pub queue: String,
+    /// The payload exactly as stored (it may not even be UTF-8).
+    pub raw: Vec<u8>,
+}
+
+impl UnitOfWork {
+    /// The payload read as a job: UTF-8 JSON of Sidekiq's shape.
+    pub fn parse(&self) -> Result<Job, PayloadError> {
+        parse(&self.raw)
+    }
+}
+
+/// Reads stored bytes as a job: UTF-8 JSON of Sidekiq's shape.
+pub fn parse(raw: &[u8]) -> Result<Job, PayloadError> {
+    let text = std::str::from_utf8(raw)
+        .map_err(|e| PayloadError::InvalidJson(format!("payload is not valid UTF-8 ({e})")))?;
+    Job::from_json(text)
+}
+
+/// What to write for a finished job. Each is written atomically with removing the job from the
+/// in-progress list, and only if it was still there (see [`crate::outcome`]).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Done (succeeded, discarded, or `retry: false`): just remove it.
+    Acknowledge,
+    /// `ZADD retry <at> <payload>`.
+    Retry {
+        /// When to run it again (epoch seconds).
+        at: f64,
+        /// The payload with its failure recorded.
+        payload: String,
+    },
+    /// `ZADD dead <now> <payload>` and trim the dead set.
+    Dead {
+        /// The payload with its failure recorded.
+        payload: String,
+    },
+    /// Put it back at the front of its queue (`RPUSH queue:<q>`), unchanged.
+    Requeue,
+    /// A check point deferred it before it ran: not a failure, not a retry; unchanged.
+    Defer(Deferral),
+}
+
+/// Where a deferred job waits, unchanged, without counting as a failure or a retry.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Deferral {
+    /// Into the `schedule` set until this time (epoch seconds): the poller brings it back.
+    Until(f64),
+    /// Onto the back of this list (`LPUSH`), which its check point drains (`RPOP`: oldest first).
+    Into(String),
+}
+
+/// One Redis command written with a job's outcome, in the same atomic step; see
+/// [`crate::CheckPoint::on_outcome`]. Keys are named with [`Write::key`], so the step can name
+/// every key it touches.
+///
+/// ```
+/// use rustq_engine::Write;
+/// let w = Write::new("HINCRBY").key("rustq:report:done").arg("ReportJob").arg(1);
+/// assert_eq!(w.keys().collect::<Vec<_>>(), vec![b"rustq:report:done".as_slice()]);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    parts: Vec<(bool, Vec<u8>)>,
+}
+
+impl Write {
+    /// A command named `name` (`"SREM"`, `"HINCRBY"`, `"LMOVE"`…).
+    pub fn new(name: &str) -> Write {
+        Write {
+            parts: vec![(false, name.as_bytes().to_vec())],
+        }
+    }
+
+    /// Adds a key argument.
+    pub fn key(mut self, key: impl AsRef<[u8]>) -> Write {
+        self.parts.push((true, key.as_ref().to_vec()));
+        self
+    }
+
+    /// Adds a plain argument.
+    pub fn arg(mut self, arg: impl ToString) -> Write {
+        self.parts.push((false, arg.to_string().into_bytes()));
+        self
+    }
+
+    /// Adds a plain argument given as bytes.
+    pub fn arg_bytes(mut self, arg: impl AsRef<[u8]>) -> Write {
+        self.parts.push((false, arg.as_ref().to_vec()));
+        self
+    }
+
+    /// The keys it touches.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.parts
+            .iter()
+            .filter(|(is_key, _)| *is_key)
+            .map(|(_, k)| k.as_slice())
+    }
+
+    /// Its name and arguments in order, each marked true when it is a key.
+    pub fn parts(&self) -> &[(bool, Vec<u8>)] {
+        &self.parts
+    }
+}
+
+/// A finished job and what to write for it.
+#[derive(Debug)]
+pub struct Completion {
+    /// The job, as fetched.
+    pub unit: UnitOfWork,
+    /// What its run decided.
+    pub action: Action,
+    /// What check points add to the same atomic step.
+    pub writes: Vec<Write>,
+}
+
+impl Completion {
+    /// A completion without extra writes.
+    pub fn new(unit: UnitOfWork, action: Action) -> Completion {
+        Completion {
+            unit,
+            action,
+            writes: Vec::new(),
+        }
+    }
+}
