@@ -115,9 +115,12 @@ module Rustq
 
     # `sidekiq`: a Rustq::SidekiqServer when the app has Sidekiq (its server middleware, error
     # and death handlers then run as under Sidekiq).
-    def initialize(logger: Rustq.logger, sidekiq: nil)
+    # `wire_version`: how the engine writes timestamps (7: Float seconds, 8: Integer ms), so the
+    # hooks see the payload as it will be stored.
+    def initialize(logger: Rustq.logger, sidekiq: nil, wire_version: 7)
       @logger = logger
       @sidekiq = sidekiq
+      @wire_version = wire_version
       app = defined?(::Rails) && ::Rails.respond_to?(:application) && ::Rails.application
       @reloader = app.reloader if app.respond_to?(:reloader)
     end
@@ -285,7 +288,8 @@ module Rustq
     # The payload as the hooks see it under Sidekiq: with this failure's fields filled in, by the
     # engine's own code (Native.failed_payload: what it writes into the retry or dead set).
     def failed_payload(payload, result, queue)
-      Native.failed_payload(JSON.generate(payload), queue, result["error_class"], result["message"], result["backtrace"])
+      Native.failed_payload(JSON.generate(payload), queue, result["error_class"], result["message"], result["backtrace"],
+                            @wire_version)
     rescue StandardError => e
       @logger.error { "cannot fill in the failure of #{payload["jid"]} for its hooks (#{e.class}: #{e.message})" }
       payload

@@ -468,11 +468,16 @@ fn check_point_deferrals_and_outcome_writes_are_atomic_under_sigkill() {
     // are killed mid-run three times; whatever instant a kill lands on, each deferred job must
     // be in `deferred` once and each counted job's jid in `outcomes` once.
     let redis = RedisServer::start();
-    let deferred = push_many(&redis, "DeferJob", json!([]), 3_000);
-    let counted = push_many(&redis, "CountedJob", json!([]), 3_000);
+    // Interleaved, so every round has CountedJobs running (2 ms each) when the kill lands.
+    let mut deferred = HashSet::new();
+    let mut counted = HashSet::new();
+    for _ in 0..6 {
+        deferred.extend(push_many(&redis, "DeferJob", json!([]), 500));
+        counted.extend(push_many(&redis, "CountedJob", json!([]), 500));
+    }
     let mut in_flight = Vec::new();
     for round in 1..=3 {
-        let mut worker = start(&redis, &["-c", "25"]);
+        let mut worker = start(&redis, &["-c", "10"]);
         let target = round * 1_500;
         let moved = wait_until(Duration::from_secs(60), || {
             list(&redis, "deferred").len() + list(&redis, "outcomes").len() >= target
@@ -484,7 +489,11 @@ fn check_point_deferrals_and_outcome_writes_are_atomic_under_sigkill() {
             .expect("killed worker exits");
         in_flight.push(inprogress_total(&redis));
     }
-    let last = start(&redis, &["-c", "25"]);
+    assert!(
+        in_flight.iter().all(|n| *n > 0),
+        "every kill must land mid-run: {in_flight:?} jobs in flight"
+    );
+    let last = start(&redis, &["-c", "10"]);
     let done = wait_until(Duration::from_secs(120), || {
         list(&redis, "deferred").len() >= deferred.len()
             && list(&redis, "outcomes").len() >= counted.len()

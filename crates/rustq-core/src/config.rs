@@ -19,6 +19,7 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 /// assert_eq!(config.redacted_url(), "redis://app:REDACTED@cache.internal:6380/2");
 /// ```
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct RedisConfig {
     /// The Redis URL, password included: log [`RedisConfig::redacted_url`] instead.
     pub url: String,

@@ -4,6 +4,7 @@ use redis::RedisError;
 
 /// A push that Sidekiq would refuse. Nothing is written to Redis for it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum JobError {
     /// The push has no `class` or no `args` key.
     #[error("Job must be a Hash with 'class' and 'args' keys")]
@@ -51,6 +52,7 @@ pub enum JobError {
 
 /// A stored payload that a server cannot run.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PayloadError {
     /// The payload is not JSON; holds the parser's message.
     #[error("invalid JSON: {0}")]
@@ -71,6 +73,7 @@ pub enum PayloadError {
 
 /// Everything rustq-core can fail with.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A push that Sidekiq would refuse; nothing was written.
     #[error(transparent)]

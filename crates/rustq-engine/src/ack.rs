@@ -81,7 +81,10 @@ impl Acker {
             loop {
                 let mut conn = self.conn.clone();
                 match batch.write(&script, &mut conn).await {
-                    Ok(_) => break,
+                    Ok(written) => {
+                        written.log_refused("acknowledge");
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, jobs = completions.len(), "cannot write finished jobs; retrying");
                         tokio::time::sleep(backoff).await;

@@ -125,7 +125,19 @@ impl CheckPoints {
                 action,
                 passed: i < passed,
             };
-            check_point.on_outcome(&outcome, &mut writes);
+            // A check point that panics adds nothing; the outcome is written all the same.
+            let mut own = Vec::new();
+            let added = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                check_point.on_outcome(&outcome, &mut own)
+            }));
+            match added {
+                Ok(()) => writes.append(&mut own),
+                Err(panic) => tracing::error!(
+                    jid = job.jid().unwrap_or(""),
+                    error = %crate::failure::panic_message(panic.as_ref()),
+                    "a check point panicked on an outcome; its writes are skipped"
+                ),
+            }
         }
         writes
     }

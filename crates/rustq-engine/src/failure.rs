@@ -165,10 +165,9 @@ impl Backoff {
     /// zero, a negative number, another word) is Sidekiq's formula.
     pub fn from_seconds(secs: f64) -> Backoff {
         let whole = secs.trunc();
-        if whole >= 1.0 && whole.is_finite() {
-            Backoff::In(Duration::from_secs_f64(whole))
-        } else {
-            Backoff::Default
+        match Duration::try_from_secs_f64(whole) {
+            Ok(delay) if whole >= 1.0 => Backoff::In(delay),
+            _ => Backoff::Default,
         }
     }
 
@@ -208,6 +207,7 @@ mod tests {
         assert_eq!(Backoff::from_seconds(0.5), Backoff::Default);
         assert_eq!(Backoff::from_seconds(-4.0), Backoff::Default);
         assert_eq!(Backoff::from_seconds(f64::NAN), Backoff::Default);
+        assert_eq!(Backoff::from_seconds(1e20), Backoff::Default);
         assert_eq!(Backoff::from_word("kill"), Backoff::Kill);
         assert_eq!(Backoff::from_word("discard"), Backoff::Discard);
         assert_eq!(Backoff::from_word("later"), Backoff::Default);

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +31,9 @@ type OnStart = Box<dyn FnOnce() + Send>;
 struct StartState {
     state: AtomicU8,
     claimed: Notify,
+    /// Someone waits in [`Started::claimed`]: only then does a claim notify. (A notify from the
+    /// Ruby thread that claims would wake the engine's runtime for every job, ~10 µs each.)
+    watched: AtomicBool,
     on_start: Mutex<Option<OnStart>>,
 }
 
@@ -44,6 +47,7 @@ impl Started {
         Started(Some(Arc::new(StartState {
             state: AtomicU8::new(WAITING),
             claimed: Notify::new(),
+            watched: AtomicBool::new(false),
             on_start: Mutex::new(Some(Box::new(on_start))),
         })))
     }
@@ -54,7 +58,7 @@ impl Started {
         let Some(state) = &self.0 else { return true };
         if state
             .state
-            .compare_exchange(WAITING, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(WAITING, CLAIMED, Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
         {
             return state.state.load(Ordering::Acquire) == CLAIMED;
@@ -67,7 +71,9 @@ impl Started {
         if let Some(on_start) = on_start {
             on_start();
         }
-        state.claimed.notify_waiters();
+        if state.watched.load(Ordering::SeqCst) {
+            state.claimed.notify_waiters();
+        }
         true
     }
 
@@ -84,8 +90,10 @@ impl Started {
     pub async fn claimed(&self) {
         let Some(state) = &self.0 else { return };
         loop {
+            // Registered from its creation: a claim between here and the await still wakes it.
             let notified = state.claimed.notified();
-            if state.state.load(Ordering::Acquire) == CLAIMED {
+            state.watched.store(true, Ordering::SeqCst);
+            if state.state.load(Ordering::SeqCst) == CLAIMED {
                 return;
             }
             notified.await;
@@ -240,6 +248,7 @@ where
 
 /// Per-class options: retries, backoff, time limit.
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct HandlerOptions {
     /// Retries for jobs of this class whose payload has no `retry` of its own.
     pub retry: Option<Retry>,

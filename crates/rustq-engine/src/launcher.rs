@@ -239,7 +239,21 @@ impl Worker {
         if let Some(notifier) = &systemd {
             notifier.notify("READY=1");
         }
-        control.stopped().await;
+        // The manager and the acker end only once the process is stopping: one that ends sooner
+        // (a panic) stops the process, rather than leave it beating while it runs nothing.
+        tokio::select! {
+            () = control.stopped() => {}
+            Some(ended) = finishing.join_next() => {
+                match ended {
+                    Err(e) if e.is_panic() => tracing::error!(
+                        error = %crate::failure::panic_message(e.into_panic().as_ref()),
+                        "a service panicked; stopping"
+                    ),
+                    _ => tracing::error!("a service ended before the process was told to stop; stopping"),
+                }
+                control.stop();
+            }
+        }
         if let Some(notifier) = &systemd {
             notifier.notify("STOPPING=1");
         }

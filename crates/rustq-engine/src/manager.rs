@@ -247,7 +247,9 @@ impl JobPool {
                     Some(_permit) => {
                         let tid = busy.start(unit.clone());
                         let at = Instant::now();
-                        let decision = processor.process(&unit, Started::default()).await;
+                        // Busy already; a handler with threads of its own still claims the job
+                        // (its time limit starts then, and it can be taken back until then).
+                        let decision = processor.process(&unit, Started::new(|| {})).await;
                         busy.finish(tid);
                         intake.record(at.elapsed());
                         decision

@@ -47,6 +47,7 @@ impl QueueWeight {
 
 /// A handler declared in the config file rather than in Rust.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum HandlerSpec {
     /// Run a program (no shell): job JSON on stdin, exit status 0 is success.
     Exec {
@@ -70,6 +71,7 @@ pub struct HandlerConfig {
 
 /// Everything a worker process needs to know.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct WorkerOptions {
     /// The Redis to work from (`--redis-url`, `REDIS_URL` or the file's `redis_url`).
     pub redis: RedisConfig,
@@ -155,6 +157,7 @@ impl Default for WorkerOptions {
 
 /// Why the options could not be built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The config file could not be read.
     #[error("cannot read config file {path}: {reason}")]

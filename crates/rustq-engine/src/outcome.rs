@@ -18,11 +18,16 @@ use crate::work::{Action, Deferral, Write};
 
 const WRITE_OUTCOMES: &str = r#"
 -- KEYS: every key of the batch. ARGV[1] = number of jobs, then per job: the index in KEYS of
--- the list holding it, the job as held there, its number of commands, then each command: its
--- number of parts, then per part a kind ('k': a key, by index in KEYS; 'j': the job as held;
--- 'a': the value itself) and a value. Last, the commands run once after every job (the dead
--- set's trim), in the same form. Returns how many jobs were still held (and so written).
-local at, applied = 2, 0
+-- the list holding it, the job as held there, how many commands carry it where it goes (its
+-- effect), how many a check point adds (its writes), then each command: its number of parts,
+-- then per part a kind ('k': a key, by index in KEYS; 'j': the job as held; 'a': the value
+-- itself) and a value. Last, the commands run once after every job (the dead set's trim), in
+-- the same form.
+-- A job still in its list has its effect run first; only if that succeeds does it leave the
+-- list, and then its writes run. A command Redis refuses (a wrong-typed key) leaves its job where
+-- it was, never lost, and is reported, without failing the other jobs of the batch.
+-- Returns {jobs written, then per refused command: the job, the error}.
+local at, applied, refused = 2, 0, {}
 local function command(job)
   local parts = {}
   for p = 1, tonumber(ARGV[at]) do
@@ -34,20 +39,42 @@ local function command(job)
   at = at + 1 + 2 * #parts
   return parts
 end
+local function run(parts, job)
+  local reply = redis.pcall(unpack(parts))
+  if type(reply) == 'table' and reply.err then
+    refused[#refused + 1] = job
+    refused[#refused + 1] = parts[1] .. ': ' .. reply.err
+    return false
+  end
+  return true
+end
 for _ = 1, tonumber(ARGV[1]) do
-  local list, job, count = KEYS[tonumber(ARGV[at])], ARGV[at + 1], tonumber(ARGV[at + 2])
-  at = at + 3
-  local held = redis.call('LREM', list, -1, job) > 0
-  if held then applied = applied + 1 end
-  for _ = 1, count do
+  local list, job = KEYS[tonumber(ARGV[at])], ARGV[at + 1]
+  local effects, writes = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  at = at + 4
+  local ok
+  if effects == 0 then
+    ok = redis.call('LREM', list, -1, job) > 0
+  else
+    ok = redis.call('LPOS', list, job, 'RANK', -1) ~= false
+    for _ = 1, effects do
+      local parts = command(job)
+      if ok then ok = run(parts, job) end
+    end
+    if ok then redis.call('LREM', list, -1, job) end
+  end
+  if ok then applied = applied + 1 end
+  for _ = 1, writes do
     local parts = command(job)
-    if held then redis.call(unpack(parts)) end
+    if ok then run(parts, job) end
   end
 end
 local after = tonumber(ARGV[at])
 at = at + 1
-for _ = 1, after do redis.call(unpack(command(nil))) end
-return applied
+for _ = 1, after do run(command(nil), '') end
+local reply = {applied}
+for _, v in ipairs(refused) do reply[#reply + 1] = v end
+return reply
 "#;
 
 /// A command's parts, each marked `k` (a key, by its index in `KEYS`), `j` (the job) or `a`.
@@ -161,6 +188,7 @@ impl Batch {
                 commands.push(parts);
             }
         }
+        let effects = commands.len();
         for write in writes {
             commands.push(self.parts(write));
         }
@@ -168,7 +196,8 @@ impl Batch {
         self.jobs += 1;
         self.body.push(list);
         self.body.push(job.to_vec());
-        self.body.push(commands.len().to_string().into_bytes());
+        self.body.push(effects.to_string().into_bytes());
+        self.body.push(writes.len().to_string().into_bytes());
         for parts in commands {
             self.push_command(parts);
         }
@@ -208,12 +237,14 @@ impl Batch {
     }
 
     /// Writes the batch in one step; returns how many of its jobs were still held (those
-    /// whose outcome was written).
+    /// whose outcome was written), and the commands Redis refused: `(job, error)`. A job whose
+    /// effect was refused stays in its list (the orphan check gives an in-progress job back to
+    /// its queue; the poller pushes a due job again); a refused check-point write is lost alone.
     pub async fn write(
         &self,
         script: &redis::Script,
         conn: &mut ConnectionManager,
-    ) -> redis::RedisResult<u64> {
+    ) -> redis::RedisResult<Written> {
         let mut invocation = script.prepare_invoke();
         for k in &self.keys {
             invocation.key(k.as_slice());
@@ -229,7 +260,44 @@ impl Batch {
                 invocation.arg(&[*kind][..]).arg(value.as_slice());
             }
         }
-        invocation.invoke_async(conn).await
+        let reply: Vec<redis::Value> = invocation.invoke_async(conn).await?;
+        let mut reply = reply.into_iter();
+        let applied = match reply.next() {
+            Some(redis::Value::Int(n)) => n.max(0) as u64,
+            _ => 0,
+        };
+        let text = |v: redis::Value| -> String {
+            redis::from_redis_value::<Vec<u8>>(v)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        let mut refused = Vec::new();
+        while let (Some(job), Some(error)) = (reply.next(), reply.next()) {
+            refused.push((text(job), text(error)));
+        }
+        Ok(Written { applied, refused })
+    }
+}
+
+/// What [`Batch::write`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Jobs still held, whose outcome was written.
+    pub applied: u64,
+    /// Commands Redis refused: the job they were for, and the error.
+    pub refused: Vec<(String, String)>,
+}
+
+impl Written {
+    /// Logs what was refused, naming the job's jid where it has one.
+    pub fn log_refused(&self, step: &str) {
+        for (job, error) in &self.refused {
+            let jid = serde_json::from_str::<serde_json::Value>(job)
+                .ok()
+                .and_then(|v| v.get("jid").and_then(|j| j.as_str().map(str::to_string)))
+                .unwrap_or_default();
+            tracing::error!(step, jid = %jid, error = %error, "Redis refused a write of a job's outcome; the job stays where it was");
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use crate::failure::{class, Failure, FailureKind, JobResult};
 use crate::handler::{JobContext, Registered, Registry, Started};
 use crate::job_retry::{self, RetryPolicy};
 use crate::stats::Counters;
-use crate::work::{Action, UnitOfWork, Write};
+use crate::work::{Action, Deferral, UnitOfWork, Write};
 
 /// What a processor needs from its process.
 pub struct Processor {
@@ -95,10 +95,35 @@ impl Processor {
         let (verdict, passed) = if self.check_points.is_empty() {
             (Verdict::Run, 0)
         } else {
-            self.check_points.before(&job, &unit.queue).await
+            // A check point that panics fails the job (retried, then dead, its error in the Web
+            // UI) rather than its task: a lost task would hold the job until the process stops.
+            match AssertUnwindSafe(self.check_points.before(&job, &unit.queue))
+                .catch_unwind()
+                .await
+            {
+                Ok(checked) => checked,
+                Err(panic) => {
+                    let failure = Failure::panicked(panic.as_ref());
+                    tracing::error!(class = %job.display_class(), jid = job.jid().unwrap_or(""), error = %failure, "a check point panicked");
+                    let action = job_retry::on_failure(
+                        job.clone(),
+                        &unit.queue,
+                        &failure,
+                        registered.map(|r| &r.options),
+                        self.policy,
+                        wire::now_secs(),
+                    );
+                    return self.decided(&job, &unit.queue, action, 0);
+                }
+            }
         };
         if let Verdict::Defer(deferral) = verdict {
             tracing::debug!(class = %job.display_class(), jid = job.jid().unwrap_or(""), ?deferral, "deferred");
+            let deferral = match deferral {
+                // Redis cannot score a time that is not a number: due now instead.
+                Deferral::Until(at) if !at.is_finite() => Deferral::Until(wire::now_secs()),
+                other => other,
+            };
             return self.decided(&job, &unit.queue, Action::Defer(deferral), passed);
         }
 
@@ -161,13 +186,16 @@ impl Processor {
             ctx = ctx.with_raw(Arc::from(raw));
         }
         let mut run = AssertUnwindSafe(registered.handler.perform(ctx)).catch_unwind();
+        let limit = registered.options.timeout.or(self.job_timeout);
         if registered.handler.signals_start() {
-            // The job waits for one of the handler's threads; its time limit starts when one
-            // takes it. (An answer before that: the handler could not run it at all.)
+            // The job waits for one of the handler's threads. Should the process quiet first,
+            // it is taken back, unless a thread has just claimed it. With a time limit, the limit
+            // starts at the claim; without one, the claim need not wake this task at all. (An
+            // answer before the claim: the handler could not run the job at all.)
             tokio::select! {
                 biased;
                 answer = &mut run => return Some(answer.unwrap_or_else(|panic| Err(Failure::panicked(panic.as_ref())))),
-                () = started.claimed() => {}
+                () = started.claimed(), if limit.is_some() => {}
                 () = self.control.quieted() => {
                     if started.withdraw() {
                         return None;
@@ -176,7 +204,7 @@ impl Processor {
                 }
             }
         }
-        let answer = match registered.options.timeout.or(self.job_timeout) {
+        let answer = match limit {
             // Dropping `run` tells the handler the engine no longer waits for the job.
             Some(limit) => match tokio::time::timeout(limit, run).await {
                 Ok(answer) => answer,

@@ -246,7 +246,12 @@ impl Recovery {
                 };
                 batch.add(rkeys::POISON, raw, Effect::Bury(&payload), &[]);
             }
-            batch.write(&write, &mut conn).await?;
+            let written = batch.write(&write, &mut conn).await?;
+            written.log_refused("bury poison");
+            if written.applied == 0 {
+                // Nothing could be buried (the dead set is not a sorted set): try again later.
+                return Ok(());
+            }
         }
     }
 }

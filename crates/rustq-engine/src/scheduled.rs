@@ -133,7 +133,9 @@ impl Poller {
                 }
             }
         }
-        batch.write(&self.write, conn).await.map(drop)
+        let written = batch.write(&self.write, conn).await?;
+        written.log_refused("push due jobs");
+        Ok(())
     }
 
     /// Seconds until the next poll: `avg * rand + avg / 2` (Sidekiq's spread), where `avg` is

@@ -77,8 +77,8 @@ async fn a_batch_written_twice_has_the_effect_of_one() {
         .unwrap();
     let script = outcome::script();
     // As the acker does when the reply to a batch that had run was lost: the same batch again.
-    assert_eq!(writes.write(&script, &mut conn).await.unwrap(), 6);
-    assert_eq!(writes.write(&script, &mut conn).await.unwrap(), 0);
+    assert_eq!(writes.write(&script, &mut conn).await.unwrap().applied, 6);
+    assert_eq!(writes.write(&script, &mut conn).await.unwrap().applied, 0);
 
     assert_eq!(redis.cli(&["LLEN", &list]), "0");
     assert_eq!(
@@ -100,4 +100,46 @@ async fn a_batch_written_twice_has_the_effect_of_one() {
     );
     assert_eq!(redis.cli(&["GET", "rustq:test:outcomes"]), "1");
     assert_eq!(redis.cli(&["LLEN", "rustq:test:log"]), "1");
+}
+
+#[tokio::test]
+async fn a_refused_write_loses_no_job_and_stops_no_other() {
+    let redis = RedisServer::start();
+    let list = keys::inprogress(ME, "default");
+    for jid in ["parked", "counted", "plain"] {
+        redis.cli(&["LPUSH", &list, &job(jid)]);
+    }
+    // Wrong-typed keys: a list that is a string, a counter that is a list.
+    redis.cli(&["SET", "rustq:test:parked", "not a list"]);
+    redis.cli(&["LPUSH", "rustq:test:counter", "not a number"]);
+    let mut counted = completion("counted", Action::Acknowledge);
+    counted.writes = vec![Write::new("INCR").key("rustq:test:counter")];
+    let batch = [
+        completion(
+            "parked",
+            Action::Defer(Deferral::Into("rustq:test:parked".into())),
+        ),
+        counted,
+        completion("plain", Action::Acknowledge),
+    ];
+    let mut writes = Batch::new(1_900_000_000.0, DeadSetLimits::default());
+    for c in &batch {
+        ack::add(&mut writes, ME, c);
+    }
+    let mut conn = RedisConfig::new(redis.url())
+        .connection_manager()
+        .await
+        .unwrap();
+    let written = writes.write(&outcome::script(), &mut conn).await.unwrap();
+
+    assert_eq!(written.applied, 2, "{written:?}");
+    assert_eq!(written.refused.len(), 2, "{written:?}");
+    assert!(
+        written.refused[0].0.contains("\"parked\"") && written.refused[0].1.contains("WRONGTYPE")
+    );
+    assert_eq!(
+        redis.cli(&["LRANGE", &list, "0", "-1"]),
+        job("parked"),
+        "the job whose deferral was refused is still held, not lost"
+    );
 }

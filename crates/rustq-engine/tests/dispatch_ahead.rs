@@ -101,16 +101,14 @@ async fn run_until(
     registry: Registry,
     done: impl Fn() -> bool + Send + 'static,
 ) -> bool {
-    let options = WorkerOptions {
-        redis: RedisConfig::new(redis.url()),
-        concurrency,
-        queues: vec![QueueWeight {
-            name: "default".into(),
-            weight: 0,
-        }],
-        dispatch_ahead,
-        ..WorkerOptions::default()
-    };
+    let mut options = WorkerOptions::default();
+    options.redis = RedisConfig::new(redis.url());
+    options.concurrency = concurrency;
+    options.queues = vec![QueueWeight {
+        name: "default".into(),
+        weight: 0,
+    }];
+    options.dispatch_ahead = dispatch_ahead;
     let worker = Worker::new(options, registry);
     let control = worker.control();
     let run = tokio::spawn(worker.run());

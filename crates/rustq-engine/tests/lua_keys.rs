@@ -44,7 +44,11 @@ fn offences(script: &str) -> Vec<String> {
                         .is_some_and(|(_, args)| args.trim_start().starts_with(", '"))
                 })
             });
-            literal_key || line.contains(" .. ")
+            // Building a key: a concatenation inside a call, or with a `prefix:` literal or a
+            // bare ':' (a message such as `name .. ': ' .. err` is not a key).
+            let concat = line.contains(" .. ");
+            let key_literal = line.contains(":' ..") || line.contains(".. ':'");
+            literal_key || (concat && (line.contains("redis.call") || key_literal))
         })
         .map(|line| line.trim().to_string())
         .collect()
@@ -86,4 +90,9 @@ fn the_check_sees_literal_and_built_keys() {
     assert!(offences("redis.call('RPUSH', KEYS[2], job)").is_empty());
     assert!(offences("-- redis.call('SADD', 'queues', x)").is_empty());
     assert!(offences("local ok = pcall(cjson.decode, job)").is_empty());
+    assert_eq!(
+        offences("local list = ARGV[5] .. identity .. ':' .. queue").len(),
+        1
+    );
+    assert!(offences("errors[1] = parts[1] .. ': ' .. reply.err").is_empty());
 }

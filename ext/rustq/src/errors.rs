@@ -73,6 +73,7 @@ pub fn from_core(ruby: &Ruby, error: rustq_core::Error) -> Error {
         e if e.is_connection() => "ConnectionError",
         Core::Connect { .. } => "ConnectionError",
         Core::Redis { .. } => "CommandError",
+        _ => "Error",
     };
     Error::new(class(ruby, class_name), error.to_string())
 }

@@ -101,7 +101,8 @@ pub fn retry_in(ruby: &Ruby, value: Value) -> Result<Value, Error> {
     })
 }
 
-/// `Rustq::Native.failed_payload(json, queue, error_class, message, backtrace)`: the payload
+/// `Rustq::Native.failed_payload(json, queue, error_class, message, backtrace, wire_version)`:
+/// the payload
 /// with this failure recorded as the engine records it (`job_retry::record_error`: the retry
 /// queue, `error_message` truncated, `error_class`, `failed_at`/`retried_at`, `retry_count`,
 /// `error_backtrace` when asked for), for the job's retry hooks, as a new Hash.
@@ -112,17 +113,13 @@ pub fn failed_payload(
     error_class: String,
     message: String,
     backtrace: Vec<String>,
+    wire_version: i64,
 ) -> Result<RHash, Error> {
+    let wire = WireVersion::from_number(wire_version).unwrap_or(WireVersion::V7);
     let mut job =
         Job::from_json(&json).map_err(|e| Error::new(ruby.exception_arg_error(), e.to_string()))?;
     let failure = Failure::retry(error_class, message).with_backtrace(backtrace);
-    job_retry::record_error(
-        &mut job,
-        &queue,
-        &failure,
-        WireVersion::V7,
-        wire::now_secs(),
-    );
+    job_retry::record_error(&mut job, &queue, &failure, wire, wire::now_secs());
     Ok(to_ruby::hash_from_tape(
         ruby,
         &to_ruby::Tape::of(job.fields()),

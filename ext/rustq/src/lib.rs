@@ -44,7 +44,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     native.define_singleton_method("prepare", function!(push::prepare, 2))?;
     native.define_singleton_method("retry_in", function!(failure::retry_in, 1))?;
     native.define_singleton_method("capsules_refused", function!(worker::capsules_refused, 1))?;
-    native.define_singleton_method("failed_payload", function!(failure::failed_payload, 5))?;
+    native.define_singleton_method("failed_payload", function!(failure::failed_payload, 6))?;
     native.define_singleton_method("signals", function!(worker::signals, 0))?;
 
     let worker = native.define_class("Worker", ruby.class_object())?;
@@ -52,6 +52,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     worker.define_method("require_path", method!(worker::Worker::require_path, 0))?;
     worker.define_method("environment", method!(worker::Worker::environment, 0))?;
     worker.define_method("concurrency", method!(worker::Worker::concurrency, 0))?;
+    worker.define_method("wire_version", method!(worker::Worker::wire_version, 0))?;
     worker.define_method("identity", method!(worker::Worker::identity, 0))?;
     worker.define_method("start", method!(worker::Worker::start, 0))?;
     worker.define_method(

@@ -53,6 +53,7 @@ pub struct Worker {
     control: Control,
     identity: String,
     concurrency: usize,
+    wire_version: u8,
     require: Option<String>,
     environment: Option<String>,
     /// Taken by `start`.
@@ -195,6 +196,7 @@ impl Worker {
             control: engine.control(),
             identity: engine.identity().to_string(),
             concurrency: parsed.options.concurrency,
+            wire_version: parsed.options.wire.number(),
             require: parsed.require.clone(),
             environment: parsed.environment.clone(),
             pending: Mutex::new(Some((engine, parsed))),
@@ -220,6 +222,11 @@ impl Worker {
     /// How many jobs run at once, so how many Ruby threads to start.
     pub fn concurrency(&self) -> usize {
         self.concurrency
+    }
+
+    /// `wire_version`: 7 or 8, how the engine writes timestamps.
+    pub fn wire_version(&self) -> u8 {
+        self.wire_version
     }
 
     /// `hostname:pid:<12 hex>`, as in `Sidekiq::ProcessSet`.
