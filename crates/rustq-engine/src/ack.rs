@@ -64,6 +64,11 @@ impl Service for Acker {
 impl Acker {
     async fn drain(mut self) {
         let script = outcome::script();
+        // Loaded once up front, so the first batch with a retry is not refused with NOSCRIPT.
+        let _ = script
+            .prepare_invoke()
+            .load_async(&mut self.conn.clone())
+            .await;
         let mut completions = Vec::with_capacity(BATCH);
         while let Some(first) = self.rx.recv().await {
             completions.push(first);

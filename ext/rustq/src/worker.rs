@@ -1,26 +1,23 @@
 //! `Rustq::Native::Worker`: the engine of `crates/rustq-engine` running inside a Ruby process,
 //! for `bundle exec rustq-worker`.
 //!
-//! Rust does everything but run the job: fetch, retries, scheduling, heartbeat, stats, shutdown.
-//! Every job goes to the engine's fallback handler, which hands it over a channel to the Ruby
-//! threads of `Rustq::CLI` and waits for their answer:
+//! Rust does everything but run the job: fetch, check points, the time limit, the give-back of
+//! jobs not started when the process quiets, retries, scheduling, heartbeat, stats, shutdown.
+//! Every job goes to the engine's fallback handler ([`crate::ruby_handler`]), which queues it for
+//! the Ruby threads of `Rustq::CLI` ([`crate::job_queue`]) and waits for their answer, filed
+//! back in batches ([`crate::answers`]) and read by [`crate::failure`]:
 //!
 //! ```text
-//! engine task ── Dispatch{tape, json, queue, outlook, reply} ──▶ queue ──▶ Ruby thread: run_jobs
-//!      ▲                                                                         │ processor.process
-//!      └──────────────── oneshot: Ok(()) / Err(Failure) ◀──── its answer ◀───────┘
+//! engine task ── Dispatch{tape, json, started, reply, …} ──▶ queue ──▶ Ruby thread: run_jobs
+//!      ▲                                                                   │ processor.process
+//!      └──────────────── oneshot: Ok(()) / Err(Failure) ◀──── its answer ◀─┘
 //! ```
 //!
 //! Ruby threads wait for the queue, and the main thread for the engine, with the GVL released.
 //! No Ruby value ever reaches a tokio thread: payloads cross as a [`to_ruby::Tape`] the engine's
 //! runtime writes from the parsed job, turned into a Ruby Hash by the Ruby thread that takes it;
-//! answers cross as `Failure`s built under the GVL.
-//!
-//! Only one Ruby thread runs at a time, so the queue wakes idle threads sparingly: a thread
-//! that finishes a job takes the next one without letting go of the GVL, and at most one idle
-//! thread is woken at a time, to take a job should the running one block (on I/O, a sleep). It
-//! takes its job only once it holds the GVL, so a job never waits in a thread that cannot run.
-//! (Waking a thread per job, each to wait for the GVL, cost more than a no-op job itself.)
+//! answers cross as `Failure`s built under the GVL. This file is the bridge: the Ruby class, the
+//! loop each Ruby thread runs, and the raise that stops a job the engine gave up on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
