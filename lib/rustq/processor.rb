@@ -52,15 +52,24 @@ module Rustq
       job
     end
 
-    # The class to run for `payload`, :active_job for an ActiveJob wrapper, or an error.
+    # The class to run for `payload`, :active_job for an ActiveJob wrapper, or an error. Decided
+    # by the class the name resolves to, not by how it is spelled: `Object::ActiveJob::...::
+    # JobWrapper` is the wrapper too, and takes the ActiveJob path, whose job_class is checked.
     def self.job_class(payload)
       name = payload["class"]
       return :active_job if Job::ACTIVE_JOB_WRAPPERS.include?(name)
 
       klass = Object.const_get(name.to_s)
+      return :active_job if active_job_wrapper?(klass)
       return klass if job_class?(klass)
 
       raise NotAJobClass, "#{name} is not a job class: include Rustq::Job or Sidekiq::Job"
+    end
+
+    # Whether `klass` is one of the ActiveJob adapters' wrapper classes: by its own name, which
+    # is the same however the payload spelled it.
+    def self.active_job_wrapper?(klass)
+      klass.is_a?(Class) && Job::ACTIVE_JOB_WRAPPERS.include?(klass.name)
     end
 
     def self.job_class?(klass)
@@ -107,7 +116,9 @@ module Rustq
         raise NotAJobClass, "#{name.inspect} (wrapped by #{wrapper}) is not an ActiveJob class"
       end
 
-      ACTIVE_JOB_CLASSES[name] = true
+      # Only a class's own name is remembered: endless spellings of it (`Object::…`) would grow
+      # the cache for good.
+      ACTIVE_JOB_CLASSES[name] = true if klass.name == name
     end
     private_class_method :active_job_class!
     NOT_SET = Object.new.freeze

@@ -156,5 +156,24 @@ RSpec.describe Rustq::Processor do
       expect(result).to include("error_class" => "Rustq::NotAJobClass", "retry_in" => "kill")
       expect(result["message"]).to eq(%("NotAJob" (wrapped by #{wrapper}) is not an ActiveJob class))
     end
+
+    it "decides by the class a wrapper's name resolves to, however it is spelled" do
+      require "sidekiq"
+      require "tempfile"
+      require "active_job/queue_adapters/sidekiq_adapter"
+      stub_const("NotAJob", Class.new { def self.new(*) = raise("must not be instantiated") })
+      %w[NotAJob Tempfile].each do |job_class|
+        data = ProcessorSpecActiveJob.new("ok").serialize.merge("job_class" => job_class)
+        spelled = "Object::#{wrapper}"
+        result = processor.process(payload(spelled, [data]), "default", "retry")
+        expect(result).to include("error_class" => "Rustq::NotAJobClass", "retry_in" => "kill")
+        expect(result["message"]).to include(job_class.inspect)
+      end
+      expect(ProcessorSpecActiveJob.runs).to be_empty
+      # A real job spelled that way still runs, as an ActiveJob.
+      data = ProcessorSpecActiveJob.new("ok").serialize
+      expect(processor.process(payload("Object::#{wrapper}", [data]), "default", "retry")).to be_nil
+      expect(ProcessorSpecActiveJob.runs).to eq([["0123456789abcdef01234567", "ok"]])
+    end
   end
 end

@@ -332,6 +332,17 @@ RSpec.describe "rustq-worker" do
       expect(w.stop.exitstatus).to eq(0)
     end
 
+    it "keeps no payload's long Hash keys alive once their jobs are done" do
+      # Whoever writes to Redis chooses the keys: 300 distinct 100 KB keys, one job each.
+      Rustq::Client.push_bulk("class" => "KeysJob", "args" => Array.new(300) { |i| [{format("%06d", i) + "k" * 100_000 => 1}] })
+      w = worker("-r", plain_app, "-c", "1")
+      w.await("the jobs") { Sidekiq::Queue.new.size.zero? && !redis.keys("rustq:inprogress:*").any? { |k| redis.llen(k).positive? } }
+      Rustq::Client.push("class" => "BigStringsProbeJob", "args" => [])
+      probe = w.await("the probe") { ledger.find { |e| e["job"] == "probe" } }
+      expect(probe["big_strings"]).to be < 10
+      expect(w.stop.exitstatus).to eq(0)
+    end
+
     it "loses no job to SIGKILL: a second worker finishes every job" do
       names = (1..12).map { |i| "job-#{i}" }
       Rustq::Client.push_bulk("class" => "RecordJob", "args" => names.map { |name| [name, 0.5] })

@@ -531,3 +531,106 @@ fn check_point_deferrals_and_outcome_writes_are_atomic_under_sigkill() {
     assert_eq!(t.lost, 0, "{t:?}");
     assert_eq!(redis.cli(&["LLEN", "queue:default"]), "0");
 }
+
+#[test]
+fn workers_sharing_a_hostname_in_separate_pid_namespaces_never_recover_each_other() {
+    // Containers of one pod (or hostNetwork pods on a node) share a hostname, not a PID
+    // namespace: a missing pid in this namespace's /proc says nothing about a process in another.
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: `unshare --pid --fork --mount-proc` is not allowed here (needs root)");
+        return;
+    }
+    let redis = RedisServer::start();
+    let jids = push_many(&redis, "SlowJob", json!([20]), 1_000);
+    let config = config_file(&redis, FAST);
+    // In one namespace the worker runs as a child of a shell that first used up ~100 pids, so
+    // its pid (~102) does not exist in the other namespace's /proc; in the other it is pid 2.
+    let in_namespace = |burn: usize| {
+        let script =
+            format!(r#"i=0; while [ $i -lt {burn} ]; do /bin/true; i=$((i+1)); done; "$@"; true"#);
+        TestWorker::start(
+            "unshare",
+            &redis,
+            &[
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--kill-child",
+                "sh",
+                "-c",
+                &script,
+                "sh",
+                WORKER,
+                "-C",
+                &config,
+                "-c",
+                "5",
+            ],
+        )
+    };
+    let first = in_namespace(100);
+    let second = in_namespace(0);
+    let done = wait_until(Duration::from_secs(120), || {
+        ledger_jids(&redis).is_superset(&jids)
+    });
+    let t = tally(&jids, &ledger(&redis));
+    report(
+        "shared-hostname-pid-namespaces",
+        t,
+        "2 workers, one hostname, separate PID namespaces, recovery every 1 s",
+    );
+    assert!(
+        done && t.lost == 0,
+        "{t:?}\n{}\n{}",
+        first.log_text(),
+        second.log_text()
+    );
+    assert_eq!(
+        t.duplicated,
+        0,
+        "a live worker was taken for dead:\n{}\n{}",
+        first.log_text(),
+        second.log_text()
+    );
+}
+
+#[test]
+fn a_wrong_typed_retry_set_stops_no_other_job() {
+    // Whoever can write to Redis can break a key Sidekiq owns. The outcomes that cannot be
+    // written stay where they are, logged; every other job is acknowledged as usual.
+    let redis = RedisServer::start();
+    redis.cli(&["SET", "retry", "not a sorted set"]);
+    let failing = push_many(&redis, "FailJob", json!([]), 5);
+    let jids = push_many(&redis, "LedgerJob", json!([]), 1_000);
+    let worker = start(&redis, &["-c", "10"]);
+    let settled = wait_until(Duration::from_secs(30), || {
+        ledger_jids(&redis).is_superset(&jids) && inprogress_total(&redis) <= failing.len()
+    });
+    let log = worker.log_text();
+    assert!(
+        settled,
+        "{} jobs still in progress\n{log}",
+        inprogress_total(&redis)
+    );
+    assert!(
+        log.contains("Redis refused a write") && log.contains("WRONGTYPE"),
+        "{log}"
+    );
+    // The failing jobs were not lost: still held in the in-progress list, where the orphan
+    // check gives them back to their queue.
+    let held: usize = redis
+        .cli(&["KEYS", "rustq:inprogress:*"])
+        .lines()
+        .filter(|k| !k.is_empty())
+        .map(|k| {
+            redis
+                .cli(&["LRANGE", k, "0", "-1"])
+                .matches("FailJob")
+                .count()
+        })
+        .sum();
+    assert_eq!(held, failing.len());
+}

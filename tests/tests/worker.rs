@@ -512,6 +512,11 @@ fn os_signals_quiet_dump_and_stop() {
         worker.log_text()
     );
     assert!(worker.log_text().contains("SlowJob"));
+    assert!(
+        !worker.log_text().contains("\"args\""),
+        "a dump logs class and jid, never the arguments: {}",
+        worker.log_text()
+    );
     worker.signal("TSTP");
     assert!(
         wait_until(Duration::from_secs(5), || redis

@@ -144,30 +144,44 @@ impl RedisConfig {
     }
 }
 
-/// Replaces the password in a Redis URL with `REDACTED`.
+/// Replaces the password in a Redis URL with `REDACTED`: the userinfo's (`user:pass@`, or a bare
+/// `pass@`, even when the password holds an unencoded `/`), and the `pass`/`password` query
+/// parameters of unix-socket URLs (`unix:///r.sock?db=0&pass=…`, the form Sidekiq's own config
+/// builds).
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_string();
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
+    let (head, query) = match url.find('?') {
+        Some(q) => (&url[..q], Some(&url[q + 1..])),
+        None => (url, None),
     };
-    let userinfo = &authority[..at];
-    let redacted = match userinfo.find(':') {
-        Some(colon) => format!("{}:REDACTED", &userinfo[..colon]),
-        None if userinfo.is_empty() => String::new(),
-        // redis://password@host: a bare userinfo is a password in redis-rb and redis-rs.
-        None => "REDACTED".to_string(),
+    let rest = &head[scheme_end + 3..];
+    // The host follows the last '@': a password may hold '/' or '@' unencoded.
+    let head = match rest.rfind('@') {
+        None => head.to_string(),
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let redacted = match userinfo.find(':') {
+                Some(colon) => format!("{}:REDACTED", &userinfo[..colon]),
+                None if userinfo.is_empty() => String::new(),
+                // redis://password@host: a bare userinfo is a password in redis-rb and redis-rs.
+                None => "REDACTED".to_string(),
+            };
+            format!("{}{}@{}", &url[..scheme_end + 3], redacted, &rest[at + 1..])
+        }
     };
-    format!(
-        "{}{}@{}",
-        &url[..scheme_end + 3],
-        redacted,
-        &rest[at..].trim_start_matches('@')
-    )
+    let Some(query) = query else {
+        return head;
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((name, _)) if matches!(name, "pass" | "password") => format!("{name}=REDACTED"),
+            _ => param.to_string(),
+        })
+        .collect();
+    format!("{head}?{}", params.join("&"))
 }
 
 #[cfg(test)]
@@ -183,6 +197,23 @@ mod tests {
         );
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
         assert_eq!(redact_url("unix:///tmp/r.sock"), "unix:///tmp/r.sock");
+    }
+
+    #[test]
+    fn unix_socket_and_slash_passwords_never_show() {
+        assert_eq!(
+            redact_url("unix:///r.sock?db=0&pass=SECRET"),
+            "unix:///r.sock?db=0&pass=REDACTED"
+        );
+        assert_eq!(
+            redact_url("redis+unix:///r.sock?password=SECRET&db=2"),
+            "redis+unix:///r.sock?password=REDACTED&db=2"
+        );
+        assert_eq!(
+            redact_url("redis://u:se/cr@et@h:6379/0"),
+            "redis://u:REDACTED@h:6379/0"
+        );
+        assert_eq!(redact_url("redis://h:6379/0?db=1"), "redis://h:6379/0?db=1");
     }
 
     #[test]

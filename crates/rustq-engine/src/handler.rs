@@ -364,9 +364,13 @@ impl Registry {
         for (class, config) in configs {
             let registered = match &config.spec {
                 HandlerSpec::Noop => self.handle(class, |_ctx: JobContext| async { Ok(()) }),
-                HandlerSpec::Exec { argv } => {
-                    self.handle(class, ExecHandler { argv: argv.clone() })
-                }
+                HandlerSpec::Exec { argv, env } => self.handle(
+                    class,
+                    ExecHandler {
+                        argv: argv.clone(),
+                        env: env.clone(),
+                    },
+                ),
             };
             if let Some(retry) = config.retry {
                 registered.retry(retry);
@@ -408,50 +412,132 @@ impl Registry {
     }
 }
 
+/// Variables every `exec` program gets from the worker's environment (besides `RUSTQ_JID`,
+/// `RUSTQ_QUEUE`, `RUSTQ_CLASS` and the handler's own `env:` list): what a program needs to run,
+/// nothing that usually holds a secret.
+pub const EXEC_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
+/// The most of a program's stdout, and of its stderr, that is kept for the log; the rest is read
+/// and dropped, so a chatty program neither blocks nor grows the worker.
+pub const EXEC_OUTPUT_LIMIT: usize = 64 * 1024;
+
 /// Runs a program for each job: argv as configured (never through a shell), the job's JSON on
-/// stdin, `RUSTQ_JID`/`RUSTQ_QUEUE`/`RUSTQ_CLASS` in its environment. Exit status 0 is success;
-/// stdout and stderr go to the log.
+/// stdin, `RUSTQ_JID`/`RUSTQ_QUEUE`/`RUSTQ_CLASS` and [`EXEC_ENV`] in its environment. Exit status
+/// 0 is success; stdout and stderr go to the log (the first [`EXEC_OUTPUT_LIMIT`] bytes of each).
+///
+/// The program runs in a process group of its own, which ends with it: whatever it left running
+/// when it exits is killed, and when the job's time limit passes the whole group gets SIGTERM,
+/// then SIGKILL a second later, so a grandchild cannot outlive the job (or hold its output open).
 pub struct ExecHandler {
     /// The program, then its arguments.
     pub argv: Vec<String>,
+    /// More variables to pass on from the worker's environment.
+    pub env: Vec<String>,
+}
+
+/// A program's process group, ended when this is dropped: SIGTERM, then SIGKILL a second later.
+struct ProcessGroup(Option<i32>);
+
+impl ProcessGroup {
+    /// Kills what is left of the group now (the program has exited).
+    fn end_now(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            // SAFETY: killpg only sends a signal; a group that is gone makes it return ESRCH.
+            unsafe { libc::killpg(pgid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            // SAFETY: as above.
+            unsafe { libc::killpg(pgid, libc::SIGTERM) };
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(1));
+                // SAFETY: as above.
+                unsafe { libc::killpg(pgid, libc::SIGKILL) };
+            });
+        }
+    }
+}
+
+/// Reads `from` to its end, keeping the first `limit` bytes.
+async fn read_capped(from: Option<impl tokio::io::AsyncRead + Unpin>, limit: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let Some(mut from) = from else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = limit.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
 }
 
 impl Handler for ExecHandler {
     fn perform(&self, ctx: JobContext) -> BoxFuture<JobResult> {
         let argv = self.argv.clone();
+        let pass_on: Vec<String> = EXEC_ENV
+            .iter()
+            .map(|s| s.to_string())
+            .chain(self.env.iter().cloned())
+            .collect();
         Box::pin(async move {
-            let mut child = tokio::process::Command::new(&argv[0])
-                .args(&argv[1..])
+            let mut command = tokio::process::Command::new(&argv[0]);
+            command.args(&argv[1..]).env_clear();
+            for name in &pass_on {
+                if let Some(value) = std::env::var_os(name) {
+                    command.env(name, value);
+                }
+            }
+            let mut child = command
                 .env("RUSTQ_JID", ctx.jid())
                 .env("RUSTQ_QUEUE", ctx.queue())
                 .env("RUSTQ_CLASS", ctx.class())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
+                .process_group(0)
                 // A timed-out job drops this future; the program must not outlive it.
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| {
                     Failure::retry(class::EXEC_ERROR, format!("cannot run {:?}: {e}", argv[0]))
                 })?;
+            let mut group = ProcessGroup(child.id().and_then(|id| i32::try_from(id).ok()));
             let payload = ctx.job().to_json();
             let mut stdin = child.stdin.take().expect("piped stdin");
             let writer = async move {
                 // A program that does not read its stdin is not an error.
                 let _ = stdin.write_all(payload.as_bytes()).await;
             };
-            let (_, output) = tokio::join!(writer, child.wait_with_output());
-            let output = output
+            let stdout = read_capped(child.stdout.take(), EXEC_OUTPUT_LIMIT);
+            let stderr = read_capped(child.stderr.take(), EXEC_OUTPUT_LIMIT);
+            let exited = async {
+                let status = child.wait().await;
+                // What it left running goes with it, and lets go of its output.
+                group.end_now();
+                status
+            };
+            let (_, stdout, stderr, status) = tokio::join!(writer, stdout, stderr, exited);
+            let status = status
                 .map_err(|e| Failure::retry(class::EXEC_ERROR, format!("{:?}: {e}", argv[0])))?;
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            let stderr = String::from_utf8_lossy(&output.stderr);
+            let stdout = String::from_utf8_lossy(&stdout);
+            let stderr = String::from_utf8_lossy(&stderr);
             for line in stdout.lines() {
                 tracing::info!(jid = ctx.jid(), class = ctx.class(), "{line}");
             }
             for line in stderr.lines() {
                 tracing::warn!(jid = ctx.jid(), class = ctx.class(), "{line}");
             }
-            if output.status.success() {
+            if status.success() {
                 return Ok(());
             }
             let tail: Vec<&str> = stderr
@@ -467,7 +553,7 @@ impl Handler for ExecHandler {
                 format!(
                     "{} exited with {}{}",
                     argv[0],
-                    output.status,
+                    status,
                     if tail.is_empty() {
                         String::new()
                     } else {

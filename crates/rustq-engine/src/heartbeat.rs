@@ -247,7 +247,7 @@ impl Service for Beat {
     }
 }
 
-/// Logs the running jobs when asked (SIGTTIN, the Web UI).
+/// Logs the running jobs when asked (SIGTTIN, the Web UI): class and jid, not arguments.
 pub struct Dump {
     /// Jobs running now.
     pub busy: Arc<Busy>,
@@ -266,8 +266,20 @@ impl Service for Dump {
                 self.control.dump_asked().await;
                 let running = self.busy.snapshot();
                 tracing::info!(running = running.len(), "state dump");
+                // Class and jid, never the arguments: whoever can write to Redis would otherwise
+                // choose what lands in the logs (personal data included).
                 for (tid, unit, run_at) in running {
-                    tracing::info!(tid = format!("{tid:x}"), queue = %unit.queue, run_at, payload = %String::from_utf8_lossy(&unit.raw), "running");
+                    let job = unit.parse().ok();
+                    let class = job.as_ref().map(|j| j.display_class().to_string());
+                    let jid = job.as_ref().and_then(|j| j.jid().map(str::to_string));
+                    tracing::info!(
+                        tid = format!("{tid:x}"),
+                        queue = %unit.queue,
+                        run_at,
+                        class = class.as_deref().unwrap_or("?"),
+                        jid = jid.as_deref().unwrap_or("?"),
+                        "running"
+                    );
                 }
             }
         })

@@ -44,10 +44,10 @@ pub fn outlook(
     }
     // What `record_error` will write: the count goes up, `failed_at` is set on the first failure.
     let (count, first_failed) = match job.retry_count() {
-        Some(count) => (count + 1, job.failed_at_secs()),
+        Some(count) => (count.saturating_add(1), job.failed_at_secs()),
         None => (0, Some(now)),
     };
-    let count = u32::try_from(count).unwrap_or(0);
+    let count = u32::try_from(count.max(0)).unwrap_or(u32::MAX);
     if retries_left(
         job,
         count,
@@ -93,7 +93,8 @@ pub fn on_failure(
         return Action::Acknowledge;
     }
     record_error(&mut job, queue, failure, policy.wire, now);
-    let count = u32::try_from(job.retry_count().unwrap_or(0)).unwrap_or(0);
+    // Negative (-1 after the Web UI's "retry now") counts as 0; past u32, as exhausted.
+    let count = u32::try_from(job.retry_count().unwrap_or(0).max(0)).unwrap_or(u32::MAX);
     let max = retry.max_retries(policy.max_retries);
     let first_failed = job.failed_at_secs();
     if failure.kind == FailureKind::Retry && retries_left(&job, count, first_failed, max, now) {
@@ -110,7 +111,9 @@ pub fn on_failure(
         let delay = match backoff {
             Backoff::Default => policy.wire.retry_delay(count, &mut rng) as f64,
             // Sidekiq adds the same jitter to a custom delay.
-            Backoff::In(d) => d.as_secs_f64() + (rng.random_range(0..10u32) * (count + 1)) as f64,
+            Backoff::In(d) => {
+                d.as_secs_f64() + f64::from(rng.random_range(0..10u32)) * (f64::from(count) + 1.0)
+            }
             Backoff::Discard => return Action::Acknowledge,
             Backoff::Kill => return dead(job),
         };
@@ -145,7 +148,7 @@ pub fn record_error(job: &mut Job, queue: &str, failure: &Failure, wire: WireVer
     match job.retry_count() {
         Some(count) => {
             job.set_time("retried_at", now, wire);
-            job.set("retry_count", count + 1);
+            job.set("retry_count", count.saturating_add(1));
         }
         None => {
             job.set_time("failed_at", now, wire);
@@ -391,5 +394,22 @@ mod tests {
         };
         let j = job(r#"{"queue":"q","class":"A","args":[]}"#);
         assert_eq!(outlook(&j, Some(&handler), POLICY, 0.0), Outlook::NoRetry);
+    }
+
+    #[test]
+    fn a_retry_count_at_the_edge_of_its_type_is_no_panic() {
+        // Whoever writes to Redis chooses retry_count; a failure must still be decided.
+        for count in [i64::from(u32::MAX), i64::MAX] {
+            let j = job(&format!(
+                r#"{{"retry":true,"queue":"q","class":"A","args":[],"retry_count":{count}}}"#
+            ));
+            let failure =
+                Failure::retry("E", "m").with_backoff(Backoff::In(Duration::from_secs(5)));
+            let _ = outlook(&j, None, POLICY, 1000.0);
+            match on_failure(j, "q", &failure, None, POLICY, 1000.0) {
+                Action::Dead { payload } => assert!(payload.contains("retry_count"), "{payload}"),
+                other => panic!("{count}: {other:?}"),
+            }
+        }
     }
 }

@@ -133,6 +133,12 @@ impl Worker {
         if let Err(e) = recovery.recover_dead().await {
             tracing::warn!(error = %e, "recovering dead processes failed; will retry");
         }
+        if options.redis.url.contains("#insecure") {
+            tracing::warn!(
+                redis = %options.redis.redacted_url(),
+                "TLS certificate checks are off (#insecure): anyone on the path to Redis can read and write its jobs"
+            );
+        }
         tracing::info!(
             identity = %identity,
             concurrency = options.concurrency,

@@ -53,6 +53,10 @@ pub enum HandlerSpec {
     Exec {
         /// The program, then its arguments.
         argv: Vec<String>,
+        /// Variables of the worker's environment the program also gets (`env: [NAME, …]`),
+        /// besides [`crate::handler::EXEC_ENV`]: the worker's own (its Redis URL, an app's secrets)
+        /// are not passed on unless named.
+        env: Vec<String>,
     },
     /// Succeed without doing anything (benchmarks, smoke tests).
     Noop,
@@ -385,7 +389,12 @@ fn parse_handler(class: &str, spec: &Yaml) -> Result<HandlerConfig, ConfigError>
         if argv.is_empty() {
             return Err(bad("`exec` names no program"));
         }
-        HandlerSpec::Exec { argv }
+        let env = match spec.get("env") {
+            None => Vec::new(),
+            Some(Yaml::Sequence(items)) => items.iter().filter_map(yaml_scalar).collect(),
+            Some(_) => return Err(bad("`env` must be a list of variable names")),
+        };
+        HandlerSpec::Exec { argv, env }
     } else if spec.get("noop").and_then(Yaml::as_bool) == Some(true) {
         HandlerSpec::Noop
     } else {
@@ -549,7 +558,8 @@ rustq:
         assert_eq!(
             report.spec,
             HandlerSpec::Exec {
-                argv: vec!["bin/report".into(), "--fast".into()]
+                argv: vec!["bin/report".into(), "--fast".into()],
+                env: Vec::new(),
             }
         );
         assert_eq!(report.timeout, Some(Duration::from_secs(30)));

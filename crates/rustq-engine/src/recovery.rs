@@ -35,10 +35,11 @@ if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[4]) == 1 then return {0, 0} end
 local entry = redis.call('HGET', KEYS[1], ARGV[1])
 if not entry then return {0, 0} end
 if entry ~= ARGV[5] then return {-1, 0} end
-entry = cjson.decode(entry)
--- Older entries were a bare list of queues: count every job then.
+local ok, decoded = pcall(cjson.decode, entry)
+-- Older entries were a bare list of queues: count every job then. An entry that is not JSON
+-- names no queue (nothing to give back from them), and goes like any other.
 local concurrency = 1e9
-if entry.queues then concurrency = entry.concurrency end
+if ok and type(decoded) == 'table' and decoded.queues then concurrency = tonumber(decoded.concurrency) or 1e9 end
 local limit = tonumber(ARGV[2])
 local moved, poisoned = 0, 0
 local function jid_of(job)
@@ -122,9 +123,18 @@ impl Recovery {
 
     /// Records that this process fetches from `queues` running `concurrency` jobs at once, so
     /// others can recover it if it dies.
+    /// The entry also says where its pid means something (`boot_id` and `pidns`): only a process
+    /// on the same boot of the same machine, in the same PID namespace, may take a missing pid
+    /// for a death.
     pub async fn register(&self, queues: &[String], concurrency: usize) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
-        let entry = serde_json::json!({ "queues": queues, "concurrency": concurrency });
+        let (boot_id, pidns) = pid_scope();
+        let entry = serde_json::json!({
+            "queues": queues,
+            "concurrency": concurrency,
+            "boot_id": boot_id,
+            "pidns": pidns,
+        });
         conn.hset(rkeys::PROCESSES, &self.identity, entry.to_string())
             .await
     }
@@ -135,8 +145,18 @@ impl Recovery {
         let identities: Vec<String> = conn.hkeys(rkeys::PROCESSES).await?;
         let mut total = 0;
         for identity in identities.iter().filter(|i| **i != self.identity) {
-            let force = pid_gone_on_this_host(identity);
-            let (moved, poisoned) = self.run(identity, force, true).await?;
+            let entry: Option<String> = conn.hget(rkeys::PROCESSES, identity).await?;
+            let force =
+                entry.as_deref().is_some_and(shares_pid_scope) && pid_gone_on_this_host(identity);
+            // One entry that cannot be recovered must not stop the others' recovery.
+            let (moved, poisoned) = match self.run(identity, force, true).await {
+                Ok(counts) => counts,
+                Err(e) if e.is_io_error() || e.is_connection_dropped() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(process = %identity, error = %e, "cannot recover this process's jobs");
+                    continue;
+                }
+            };
             if force {
                 // Its heartbeat would linger in the Web UI for up to a minute: remove it now.
                 redis::pipe()
@@ -295,6 +315,34 @@ impl Service for Recover {
             }
         })
     }
+}
+
+/// This process's boot of its machine and PID namespace (`/proc/sys/kernel/random/boot_id`,
+/// `/proc/self/ns/pid`), empty where unknown.
+fn pid_scope() -> (String, String) {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let pidns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (boot_id, pidns)
+}
+
+/// True when the process of `entry` (its `rustq:processes` value) runs on this boot of this
+/// machine and in this PID namespace, where its pid can be looked up in `/proc`. Containers that
+/// share a hostname (one pod's, hostNetwork pods on a node) do not share a PID namespace; an
+/// entry from an older version, without these fields, is left to its heartbeat.
+fn shares_pid_scope(entry: &str) -> bool {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(entry) else {
+        return false;
+    };
+    let (boot_id, pidns) = pid_scope();
+    let field = |name: &str| value.get(name).and_then(|v| v.as_str()).unwrap_or("");
+    !boot_id.is_empty()
+        && !pidns.is_empty()
+        && field("boot_id") == boot_id
+        && field("pidns") == pidns
 }
 
 /// True when `identity` (`host:pid:nonce`) names this host and its pid no longer runs.

@@ -153,3 +153,40 @@ async fn due_jobs_a_dead_process_was_pushing_go_back_due_and_uncounted() {
     assert_eq!(redis.cli(&["HLEN", keys::RECOVERIES]), "0", "not a death");
     assert_eq!(redis.cli(&["HEXISTS", keys::PROCESSES, dead]), "0");
 }
+
+#[tokio::test]
+async fn an_entry_that_is_not_json_stops_no_other_recovery() {
+    let redis = RedisServer::start();
+    redis.cli(&[
+        "HSET",
+        keys::PROCESSES,
+        "garbage:1:000000000000",
+        "not json {",
+    ]);
+    let dead = "elsewhere:4246:0123456789ab";
+    redis.cli(&[
+        "HSET",
+        keys::PROCESSES,
+        dead,
+        r#"{"queues":["default"],"concurrency":1}"#,
+    ]);
+    redis.cli(&[
+        "LPUSH",
+        &keys::inprogress(dead, "default"),
+        r#"{"class":"X","args":[],"jid":"saved","queue":"default"}"#,
+    ]);
+    let conn = RedisConfig::new(redis.url())
+        .connection_manager()
+        .await
+        .unwrap();
+    let recovery = Recovery::new(conn, "me:1:000000000000", 3, WireVersion::V7);
+    assert_eq!(recovery.recover_dead().await.unwrap(), 1);
+    assert!(redis
+        .cli(&["LRANGE", "queue:default", "0", "-1"])
+        .contains("saved"));
+    assert_eq!(
+        redis.cli(&["HEXISTS", keys::PROCESSES, "garbage:1:000000000000"]),
+        "0",
+        "a dead process's unreadable entry goes too"
+    );
+}

@@ -229,3 +229,84 @@ fn json_logs_carry_class_jid_and_elapsed_ms_and_never_the_password() {
         "{info}"
     );
 }
+
+/// Whether a process with this pid still runs (and is not a zombie).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+        .map(|stat| !stat.contains(") Z "))
+        .unwrap_or(false)
+}
+
+#[test]
+fn exec_programs_end_whole_and_see_only_the_environment_they_are_given() {
+    let redis = RedisServer::start();
+    let dir = redis.dir().to_path_buf();
+    let config = format!(
+        r#"
+:queues: [default]
+handlers:
+  ForkingJob:
+    exec: [sh, -c, "env > {dir}/env.txt; sleep 300 & echo $! > {dir}/timed-out.pid; wait"]
+    timeout: 1
+  LeavingJob:
+    exec: [sh, -c, "env > {dir}/env-named.txt; sleep 300 & echo $! > {dir}/left.pid; echo started a grandchild"]
+    env: [RUSTQ_TEST_SHARED]
+"#,
+        dir = dir.display()
+    );
+    std::fs::write(dir.join("rustq.yml"), config).unwrap();
+    push(
+        &redis,
+        json!({"class": "ForkingJob", "args": [], "jid": "d".repeat(24), "queue": "default", "retry": true}),
+    );
+    push(
+        &redis,
+        json!({"class": "LeavingJob", "args": [], "jid": "e".repeat(24), "queue": "default", "retry": true}),
+    );
+    let log = redis.dir().join("worker-exec.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let _worker = ChildGuard::spawn(
+        Command::new(BIN)
+            .args(["-C", "rustq.yml"])
+            .env("REDIS_URL", redis.url())
+            .env("RUSTQ_TEST_SECRET", "s3cret")
+            .env("RUSTQ_TEST_SHARED", "shared")
+            .env_remove("RUST_LOG")
+            .current_dir(redis.dir())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file),
+    );
+    // The leaving job is done although its grandchild held its output; the forking one timed out.
+    let finished = wait_until(Duration::from_secs(20), || {
+        redis.cli(&["ZCARD", "retry"]) == "1"
+            && redis.cli(&["LLEN", "queue:default"]) == "0"
+            && redis
+                .cli(&["KEYS", "rustq:inprogress:*"])
+                .lines()
+                .all(|k| k.is_empty() || redis.cli(&["LLEN", k]) == "0")
+    });
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(finished, "{log_text}");
+    let retried = redis.cli(&["ZRANGE", "retry", "0", "-1"]);
+    assert!(
+        retried.contains(&"d".repeat(24)) && retried.contains("Rustq::TimeoutError"),
+        "{retried}"
+    );
+    assert!(log_text.contains("started a grandchild"), "{log_text}");
+    for pid_file in ["timed-out.pid", "left.pid"] {
+        let pid = std::fs::read_to_string(dir.join(pid_file)).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(5), || !alive(&pid)),
+            "the grandchild of {pid_file} outlived its job"
+        );
+    }
+    let env = std::fs::read_to_string(dir.join("env.txt")).unwrap();
+    assert!(env.contains("PATH=") && env.contains("RUSTQ_JID="), "{env}");
+    assert!(
+        !env.contains("REDIS_URL") && !env.contains("s3cret"),
+        "the worker's environment leaked to the program: {env}"
+    );
+    let named = std::fs::read_to_string(dir.join("env-named.txt")).unwrap();
+    assert!(named.contains("RUSTQ_TEST_SHARED=shared"), "{named}");
+    assert!(!named.contains("s3cret"), "{named}");
+}

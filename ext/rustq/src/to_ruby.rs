@@ -226,13 +226,17 @@ thread_local! {
 /// How many keys [`KEYS`] keeps per thread; keys past that are made each time.
 const KEYS_CACHED: usize = 256;
 
+/// The longest key [`KEYS`] keeps (bytes): field names are short, and a payload's long keys
+/// (whoever writes to Redis chooses them) must not stay in memory for the life of the process.
+const KEY_CACHED_MAX_LEN: usize = 64;
+
 /// A Hash key, as [`interned`] makes it, from the cache when it is there.
 unsafe fn key_string(key: &str) -> VALUE {
     if let Some(v) = KEYS.with_borrow(|keys| keys.get(key).copied()) {
         return v;
     }
     let v = interned(key);
-    if KEYS.with_borrow(|keys| keys.len() < KEYS_CACHED) {
+    if key.len() <= KEY_CACHED_MAX_LEN && KEYS.with_borrow(|keys| keys.len() < KEYS_CACHED) {
         // Registered before the cache is borrowed again: should Ruby raise here (out of memory),
         // no borrow is left held.
         rb_sys::rb_gc_register_mark_object(v);
