@@ -29,7 +29,8 @@ module Rustq
       @worker = Native::Worker.new(["rustq-worker", *argv], method(:render_erb).to_proc, Job::ACTIVE_JOB_WRAPPERS)
       $stdout.sync = true
       boot_application
-      @processor = Processor.new(sidekiq: @sidekiq, wire_version: @worker.wire_version)
+      @processor = Processor.new(sidekiq: @sidekiq, wire_version: @worker.wire_version,
+                                 allowed_jobs: @worker.allowed_jobs, allowed_mailers: @worker.allowed_mailers)
       Rustq.stopping = false
       @self_read, @self_write = IO.pipe
       trap_signals

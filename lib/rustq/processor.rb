@@ -90,6 +90,7 @@ module Rustq
     def self.run_active_job_data(data, jid, wrapper)
       name = data["job_class"] if data.is_a?(Hash)
       active_job_class!(name, wrapper) unless ACTIVE_JOB_CLASSES[name]
+      mail_delivery!(name, data) if name.end_with?("DeliveryJob")
 
       # Sidekiq's JobWrapper passes `data.merge("provider_job_id" => jid)`; setting it in place
       # and putting it back after saves copying the Hash per job, and middleware and handlers
@@ -124,14 +125,60 @@ module Rustq
     NOT_SET = Object.new.freeze
     private_constant :NOT_SET
 
+    # ActionMailer's delivery jobs call `mailer.constantize.public_send(mail_method, *args)` and
+    # `message.send(delivery_method)`: with Redis write access, `["Kernel", "system", ...]` runs a
+    # shell command (under Sidekiq too). Before one runs: its mailer must be a mailer class (one of
+    # `allowed_mailers` when the config names them), its method one of the mailer's actions, its
+    # delivery `deliver_now` or `deliver_now!`.
+    MAIL_DELIVERY_JOBS = %w[ActionMailer::MailDeliveryJob ActionMailer::DeliveryJob].freeze
+
+    def self.mail_delivery!(name, data, allowed_mailers = nil)
+      return unless MAIL_DELIVERY_JOBS.include?(Object.const_get(name.to_s).name)
+
+      mailer, mail_method, delivery = Array(data["arguments"])
+      if allowed_mailers && !allowed_mailers.include?(mailer)
+        raise NotAJobClass, "#{mailer.inspect} is not in allowed_mailers (#{name})"
+      end
+
+      klass = begin
+        Object.const_get(mailer.to_s)
+      rescue NameError
+        nil
+      end
+      unless defined?(::ActionMailer::Base) && klass.is_a?(Class) && klass < ::ActionMailer::Base &&
+             klass.action_methods.include?(mail_method.to_s) && %w[deliver_now deliver_now!].include?(delivery.to_s)
+        raise NotAJobClass, "#{name} may only deliver a mailer's action (not #{mailer.inspect}.#{mail_method}, #{delivery})"
+      end
+    end
+
+    # The allowlists of the config file (`allowed_jobs`, `allowed_mailers`), checked by name
+    # before anything is looked up: nil allows every class.
+    def allowed!(payload_class, data)
+      return unless @allowed_jobs || @allowed_mailers
+
+      name = Job::ACTIVE_JOB_WRAPPERS.include?(payload_class) && data.is_a?(Hash) ? data["job_class"] : payload_class
+      if @allowed_jobs && !allowed_job?(name.to_s)
+        raise NotAJobClass, "#{name} is not in allowed_jobs"
+      end
+      self.class.mail_delivery!(name.to_s, data, @allowed_mailers) if data.is_a?(Hash) && name.to_s.end_with?("DeliveryJob")
+    end
+
+    def allowed_job?(name)
+      @allowed_jobs.any? { |allowed| allowed == name || (allowed.end_with?("::*") && name.start_with?(allowed[0..-2])) }
+    end
+    private :allowed!, :allowed_job?
+
     # `sidekiq`: a Rustq::SidekiqServer when the app has Sidekiq (its server middleware, error
     # and death handlers then run as under Sidekiq).
     # `wire_version`: how the engine writes timestamps (7: Float seconds, 8: Integer ms), so the
     # hooks see the payload as it will be stored.
-    def initialize(logger: Rustq.logger, sidekiq: nil, wire_version: 7)
+    # `allowed_jobs`, `allowed_mailers`: the config file's allowlists (nil: all allowed).
+    def initialize(logger: Rustq.logger, sidekiq: nil, wire_version: 7, allowed_jobs: nil, allowed_mailers: nil)
       @logger = logger
       @sidekiq = sidekiq
       @wire_version = wire_version
+      @allowed_jobs = allowed_jobs
+      @allowed_mailers = allowed_mailers
       app = defined?(::Rails) && ::Rails.respond_to?(:application) && ::Rails.application
       @reloader = app.reloader if app.respond_to?(:reloader)
     end
@@ -146,6 +193,7 @@ module Rustq
     def process(job, queue, outlook, source = job)
       payload = job.is_a?(String) ? JSON.parse(job) : job
       klass = nil
+      allowed!(payload["class"], payload["args"].is_a?(Array) ? payload["args"].first : nil)
       # Like Sidekiq: each job inside the Rails reloader (which wraps the executor), so code
       # reloads between jobs in development and database connections go back to the pool.
       if @reloader
@@ -165,6 +213,7 @@ module Rustq
     def process_active_job(data, jid, wrapper, queue, outlook, source)
       return process(source.payload, queue, outlook, source) if @sidekiq&.middleware?
 
+      allowed!(wrapper, data)
       if @reloader
         @reloader.wrap { Processor.run_active_job_data(data, jid, wrapper) }
       else

@@ -157,6 +157,65 @@ RSpec.describe Rustq::Processor do
       expect(result["message"]).to eq(%("NotAJob" (wrapped by #{wrapper}) is not an ActiveJob class))
     end
 
+    describe "ActionMailer's delivery jobs" do
+      before do
+        require "action_mailer"
+        ActionMailer::Base.delivery_method = :test
+        ActionMailer::Base.deliveries.clear
+        stub_const("ProcessorSpecMailer", Class.new(ActionMailer::Base) do
+          def self.name = "ProcessorSpecMailer"
+          def hello(to) = mail(to: to, from: "app@example.com", subject: "hello", body: "hi")
+        end)
+      end
+
+      def delivery(mailer, method, how, args:)
+        data = ActionMailer::MailDeliveryJob.new(mailer, method, how, args: args).serialize
+        [data, source_class.new(JSON.parse(payload(wrapper, [data])), 0)]
+      end
+
+      it "delivers a mailer's action, and refuses anything else a Redis writer could name (Kernel.system)" do
+        data, source = delivery("ProcessorSpecMailer", "hello", "deliver_now", args: ["a@example.com"])
+        expect(processor.process_active_job(data, jid, wrapper, "mailers", "retry", source)).to be_nil
+        expect(ActionMailer::Base.deliveries.size).to eq(1)
+
+        marker = File.join(Dir.tmpdir, "rustq-pwned-#{Process.pid}")
+        [["Kernel", "system", "deliver_now"], ["ProcessorSpecMailer", "instance_eval", "deliver_now"],
+         ["ProcessorSpecMailer", "hello", "exit"]].each do |mailer, method, how|
+          data, source = delivery(mailer, method, how, args: ["touch #{marker}"])
+          result = processor.process_active_job(data, jid, wrapper, "mailers", "retry", source)
+          expect(result).to include("error_class" => "Rustq::NotAJobClass", "retry_in" => "kill")
+        end
+        expect(File.exist?(marker)).to be(false)
+        expect(ActionMailer::Base.deliveries.size).to eq(1)
+      end
+
+      it "with allowed_mailers, delivers only theirs" do
+        strict = described_class.new(logger: Logger.new(nil), allowed_mailers: ["OtherMailer"])
+        data, source = delivery("ProcessorSpecMailer", "hello", "deliver_now", args: ["a@example.com"])
+        result = strict.process_active_job(data, jid, wrapper, "mailers", "retry", source)
+        expect(result).to include("error_class" => "Rustq::NotAJobClass")
+        expect(result["message"]).to include("allowed_mailers")
+        expect(ActionMailer::Base.deliveries).to be_empty
+      end
+    end
+
+    it "with allowed_jobs, runs only the classes it names, checked before anything is looked up" do
+      strict = described_class.new(logger: Logger.new(nil), allowed_jobs: ["ProcessorSpecJob", "ProcessorSpecAllowed::*"])
+      expect(strict.process(payload("ProcessorSpecJob", [1]), "default", "retry")).to be_nil
+      result = strict.process(payload("ProcessorSpecFailingJob", ["30"]), "default", "retry")
+      expect(result).to include("error_class" => "Rustq::NotAJobClass", "retry_in" => "kill")
+      expect(result["message"]).to eq("ProcessorSpecFailingJob is not in allowed_jobs")
+      # An ActiveJob is checked by its job_class, whichever path it takes.
+      data, source = parts("ok")
+      result = strict.process_active_job(data, jid, wrapper, "default", "retry", source)
+      expect(result).to include("error_class" => "Rustq::NotAJobClass")
+      expect(strict.process(payload(wrapper, [data]), "default", "retry")).to include("error_class" => "Rustq::NotAJobClass")
+      expect(ProcessorSpecActiveJob.runs).to be_empty
+      # A name that is not allowed is never looked up (no autoload, no const_missing).
+      expect(Object).not_to receive(:const_get)
+      strict.process(payload("Some::Unknown", []), "default", "retry")
+    end
+
     it "decides by the class a wrapper's name resolves to, however it is spelled" do
       require "sidekiq"
       require "tempfile"

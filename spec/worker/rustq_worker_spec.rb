@@ -332,6 +332,21 @@ RSpec.describe "rustq-worker" do
       expect(w.stop.exitstatus).to eq(0)
     end
 
+    it "runs only the classes of the config file's allowed_jobs, the others dead as Rustq::NotAJobClass" do
+      config = Tempfile.new(["rustq", ".yml"])
+      config.write("allowed_jobs: [RecordJob]\n")
+      config.flush
+      ran = Rustq::Client.push("class" => "RecordJob", "args" => ["allowed"])
+      refused = Rustq::Client.push("class" => "ArgsJob", "args" => ["refused"])
+      w = worker("-r", plain_app, "-C", config.path)
+      w.await("both jobs") { ledger.any? && Sidekiq::DeadSet.new.size == 1 }
+      expect(ledger.map { |e| e["jid"] }).to eq([ran])
+      dead = Sidekiq::DeadSet.new.first
+      expect(dead.jid).to eq(refused)
+      expect(dead.item).to include("error_class" => "Rustq::NotAJobClass", "error_message" => "ArgsJob is not in allowed_jobs")
+      expect(w.stop.exitstatus).to eq(0)
+    end
+
     it "keeps no payload's long Hash keys alive once their jobs are done" do
       # Whoever writes to Redis chooses the keys: 300 distinct 100 KB keys, one job each.
       Rustq::Client.push_bulk("class" => "KeysJob", "args" => Array.new(300) { |i| [{format("%06d", i) + "k" * 100_000 => 1}] })

@@ -126,6 +126,12 @@ pub struct WorkerOptions {
     /// The Redis URL came from the config file or `--redis-url`, not from `REDIS_URL` or the
     /// default: a Ruby host then keeps it over the app's `Sidekiq.configure_server` one.
     pub redis_url_given: bool,
+    /// `allowed_jobs`: when set, the only job classes (a Ruby job's class, an ActiveJob's
+    /// `job_class`; `Namespace::*` for all under a namespace) the Ruby host runs. Anyone who can
+    /// write to Redis can otherwise name any job class the app has.
+    pub allowed_jobs: Option<Vec<String>>,
+    /// `allowed_mailers`: when set, the only mailers `ActionMailer::MailDeliveryJob` may call.
+    pub allowed_mailers: Option<Vec<String>>,
 }
 
 impl Default for WorkerOptions {
@@ -155,6 +161,8 @@ impl Default for WorkerOptions {
             dead_set: DeadSetLimits::default(),
             require: None,
             redis_url_given: false,
+            allowed_jobs: None,
+            allowed_mailers: None,
         }
     }
 }
@@ -326,6 +334,19 @@ impl WorkerOptions {
         if let Some(url) = map.get("redis_url").and_then(Yaml::as_str) {
             self.redis.url = url.to_string();
             self.redis_url_given = true;
+        }
+        for key in ["allowed_jobs", "allowed_mailers"] {
+            let Some(list) = map.get(key) else { continue };
+            let names = list
+                .as_sequence()
+                .ok_or_else(|| invalid(key, "a list of class names"))?
+                .iter()
+                .map(|n| yaml_scalar(n).ok_or_else(|| invalid(key, "a list of class names")))
+                .collect::<Result<Vec<_>, _>>()?;
+            match key {
+                "allowed_jobs" => self.allowed_jobs = Some(names),
+                _ => self.allowed_mailers = Some(names),
+            }
         }
         if let Some(labels) = map.get("labels") {
             self.labels = labels

@@ -53,6 +53,11 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     worker.define_method("environment", method!(worker::Worker::environment, 0))?;
     worker.define_method("concurrency", method!(worker::Worker::concurrency, 0))?;
     worker.define_method("wire_version", method!(worker::Worker::wire_version, 0))?;
+    worker.define_method("allowed_jobs", method!(worker::Worker::allowed_jobs, 0))?;
+    worker.define_method(
+        "allowed_mailers",
+        method!(worker::Worker::allowed_mailers, 0),
+    )?;
     worker.define_method("identity", method!(worker::Worker::identity, 0))?;
     worker.define_method("start", method!(worker::Worker::start, 0))?;
     worker.define_method(

@@ -51,6 +51,8 @@ pub struct Worker {
     identity: String,
     concurrency: usize,
     wire_version: u8,
+    allowed_jobs: Option<Vec<String>>,
+    allowed_mailers: Option<Vec<String>>,
     require: Option<String>,
     environment: Option<String>,
     /// Taken by `start`.
@@ -194,6 +196,8 @@ impl Worker {
             identity: engine.identity().to_string(),
             concurrency: parsed.options.concurrency,
             wire_version: parsed.options.wire.number(),
+            allowed_jobs: parsed.options.allowed_jobs.clone(),
+            allowed_mailers: parsed.options.allowed_mailers.clone(),
             require: parsed.require.clone(),
             environment: parsed.environment.clone(),
             pending: Mutex::new(Some((engine, parsed))),
@@ -219,6 +223,16 @@ impl Worker {
     /// How many jobs run at once, so how many Ruby threads to start.
     pub fn concurrency(&self) -> usize {
         self.concurrency
+    }
+
+    /// `allowed_jobs`: the config file's list, or nil when every job class may run.
+    pub fn allowed_jobs(&self) -> Option<Vec<String>> {
+        self.allowed_jobs.clone()
+    }
+
+    /// `allowed_mailers`: the config file's list, or nil when every mailer may be called.
+    pub fn allowed_mailers(&self) -> Option<Vec<String>> {
+        self.allowed_mailers.clone()
     }
 
     /// `wire_version`: 7 or 8, how the engine writes timestamps.
