@@ -48,8 +48,9 @@ module Rustq
       (e.status.zero? ? $stdout : $stderr).print(e.message)
       e.status
     rescue Rustq::Error => e
-      # The engine could not run at all (a malformed Redis URL, ...); it has logged why.
-      warn "rustq-worker: #{e.message}"
+      # The engine could not run at all (a malformed Redis URL, ...). Not `warn`: RUBYOPT=-W0
+      # silences it, and a boot that fails must always say why.
+      $stderr.puts "rustq-worker: #{e.message}"
       1
     end
 

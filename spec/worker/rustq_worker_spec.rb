@@ -38,8 +38,8 @@ RSpec.describe "rustq-worker" do
   end
 
   describe "command line" do
-    def run_cli(*args)
-      out = IO.popen({"REDIS_URL" => REDIS_SERVER.url}, ["ruby", "-I", "lib", RustqWorkerProcess::EXE, *args],
+    def run_cli(*args, env: {})
+      out = IO.popen({"REDIS_URL" => REDIS_SERVER.url}.merge(env), ["ruby", "-I", "lib", RustqWorkerProcess::EXE, *args],
         chdir: RustqWorkerProcess::ROOT, err: [:child, :out], &:read)
       [$?.exitstatus, out]
     end
@@ -54,6 +54,9 @@ RSpec.describe "rustq-worker" do
       status, out = run_cli("-r", "spec")
       expect([status, out]).to match([2, a_string_including("is not a Rails app")])
       status, out = run_cli("-r", "./spec/fixtures/worker_plain_app.rb", "--redis-url", "nosuchscheme://x")
+      expect([status, out]).to match([1, a_string_including("rustq-worker failed")])
+      # Warnings silenced (RUBYOPT=-W0, common in production): a failed boot still says why.
+      status, out = run_cli("-r", "./spec/fixtures/worker_plain_app.rb", "--redis-url", "nosuchscheme://x", env: {"RUBYOPT" => "-W0"})
       expect([status, out]).to match([1, a_string_including("rustq-worker failed")])
     end
 
