@@ -34,5 +34,18 @@ if defined?(::ActiveJob)
   require "active_job/queue_adapters/rustq_adapter"
 elsif defined?(::ActiveSupport) && ::ActiveSupport.respond_to?(:on_load)
   ::ActiveSupport.on_load(:active_job) { require "active_job/queue_adapters/rustq_adapter" }
+else
+  # Neither is loaded yet (a plain Ruby app that requires rustq first): the moment ActiveJob
+  # opens its adapters' namespace, `:rustq` becomes one of its autoloads, as its own adapters are.
+  module Rustq
+    ADAPTER_HOOK = TracePoint.new(:class) do |tp|
+      next unless tp.self.is_a?(Module) && tp.self.name == "ActiveJob::QueueAdapters"
+
+      tp.self.autoload(:RustqAdapter, File.expand_path("active_job/queue_adapters/rustq_adapter", __dir__))
+      tp.disable
+    end
+    private_constant :ADAPTER_HOOK
+  end
+  Rustq.const_get(:ADAPTER_HOOK).enable
 end
 require_relative "rustq/railtie" if defined?(::Rails::Railtie)

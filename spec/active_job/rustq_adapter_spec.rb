@@ -72,7 +72,7 @@ RSpec.describe ActiveJob::QueueAdapters::RustqAdapter do
 
   it "resolves :rustq whichever of rustq and ActiveJob is required first" do
     lib = File.expand_path("../../lib", __dir__)
-    [%w[active_job rustq], %w[active_support rustq active_job]].each do |order|
+    [%w[active_job rustq], %w[active_support rustq active_job], %w[rustq active_job]].each do |order|
       script = "#{order.map { |f| "require #{f.inspect}" }.join(";")}; ActiveJob::Base.queue_adapter = :rustq; print ActiveJob::Base.queue_adapter.class"
       out = IO.popen(["ruby", "-I", lib, "-e", script], err: [:child, :out], &:read)
       expect(out).to eq("ActiveJob::QueueAdapters::RustqAdapter"), "#{order.join(", ")}: #{out}"
