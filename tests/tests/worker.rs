@@ -455,6 +455,33 @@ fn web_ui_signals_quiet_and_stop_the_process() {
 }
 
 #[test]
+fn web_ui_quiet_shows_long_before_the_next_heartbeat() {
+    // Beats every 60 s: the quiet pressed in the Web UI is read by the second, and shown at once.
+    let redis = RedisServer::start();
+    let config = config_file(&redis, "heartbeat_interval: 60\npoll_interval_average: 5\n");
+    let worker = TestWorker::start(WORKER, &redis, &["-C", &config, "-t", "2"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || redis
+            .cli(&["SCARD", "processes"])
+            == "1"),
+        "{}",
+        worker.log_text()
+    );
+    let identity = redis.cli(&["SMEMBERS", "processes"]);
+    ruby(
+        &redis.url(),
+        r#"require "sidekiq/api"; Sidekiq::ProcessSet.new.each(&:quiet!)"#,
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || redis
+            .cli(&["HGET", &identity, "quiet"])
+            == "true"),
+        "not quiet 10 s after the Web UI's Quiet, with beats 60 s apart:\n{}",
+        worker.log_text()
+    );
+}
+
+#[test]
 fn paused_queues_are_skipped_without_busy_looping() {
     let redis = RedisServer::start();
     redis.cli(&["SADD", "paused", "critical"]);

@@ -14,7 +14,7 @@ use crate::check_point::{CheckPoint, CheckPoints};
 use crate::control::Control;
 use crate::fetch::{Fetcher, Waiters};
 use crate::handler::Registry;
-use crate::heartbeat::{self, Beat, Busy, Dump, Heartbeat};
+use crate::heartbeat::{self, Beat, Busy, Dump, Heartbeat, Signals};
 use crate::holdings::Holdings;
 use crate::job_retry::RetryPolicy;
 use crate::manager::Manager;
@@ -170,6 +170,11 @@ impl Worker {
                 heartbeat: heartbeat.clone(),
                 control: control.clone(),
                 every: options.heartbeat_interval,
+            }),
+            Box::new(Signals {
+                conn: conn.clone(),
+                identity: identity.clone(),
+                control: control.clone(),
             }),
             Box::new(Recover {
                 recovery: recovery.clone(),
