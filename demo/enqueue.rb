@@ -8,8 +8,9 @@ Billing::ChargeJob.perform_async(7, 500)
 Billing::ChargeJob.perform_in(1, 8, 250)            # scheduled: runs about a second from now
 Billing::ChargeJob.perform_async(9, -5)             # the handler refuses it: dead set
 Billing::FlakyGatewayJob.perform_async("order-1")   # fails: retry set, with backoff
+Billing::MonthlyReportJob.perform_async("2026-12")  # deferred by the check point into a list
 
 expected = Hash.new(0)
 (charges + [[7, 500], [8, 250]]).each { |account, cents| expected[account] += cents }
 File.write(ARGV.fetch(0), JSON.generate(expected))
-puts "enqueued #{charges.size} charges with perform_bulk in #{bulk_ms} ms, plus 4 single jobs (one scheduled)"
+puts "enqueued #{charges.size} charges with perform_bulk in #{bulk_ms} ms, plus 5 single jobs (one scheduled)"

@@ -10,8 +10,12 @@
 use std::time::Duration;
 
 use redis::AsyncCommands;
+use rustq_core::Job;
 use rustq_core::Retry;
-use rustq_engine::{Backoff, Failure, JobContext, Registry};
+use rustq_engine::{
+    Action, Backoff, CheckFuture, CheckPoint, Deferral, Failure, JobContext, Outcome, Registry,
+    Verdict, Write,
+};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
@@ -33,6 +37,39 @@ async fn redis() -> Result<redis::aio::ConnectionManager, Failure> {
 /// (`[account_id, cents]` or `[{"account_id": 1, "cents": 2}]` would need a different shape).
 #[derive(Deserialize)]
 struct Charge(u64, i64);
+
+/// The books, kept by a check point: monthly reports wait in a list until month end (deferred,
+/// not failed), and every charge that succeeds is settled in `billing:settled` in the same atomic
+/// step as its acknowledgement, so a crash can never settle a charge twice or lose one.
+struct Books;
+
+impl CheckPoint for Books {
+    fn before<'a>(&'a self, job: &'a Job, _queue: &'a str) -> CheckFuture<'a> {
+        let verdict = match job.class() {
+            Some("Billing::MonthlyReportJob") => {
+                Verdict::Defer(Deferral::Into("billing:reports:held".into()))
+            }
+            _ => Verdict::Run,
+        };
+        Box::pin(std::future::ready(verdict))
+    }
+
+    fn on_outcome(&self, outcome: &Outcome<'_>, writes: &mut Vec<Write>) {
+        if outcome.job.class() != Some("Billing::ChargeJob")
+            || outcome.action != &Action::Acknowledge
+        {
+            return;
+        }
+        if let Some([account, cents]) = outcome.job.args().map(Vec::as_slice) {
+            writes.push(
+                Write::new("HINCRBY")
+                    .key("billing:settled")
+                    .arg(account)
+                    .arg(cents),
+            );
+        }
+    }
+}
 
 fn main() -> std::process::ExitCode {
     let mut registry = Registry::new();
@@ -76,5 +113,7 @@ fn main() -> std::process::ExitCode {
             }
         });
 
-    rustq_engine::cli::main(registry)
+    rustq_engine::cli::main_with(registry, |worker| {
+        worker.add_check_point(Books);
+    })
 }
