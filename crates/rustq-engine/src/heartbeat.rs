@@ -127,9 +127,9 @@ impl Heartbeat {
         }
     }
 
-    /// One beat: the process entry, busy jobs and counters in one MULTI, and at most one signal
-    /// from the Web UI. Counts that could not be written are kept for the next beat.
-    pub async fn beat(&self, quiet: bool) -> redis::RedisResult<Option<Signal>> {
+    /// One beat: the process entry, busy jobs and counters in one MULTI (the Web UI's signals
+    /// are read by [`Signals`]). Counts that could not be written are kept for the next beat.
+    pub async fn beat(&self, quiet: bool) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
         let t0 = Instant::now();
         redis::cmd("PING").query_async::<()>(&mut conn).await?;
@@ -175,14 +175,9 @@ impl Heartbeat {
             }
         }
         flush.write(&mut pipe, chrono::Utc::now(), self.wire);
-        pipe.rpop(keys::signals(id), None);
-        match pipe.query_async::<(Option<String>,)>(&mut conn).await {
-            Ok((signal,)) => Ok(signal.as_deref().and_then(Signal::from_name)),
-            Err(e) => {
-                self.counters.restore(flush);
-                Err(e)
-            }
-        }
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .inspect_err(|_| self.counters.restore(flush))
     }
 
     /// Removes the process from `processes` and its busy hash, after flushing the counters.
@@ -233,13 +228,7 @@ impl Service for Beat {
                     _ = control.quieted(), if !control.is_quiet() => {}
                 }
                 match heartbeat.beat(control.is_quiet()).await {
-                    Ok(signal) => {
-                        control.beaten();
-                        if let Some(signal) = signal {
-                            tracing::info!(signal = ?signal, "signal from the Web UI");
-                            control.apply(signal);
-                        }
-                    }
+                    Ok(()) => control.beaten(),
                     Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
                 }
             }
@@ -249,7 +238,7 @@ impl Service for Beat {
 
 /// Reads the Web UI's signals (`<identity>-signals`) every second, so its Quiet and Stop take
 /// effect, and show, within about a second rather than at the next heartbeat: one `RPOP` a
-/// second. (The beat, which follows a quiet at once, reads the list too.)
+/// second. (The beat follows a quiet at once, so the Web UI shows it.)
 pub struct Signals {
     /// A connection's manager.
     pub conn: ConnectionManager,

@@ -100,8 +100,6 @@ pub struct Batch {
 /// Where a job goes besides out of its list.
 #[derive(Clone, Copy, Debug)]
 pub enum Effect<'a> {
-    /// Nowhere else.
-    Remove,
     /// What `action` says.
     Action(&'a Action, &'a str),
     /// `SADD queues <queue>` and `LPUSH queue:<queue> <payload>`: a due scheduled job, pushed.
@@ -130,16 +128,6 @@ impl Batch {
         }
     }
 
-    /// How many jobs it holds.
-    pub fn len(&self) -> usize {
-        self.jobs + self.plain.len()
-    }
-
-    /// True when it holds none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The index of `key` in `KEYS` (from 1), added on first use.
     fn key_index(&mut self, key: &[u8]) -> usize {
         if let Some(at) = self.index.get(key) {
@@ -156,10 +144,7 @@ impl Batch {
 
     /// `job`, held in `list`, leaves it; `effect` and `writes` follow, only if it was there.
     pub fn add(&mut self, list: &str, job: &[u8], effect: Effect<'_>, writes: &[Write]) {
-        let plain = matches!(
-            effect,
-            Effect::Remove | Effect::Action(Action::Acknowledge, _)
-        );
+        let plain = matches!(effect, Effect::Action(Action::Acknowledge, _));
         if plain && writes.is_empty() {
             let at = self.key_index(list.as_bytes());
             self.plain.push((at, job.to_vec()));
@@ -168,7 +153,7 @@ impl Batch {
         let mut commands: Vec<Parts> = Vec::new();
         let job_part = || (b'j', Vec::new());
         match effect {
-            Effect::Remove | Effect::Action(Action::Acknowledge, _) => {}
+            Effect::Action(Action::Acknowledge, _) => {}
             Effect::Action(Action::Retry { at, payload }, _) => commands.push(
                 self.parts(
                     &Write::new("ZADD")

@@ -149,7 +149,7 @@ impl Recovery {
             let force =
                 entry.as_deref().is_some_and(shares_pid_scope) && pid_gone_on_this_host(identity);
             // One entry that cannot be recovered must not stop the others' recovery.
-            let (moved, poisoned) = match self.run(identity, force, true).await {
+            let (moved, poisoned) = match self.run(identity, entry, force, true).await {
                 Ok(counts) => counts,
                 Err(e) if e.is_io_error() || e.is_connection_dropped() => return Err(e),
                 Err(e) => {
@@ -183,24 +183,26 @@ impl Recovery {
     /// On a clean exit: anything still in this process's lists goes back, not counted as a death.
     pub async fn release_own(&self) -> redis::RedisResult<u64> {
         let identity = self.identity.clone();
-        Ok(self.run(&identity, true, false).await?.0)
+        let entry: Option<String> = self.conn.clone().hget(rkeys::PROCESSES, &identity).await?;
+        Ok(self.run(&identity, entry, true, false).await?.0)
     }
 
     /// Gives back the jobs of `identity` (`force`: whether or not it beats; `count`: as a
-    /// death). The keys are named from its entry, which the script checks is still the same.
+    /// death). The keys are named from its `entry` as the caller read it, which the script checks
+    /// is still the same (it is read again should it have changed).
     async fn run(
         &self,
         identity: &str,
+        mut entry: Option<String>,
         force: bool,
         count: bool,
     ) -> redis::RedisResult<(u64, u64)> {
         let mut conn = self.conn.clone();
         loop {
-            let entry: Option<String> = conn.hget(rkeys::PROCESSES, identity).await?;
-            let Some(entry) = entry else {
+            let Some(read) = entry.take() else {
                 return Ok((0, 0));
             };
-            let queues = entry_queues(&entry);
+            let queues = entry_queues(&read);
             let mut invocation = self.script.prepare_invoke();
             invocation
                 .key(rkeys::PROCESSES)
@@ -220,7 +222,7 @@ impl Recovery {
                 .arg(self.max_recoveries)
                 .arg(if force { "1" } else { "0" })
                 .arg(if count { "1" } else { "0" })
-                .arg(&entry)
+                .arg(&read)
                 .arg(wire::format_float(wire::now_secs()));
             for queue in &queues {
                 invocation.arg(queue);
@@ -230,6 +232,7 @@ impl Recovery {
             if moved >= 0 {
                 return Ok((moved as u64, poisoned));
             }
+            entry = conn.hget(rkeys::PROCESSES, identity).await?;
         }
     }
 
@@ -318,15 +321,18 @@ impl Service for Recover {
 }
 
 /// This process's boot of its machine and PID namespace (`/proc/sys/kernel/random/boot_id`,
-/// `/proc/self/ns/pid`), empty where unknown.
-fn pid_scope() -> (String, String) {
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let pidns = std::fs::read_link("/proc/self/ns/pid")
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    (boot_id, pidns)
+/// `/proc/self/ns/pid`), empty where unknown; read once, as neither changes while it runs.
+fn pid_scope() -> &'static (String, String) {
+    static SCOPE: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    SCOPE.get_or_init(|| {
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let pidns = std::fs::read_link("/proc/self/ns/pid")
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        (boot_id, pidns)
+    })
 }
 
 /// True when the process of `entry` (its `rustq:processes` value) runs on this boot of this

@@ -35,7 +35,7 @@ pub fn unreportable(ruby: &Ruby, error: &Error) -> Failure {
 }
 
 /// A failure Hash from `Processor#process` (`error_class`, `message`, `backtrace`, `retry_in`).
-pub fn failure(ruby: &Ruby, hash: RHash) -> Result<Failure, Error> {
+pub fn failure(hash: RHash) -> Result<Failure, Error> {
     let text = |key: &str| -> Result<String, Error> {
         match hash.get(key).filter(|v| !v.is_nil()) {
             Some(v) => RString::try_convert(v)?.to_string(),
@@ -52,14 +52,14 @@ pub fn failure(ruby: &Ruby, hash: RHash) -> Result<Failure, Error> {
     let failure = Failure::retry(text("error_class")?, text("message")?).with_backtrace(backtrace);
     Ok(match hash.get("retry_in").filter(|v| !v.is_nil()) {
         None => failure,
-        Some(value) => apply_retry_in(ruby, failure, value)?,
+        Some(value) => apply_retry_in(failure, value)?,
     })
 }
 
 /// `retry_in`: what the job's `sidekiq_retry_in` said, read by [`rustq_engine::Backoff`]'s one
 /// rule (seconds, "kill"/:kill, "discard"/:discard; anything else is Sidekiq's formula).
-fn apply_retry_in(ruby: &Ruby, failure: Failure, value: Value) -> Result<Failure, Error> {
-    Ok(match backoff(ruby, value)? {
+fn apply_retry_in(failure: Failure, value: Value) -> Result<Failure, Error> {
+    Ok(match backoff(value)? {
         Backoff::Kill => Failure {
             kind: FailureKind::Kill,
             ..failure
@@ -74,7 +74,7 @@ fn apply_retry_in(ruby: &Ruby, failure: Failure, value: Value) -> Result<Failure
 }
 
 /// A `sidekiq_retry_in` block's value as the engine reads it.
-pub fn backoff(_ruby: &Ruby, value: Value) -> Result<Backoff, Error> {
+pub fn backoff(value: Value) -> Result<Backoff, Error> {
     if value.is_nil() {
         return Ok(Backoff::Default);
     }
@@ -93,7 +93,7 @@ pub fn backoff(_ruby: &Ruby, value: Value) -> Result<Backoff, Error> {
 /// `Rustq::Native.retry_in(value)`: a `sidekiq_retry_in` block's value as the engine will read
 /// it — "kill", "discard", whole seconds, or nil for Sidekiq's formula.
 pub fn retry_in(ruby: &Ruby, value: Value) -> Result<Value, Error> {
-    Ok(match backoff(ruby, value)? {
+    Ok(match backoff(value)? {
         Backoff::Kill => ruby.str_new("kill").as_value(),
         Backoff::Discard => ruby.str_new("discard").as_value(),
         Backoff::In(d) => ruby.integer_from_u64(d.as_secs()).as_value(),

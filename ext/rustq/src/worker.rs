@@ -390,7 +390,7 @@ impl Worker {
             let result = match &answer {
                 Ok(v) if v.is_nil() => Ok(()),
                 Ok(v) => Err(RHash::try_convert(*v)
-                    .and_then(|hash| failure(ruby, hash))
+                    .and_then(failure)
                     .unwrap_or_else(|e| unreportable(ruby, &e))),
                 Err(e) => Err(match e.error_type() {
                     ErrorType::Jump(_) => {
