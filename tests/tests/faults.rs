@@ -634,3 +634,56 @@ fn a_wrong_typed_retry_set_stops_no_other_job() {
         .sum();
     assert_eq!(held, failing.len());
 }
+
+#[test]
+fn acknowledgements_refused_for_good_pause_fetching_and_lose_nothing() {
+    // Redis takes fetches but refuses every acknowledgement (here an ACL denies LREM): finished
+    // jobs wait in memory to be written. Fetching pauses once ACK_BACKLOG (1,024) of them wait,
+    // instead of draining the whole queue into memory; when Redis takes writes again every job
+    // is acknowledged, each having run once.
+    let redis = RedisServer::start();
+    let jids = push_many(&redis, "LedgerJob", json!([]), 5_000);
+    assert_eq!(redis.cli(&["ACL", "SETUSER", "default", "-lrem"]), "OK");
+    let worker = start(&redis, &["-c", "10"]);
+    let ledger_len = || redis.cli(&["LLEN", "ledger"]).parse::<usize>().unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(30), || ledger_len() >= 1_024),
+        "{}",
+        worker.log_text()
+    );
+    // Settled: nothing more runs over two seconds.
+    let mut last = ledger_len();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            std::thread::sleep(Duration::from_secs(2));
+            let now = ledger_len();
+            std::mem::replace(&mut last, now) == now
+        }),
+        "jobs kept running with no acknowledgement written"
+    );
+    // concurrency 10 + prefetch 100 + one sweep 100 + the backlog 1,024 (+ a waiter's job)
+    let held = inprogress_total(&redis);
+    assert!(held <= 1_240, "{held} jobs fetched with none written back");
+    let queued: usize = redis.cli(&["LLEN", "queue:default"]).parse().unwrap();
+    assert_eq!(queued + held, 5_000);
+    assert!(
+        worker.log_text().contains("cannot write finished jobs"),
+        "{}",
+        worker.log_text()
+    );
+
+    assert_eq!(redis.cli(&["ACL", "SETUSER", "default", "+lrem"]), "OK");
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            ledger_len() >= jids.len() && inprogress_total(&redis) == 0
+        }),
+        "{} run, {} in progress",
+        ledger_len(),
+        inprogress_total(&redis)
+    );
+    let ledger = ledger(&redis);
+    let t = tally(&jids, &ledger);
+    report("acks refused, then accepted", t, "");
+    assert_eq!(ledger.len(), jids.len(), "a job ran twice");
+    assert_eq!(ledger_jids(&redis), jids);
+}

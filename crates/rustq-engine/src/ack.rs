@@ -17,7 +17,7 @@ use crate::service::Service;
 use crate::work::Completion;
 
 /// Most completions written in one round trip.
-const BATCH: usize = 512;
+pub const BATCH: usize = 512;
 
 /// Adds one completion to `batch`.
 pub fn add(batch: &mut Batch, identity: &str, c: &Completion) {

@@ -5,6 +5,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
@@ -16,7 +17,9 @@ use crate::work::UnitOfWork;
 #[derive(Default)]
 pub struct Holdings {
     counts: Mutex<HashMap<u64, u32>>,
+    total: AtomicUsize,
     suspect: Notify,
+    released: Notify,
 }
 
 fn key(queue: &str, raw: &[u8]) -> u64 {
@@ -31,6 +34,7 @@ impl Holdings {
     pub fn take(&self, unit: &UnitOfWork) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         *counts.entry(key(&unit.queue, &unit.raw)).or_default() += 1;
+        self.total.fetch_add(1, Ordering::SeqCst);
     }
 
     /// `unit`'s outcome is written: it is no longer in the in-progress list.
@@ -42,7 +46,21 @@ impl Holdings {
             if *n == 0 {
                 counts.remove(&k);
             }
+            self.total.fetch_sub(1, Ordering::SeqCst);
         }
+        drop(counts);
+        self.released.notify_one();
+    }
+
+    /// How many jobs are held in all: fetched and not yet written back.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    /// Resolves after the next [`Holdings::release`] (or at once if one came since the last
+    /// wait).
+    pub async fn released(&self) {
+        self.released.notified().await;
     }
 
     /// How many copies of `raw` from `queue` are held.
@@ -87,11 +105,13 @@ mod tests {
         h.take(&unit("b", "x"));
         assert_eq!(h.held("a", b"x"), 2);
         assert_eq!(h.held("b", b"x"), 1);
+        assert_eq!(h.total(), 3);
         h.release(&unit("a", "x"));
         assert_eq!(h.held("a", b"x"), 1);
         h.release(&unit("a", "x"));
         h.release(&unit("a", "x"));
         assert_eq!(h.held("a", b"x"), 0);
         assert_eq!(h.distinct(), 1);
+        assert_eq!(h.total(), 1);
     }
 }

@@ -15,6 +15,7 @@ use crate::control::Control;
 use crate::fetch::{Fetcher, Waiters, BLOCK_SECS};
 use crate::handler::Started;
 use crate::heartbeat::Busy;
+use crate::holdings::Holdings;
 use crate::processor::{Decision, Processor};
 use crate::service::{BoxFuture, Service};
 use crate::work::{Action, Completion, UnitOfWork};
@@ -22,6 +23,13 @@ use crate::work::{Action, Completion, UnitOfWork};
 /// Jobs shorter than this on average may be fetched ahead of free slots (`prefetch`); longer
 /// ones are fetched one free slot at a time, so they spread over every process as with Sidekiq.
 const PREFETCH_BELOW_US: u64 = 5_000;
+
+/// Most finished jobs that may wait to be written back before fetching pauses. While Redis
+/// refuses or cannot take acknowledgements, finished jobs would otherwise pile up in memory
+/// (and all run again after a restart) while fetching went on; with it, a process holds at most
+/// `concurrency + prefetch + fetch_batch + ACK_BACKLOG` jobs, whatever happens to its writes.
+/// Twice the acker's batch, so a healthy acker never makes fetching wait.
+pub const ACK_BACKLOG: usize = 2 * crate::ack::BATCH;
 
 /// The fetch-and-run service.
 pub struct Manager {
@@ -35,6 +43,8 @@ pub struct Manager {
     pub ack_tx: mpsc::UnboundedSender<Completion>,
     /// Jobs running now.
     pub busy: Arc<Busy>,
+    /// Jobs fetched and not yet written back (the fetcher's and the acker's count).
+    pub holdings: Arc<Holdings>,
     /// The process's control.
     pub control: Control,
     /// Jobs run at once.
@@ -72,6 +82,7 @@ impl Manager {
             processor,
             ack_tx,
             busy,
+            holdings,
             control,
             concurrency,
             prefetch,
@@ -86,6 +97,7 @@ impl Manager {
             running: Arc::new(Semaphore::new(concurrency)),
             dispatch_ahead,
             intake: Arc::new(Intake::default()),
+            holdings,
             control: control.clone(),
         };
         let mut tasks = JoinSet::new();
@@ -184,6 +196,7 @@ struct JobPool {
     running: Arc<Semaphore>,
     dispatch_ahead: bool,
     intake: Arc<Intake>,
+    holdings: Arc<Holdings>,
     control: Control,
 }
 
@@ -260,11 +273,16 @@ impl JobPool {
         }
     }
 
-    /// How many more jobs may be taken now.
+    /// How many more jobs may be taken now: none while [`ACK_BACKLOG`] finished jobs wait to
+    /// be written back.
     fn room(&self, concurrency: usize, prefetch: usize) -> usize {
+        let held = self.intake.held.load(Ordering::SeqCst);
+        if self.holdings.total().saturating_sub(held) >= ACK_BACKLOG {
+            return 0;
+        }
         let fast = self.intake.avg_us.load(Ordering::Relaxed) < PREFETCH_BELOW_US;
         let limit = concurrency + if fast { prefetch } else { 0 };
-        limit.saturating_sub(self.intake.held.load(Ordering::SeqCst))
+        limit.saturating_sub(held)
     }
 }
 
@@ -295,6 +313,7 @@ async fn fetch_loop(
         if room == 0 || (held >= concurrency && room < (prefetch / 2).clamp(1, batch)) {
             tokio::select! {
                 _ = pool.intake.freed.notified() => {}
+                _ = pool.holdings.released() => {}
                 Some(unit) = waiters.taken.recv() => pool.spawn(tasks, unit),
                 _ = control.quieted() => break,
             }

@@ -70,21 +70,41 @@ pub fn unreported(holdings: &Holdings, queue: &str, list: Vec<Vec<u8>>) -> Vec<(
 
 const GIVE_BACK: &str = r#"
 -- KEYS[1] = in-progress list, KEYS[2] = queue list, KEYS[3] = queues; ARGV[1] = queue name,
--- then per job: payload, copies found unreported before, copies held now
-local moved = 0
+-- then per job: payload, copies found unreported before, copies held now.
+-- The list is read once and, if anything goes back, written once: one pass whatever the number
+-- of orphans (a lookup and a removal per job would scan the list once per job).
+local list = redis.call('LRANGE', KEYS[1], 0, -1)
+local found = {}
+for _, job in ipairs(list) do found[job] = (found[job] or 0) + 1 end
+local take, back = {}, {}
 for i = 2, #ARGV, 3 do
   local job, before, held = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local now = #redis.call('LPOS', KEYS[1], job, 'COUNT', 0)
-  local n = math.min(before, now - held)
-  if n > 0 then
-    -- Oldest copies first (the list's right end); back to the queue's front (its right end).
-    local removed = redis.call('LREM', KEYS[1], -n, job)
-    for _ = 1, removed do redis.call('RPUSH', KEYS[2], job) end
-    moved = moved + removed
+  local n = math.min(before, (found[job] or 0) - held)
+  if n > 0 and not take[job] then
+    take[job] = n
+    for _ = 1, n do back[#back + 1] = job end
   end
 end
-if moved > 0 then redis.call('SADD', KEYS[3], ARGV[1]) end
-return moved
+if #back == 0 then return 0 end
+-- Keep all but the oldest copies taken (the list's right end); `keep` runs right to left, so
+-- pushed on the left in its order the list is rebuilt as it was.
+local keep = {}
+for i = #list, 1, -1 do
+  local job = list[i]
+  local n = take[job]
+  if n and n > 0 then take[job] = n - 1 else keep[#keep + 1] = job end
+end
+local function push(command, key, items)
+  for i = 1, #items, 1000 do
+    redis.call(command, key, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+redis.call('DEL', KEYS[1])
+push('LPUSH', KEYS[1], keep)
+-- Back to the queue's front (its right end), newest first, so the oldest is fetched first.
+push('RPUSH', KEYS[2], back)
+redis.call('SADD', KEYS[3], ARGV[1])
+return #back
 "#;
 
 /// Finds and gives back this process's orphaned jobs after each failed fetch, and every

@@ -143,3 +143,49 @@ async fn a_poll_pushes_what_a_failed_poll_left_in_the_scheduling_list() {
         "{queue}"
     );
 }
+
+#[tokio::test]
+async fn giving_back_many_orphans_scans_the_list_once() {
+    // 2,000 orphans in a list of 2,100: one read and one write of the list, not a lookup and
+    // a removal (each a scan of the list) per orphan. Redis counts the commands a script calls.
+    let redis = RedisServer::start();
+    let list = keys::inprogress(ME, "default");
+    let holdings = Arc::new(Holdings::default());
+    for i in 0..2_100 {
+        let raw = job(&format!("j{i}"));
+        redis.cli(&["LPUSH", &list, &raw]);
+        if i % 21 == 0 {
+            holdings.take(&UnitOfWork {
+                queue: "default".into(),
+                raw: raw.into_bytes(),
+            });
+        }
+    }
+    let adopter = adopter(&redis, holdings).await;
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    assert_eq!(adopter.check(Duration::ZERO).await.unwrap(), 2_000);
+
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let calls = |cmd: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let scans = calls("lpos") + calls("lrem") + calls("lrange");
+    // The adopter's own first look is one LRANGE; the give-back one more.
+    assert!(scans <= 2, "{scans} scans of the list:\n{stats}");
+    assert_eq!(redis.cli(&["LLEN", &list]), "100");
+    assert_eq!(redis.cli(&["LLEN", "queue:default"]), "2000");
+    // The oldest orphan (pushed first, the list's right end) is fetched first.
+    let next = redis.cli(&["LINDEX", "queue:default", "-1"]);
+    assert!(next.contains("\"j1\""), "{next}");
+    // What stays is what was held, in its order.
+    let left = redis.cli(&["LRANGE", &list, "0", "-1"]);
+    let held: Vec<&str> = left.lines().collect();
+    assert!(
+        held[0].contains("\"j2079\"") && held[99].contains("\"j0\""),
+        "{left}"
+    );
+}
