@@ -185,7 +185,16 @@ impl Processor {
         if let Ok(raw) = std::str::from_utf8(&unit.raw) {
             ctx = ctx.with_raw(Arc::from(raw));
         }
-        let mut run = AssertUnwindSafe(registered.handler.perform(ctx)).catch_unwind();
+        // A handler may panic in `perform` itself, before its future exists: that too fails
+        // only its job (left uncaught it would end the job's task, and its slot and its place in
+        // the in-progress list would never be given up).
+        let perform =
+            std::panic::catch_unwind(AssertUnwindSafe(|| registered.handler.perform(ctx)));
+        let perform = match perform {
+            Ok(future) => future,
+            Err(panic) => return Some(Err(Failure::panicked(panic.as_ref()))),
+        };
+        let mut run = AssertUnwindSafe(perform).catch_unwind();
         let limit = registered.options.timeout.or(self.job_timeout);
         if registered.handler.signals_start() {
             // The job waits for one of the handler's threads. Should the process quiet first,

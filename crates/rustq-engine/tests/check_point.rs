@@ -191,3 +191,55 @@ async fn the_time_limit_counts_from_the_moment_a_thread_takes_the_job() {
         quick
     );
 }
+
+/// Panics in `perform` itself, before any future exists.
+struct PanicsAtCall;
+
+impl Handler for PanicsAtCall {
+    fn perform(&self, _ctx: JobContext) -> BoxFuture<JobResult> {
+        panic!("no future for you")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_panics_before_its_future_exists_fails_only_its_job() {
+    // One slot: were the panic to escape, the slot would stay taken and the second job would
+    // never run; the first would stay in the in-progress list.
+    let redis = RedisServer::start();
+    let client = Client::connect(&RedisConfig::new(redis.url()))
+        .await
+        .unwrap();
+    let first = push(&client, "Broken", json!([])).await;
+    let second = push(&client, "Broken", json!([])).await;
+    let mut registry = Registry::new();
+    registry.fallback(PanicsAtCall);
+    let mut options = WorkerOptions::default();
+    options.redis = RedisConfig::new(redis.url());
+    options.concurrency = 1;
+    options.prefetch = 0;
+    options.queues = vec![QueueWeight {
+        name: "default".into(),
+        weight: 0,
+    }];
+    let worker = Worker::new(options, registry);
+    let control = worker.control();
+    let run = tokio::spawn(worker.run());
+    let mut retried = false;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if redis.cli(&["ZCARD", "retry"]) == "2"
+            && redis.cli(&["KEYS", "rustq:inprogress:*"]).trim().is_empty()
+        {
+            retried = true;
+            break;
+        }
+    }
+    control.stop();
+    run.await.unwrap().unwrap();
+    let retry = redis.cli(&["ZRANGE", "retry", "0", "-1"]);
+    assert!(retried, "{retry}");
+    assert!(
+        retry.contains(&first) && retry.contains(&second) && retry.contains("no future for you"),
+        "{retry}"
+    );
+}
