@@ -14,7 +14,7 @@ module Rustq
   #
   # Sidekiq runs `configure_server` blocks only when `Sidekiq.server?`, which is
   # `defined?(Sidekiq::CLI)`. `sidekiq` loads its CLI before the app; rustq-worker registers
-  # `Sidekiq::CLI` as an autoload the moment the app first opens `module Sidekiq` while booting
+  # `Sidekiq::CLI` (and 7+'s `Sidekiq::Capsule`) as an autoload the moment the app first opens `module Sidekiq` while booting
   # (see .watch), so `server?` is true before anything can call `configure_server`, nothing is
   # loaded that the app does not load itself, and an app without Sidekiq never gets it. It works
   # with Sidekiq 6 (settings on `Sidekiq`) and 7/8 (settings on `Sidekiq.default_configuration`).
@@ -25,7 +25,12 @@ module Rustq
     # Runs the block (the app's boot) and returns a SidekiqServer if the app loaded Sidekiq,
     # else nil.
     def self.watch(concurrency:)
-      server_side = ->(mod) { mod.autoload(:CLI, "sidekiq/cli") unless mod.const_defined?(:CLI, false) }
+      server_side = lambda do |mod|
+        mod.autoload(:CLI, "sidekiq/cli") unless mod.const_defined?(:CLI, false)
+        # 7+: `config.capsule(...)` in configure_server needs Sidekiq::Capsule, which `sidekiq`
+        # has loaded (through its CLI) by the time the app's blocks run.
+        mod.autoload(:Capsule, "sidekiq/capsule") unless mod.const_defined?(:Capsule, false)
+      end
       if defined?(::Sidekiq)
         server_side.call(::Sidekiq)
       else

@@ -13,6 +13,9 @@ RSpec.describe ActiveJob::QueueAdapters::RustqAdapter do
     })
   end
 
+  # ActiveJob 7.1+ keeps scheduled_at as a Time, 6.1 as a Float.
+  def scheduled_at(epoch) = ActiveJob.version >= Gem::Version.new("7.1") ? Time.at(epoch) : epoch
+
   it "is what queue_adapter = :rustq resolves to" do
     expect(GreetJob.queue_adapter).to be_a(described_class)
     expect(ActiveJob::QueueAdapters.lookup(:rustq)).to eq(described_class)
@@ -42,7 +45,7 @@ RSpec.describe ActiveJob::QueueAdapters::RustqAdapter do
 
   it "enqueue_all pushes in bulk, per class, queue and schedule, and reports on every job" do
     now = Time.now.to_f
-    jobs = [GreetJob.new(1), GreetJob.new(2), OtherJob.new(3), GreetJob.new(4).tap { |j| j.scheduled_at = now + 300 }]
+    jobs = [GreetJob.new(1), GreetJob.new(2), OtherJob.new(3), GreetJob.new(4).tap { |j| j.scheduled_at = scheduled_at(now + 300) }]
 
     expect(described_class.new.enqueue_all(jobs)).to eq(4)
     expect(jobs.map(&:provider_job_id)).to all(match(/\A\h{24}\z/))

@@ -2,7 +2,8 @@
 
 require "tempfile"
 
-# A real Sidekiq 6.4.1 process (`sidekiq -r FILE`) on the private Redis, for interop specs.
+# A real Sidekiq process (`sidekiq -r FILE`) on the private Redis, for interop specs: Debian's 6.4.1,
+# or under `../shared/peers/with-sidekiq 7|8` (bin/test-interop) that version's own CLI.
 # Jobs on the Sidekiq side record what they received in the Redis list "results".
 class SidekiqProcess
   ROOT = File.expand_path("../..", __dir__)
@@ -17,7 +18,8 @@ class SidekiqProcess
 
   def start
     env = {"REDIS_URL" => REDIS_SERVER.url, "RUBYLIB" => [File.join(ROOT, "lib"), ENV["RUBYLIB"]].compact.join(":")}
-    @pid = Process.spawn(env, "sidekiq", "-r", @require_file, "-c", "3", *@queues.flat_map { |q| ["-q", q] },
+    cli = ENV["SIDEKIQ_PEER_ROOT"] ? ["ruby", File.join(ENV["SIDEKIQ_PEER_ROOT"], "bin/sidekiq")] : ["sidekiq"]
+    @pid = Process.spawn(env, *cli, "-r", @require_file, "-c", "3", *@queues.flat_map { |q| ["-q", q] },
       chdir: ROOT, in: File::NULL, out: @log.path, err: [:child, :out])
     self
   end

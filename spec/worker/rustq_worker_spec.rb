@@ -293,7 +293,7 @@ RSpec.describe "rustq-worker" do
       w = worker("-r", plain_app, "-c", "2", "-C", config)
       w.await("every job taken from the queue") { Sidekiq::Queue.new.size.zero? }
       w.await("a heartbeat with both threads busy") { processes.first&.[]("busy") == 2 }
-      expect(Sidekiq::Workers.new.map { |_process, _tid, work| work["payload"]["jid"] }).to match_array(slow)
+      expect(Sidekiq::Workers.new.map { |_process, _tid, work| (work.respond_to?(:job) ? work.job.jid : work["payload"]["jid"]) }).to match_array(slow)
 
       w.signal("TSTP")
       w.await("the 30 waiting jobs back on their queue") { Sidekiq::Queue.new.size == 30 }
@@ -379,7 +379,9 @@ RSpec.describe "rustq-worker" do
     end
   end
 
-  describe "a Rails 6.1 app (started in its root)" do
+  # Tagged: a Rails 6.1 app runs on Debian's ActiveJob 6.1, never with ActiveJob 7.2's copy on the
+  # load path (bin/test-interop runs it under Sidekiq 8 without --activejob72).
+  describe "a Rails 6.1 app (started in its root)", :rails_app do
     it "runs perform_later, set(wait:), retry_on, discard_on and Sidekiq::Job jobs inside the Rails executor" do
       jids = in_rails_app(<<~RUBY)
         now = GreetJob.perform_later("now")
@@ -409,7 +411,9 @@ RSpec.describe "rustq-worker" do
       # Sidekiq's wrapper class, as under Sidekiq.
       middleware = redis.lrange("middleware", 0, -1).map { |json| JSON.parse(json) }
       expect(middleware.size).to eq(7)
-      expect(middleware).to include({"instance" => "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper", "jid" => jids["now"], "provider_job_id" => nil})
+      # (Sidekiq 8 has no ActiveJob wrapper for Rails 6.1, so there the middleware gets an Object.)
+      wrapper = Sidekiq::VERSION >= "8" ? "Object" : "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper"
+      expect(middleware).to include({"instance" => wrapper, "jid" => jids["now"], "provider_job_id" => nil})
       expect(middleware).to include({"instance" => "SidekiqStyleJob", "jid" => jids["sidekiq"]})
 
       expect(w.stop.exitstatus).to eq(0)

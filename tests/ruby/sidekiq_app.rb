@@ -1,4 +1,4 @@
-# A tiny Sidekiq 6.4.1 application for interop tests: `sidekiq -r ./tests/ruby/sidekiq_app.rb`.
+# A tiny Sidekiq application (6.4.1, 7.3 or 8.1) for interop tests: `sidekiq -r ./tests/ruby/sidekiq_app.rb`.
 # Every job records what it received in the Redis list `results`, so a test can compare.
 require "redis"
 Redis.sadd_returns_boolean = false if Redis.respond_to?(:sadd_returns_boolean=)
@@ -7,7 +7,11 @@ require "json"
 
 Sidekiq.configure_server do |config|
   # Poll the schedule every second instead of every 5 s, so scheduled-job tests stay short.
-  config.options[:poll_interval_average] = 1
+  if config.respond_to?(:options)
+    config.options[:poll_interval_average] = 1 # 6.x
+  else
+    config[:poll_interval_average] = 1
+  end
 end
 
 module Interop

@@ -1,6 +1,8 @@
-//! Cross-language tests: rustq and real Sidekiq 6.4.1 sharing one private Redis.
+//! Cross-language tests: rustq and real Sidekiq sharing one private Redis.
 //!
-//! The Ruby side lives in `tests/ruby/`; [`Sidekiq`] runs a real `sidekiq` process against it.
+//! The Ruby side lives in `tests/ruby/`; [`Sidekiq`] runs a real `sidekiq` process against it:
+//! Debian's 6.4.1, or under `../shared/peers/with-sidekiq 7|8` (`bin/test-interop`) that
+//! version's own CLI and library.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -18,7 +20,7 @@ impl Sidekiq {
     /// Starts `sidekiq -r tests/ruby/sidekiq_app.rb -c 2` on the given queues.
     pub fn start(redis: &RedisServer, queues: &[&str]) -> Sidekiq {
         let log = redis.dir().join("sidekiq.log");
-        let mut cmd = Command::new("sidekiq");
+        let mut cmd = sidekiq_command();
         cmd.arg("-r")
             .arg(repo_root().join("tests/ruby/sidekiq_app.rb"))
             .args(["-c", "2", "-t", "1"]);
@@ -26,7 +28,10 @@ impl Sidekiq {
             cmd.args(["-q", q]);
         }
         cmd.env("REDIS_URL", redis.url())
-            .env("RUBYOPT", "-W0")
+            .env(
+                "RUBYOPT",
+                format!("{} -W0", std::env::var("RUBYOPT").unwrap_or_default()),
+            )
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).expect("sidekiq log"))
             .stderr(Stdio::from(
@@ -47,6 +52,31 @@ impl Sidekiq {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The `sidekiq` CLI of the Sidekiq under test: that version's own under `with-sidekiq 7|8`
+/// (which sets `SIDEKIQ_PEER_ROOT`), else Debian's.
+pub fn sidekiq_command() -> Command {
+    match std::env::var_os("SIDEKIQ_PEER_ROOT") {
+        Some(root) => {
+            let mut cmd = Command::new("ruby");
+            cmd.arg(PathBuf::from(root).join("bin/sidekiq"));
+            cmd
+        }
+        None => Command::new("sidekiq"),
+    }
+}
+
+/// The major version of the Sidekiq under test: 7 or 8 under `with-sidekiq`, else 6.
+pub fn sidekiq_major() -> u8 {
+    let root = std::env::var("SIDEKIQ_PEER_ROOT").unwrap_or_default();
+    if root.contains("sidekiq-8") {
+        8
+    } else if root.contains("sidekiq-7") {
+        7
+    } else {
+        6
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rustq_core::{Client, ClientOptions, Clock, Fields, Job, RedisConfig};
+use rustq_core::{Client, ClientOptions, Clock, Fields, Job, RedisConfig, WireVersion};
 use rustq_interop::{ruby, wait_for_results, RedisServer, Sidekiq};
 use serde_json::{json, Value};
 
@@ -37,7 +37,7 @@ ChargeJob.set(jid: "c" * 24).perform_async("card", 100)
 ChargeJob.perform_in(3600, "later")
 queue = Sidekiq.redis { |c| c.lrange("queue:default", 0, -1).reverse }
 critical = Sidekiq.redis { |c| c.lrange("queue:critical", 0, -1) }
-scheduled = Sidekiq.redis { |c| c.zrange("schedule", 0, -1, with_scores: true) }
+scheduled = Sidekiq.redis { |c| c.zrange("schedule", 0, -1).map { |m| [m, Float(c.zscore("schedule", m))] } }
 Sidekiq.redis(&:flushdb)
 puts JSON.generate("queue" => queue + critical, "scheduled" => scheduled.map { |m, s| [m, s.to_s] })
 "#,
@@ -64,8 +64,15 @@ puts JSON.generate("queue" => queue + critical, "scheduled" => scheduled.map { |
 }
 
 async fn client_at(redis: &RedisServer, now: f64) -> Client {
+    // The payload format of the Sidekiq under test (8.x: integer-millisecond times).
+    let wire = if rustq_interop::sidekiq_major() >= 8 {
+        WireVersion::V8
+    } else {
+        WireVersion::V7
+    };
     let options = ClientOptions {
         clock: Clock::fixed(now),
+        wire,
         ..ClientOptions::default()
     };
     Client::connect_with(&RedisConfig::new(redis.url()), options)

@@ -184,7 +184,7 @@ loop do
     work = Sidekiq::Workers.new.to_a
     puts JSON.generate("concurrency" => p["concurrency"], "queues" => p["queues"].sort, "tag" => p["tag"],
       "busy" => p["busy"], "quiet" => p["quiet"], "identity" => p.identity,
-      "work_class" => work.map { |_, _, w| w["payload"]["class"] }, "processed" => Sidekiq::Stats.new.processed)
+      "work_class" => work.map { |_, _, w| (w.respond_to?(:job) ? w.job.klass : w["payload"]["class"]) }, "processed" => Sidekiq::Stats.new.processed)
     break
   end
   raise "process not visible: #{ps.map(&:to_h)} stats=#{Sidekiq::Stats.new.processed}" if Time.now > deadline

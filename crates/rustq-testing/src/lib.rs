@@ -177,7 +177,8 @@ pub fn repo_root() -> PathBuf {
 
 /// Runs a Ruby script with `REDIS_URL` set, and returns its stdout. Panics with stderr on failure.
 ///
-/// The script runs with Sidekiq's per-push deprecation warning of redis-rb 4.8 silenced.
+/// The script runs with Sidekiq's per-push deprecation warning of redis-rb 4.8 silenced. Lines
+/// of Sidekiq's own log (7.x and 8.x log to stdout when a client connects) are left out.
 pub fn ruby(redis_url: &str, script: &str) -> String {
     let out = ruby_output(redis_url, script, &[]);
     assert!(
@@ -187,7 +188,17 @@ pub fn ruby(redis_url: &str, script: &str) -> String {
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout)
     );
-    String::from_utf8(out.stdout).expect("ruby printed UTF-8")
+    let stdout = String::from_utf8(out.stdout).expect("ruby printed UTF-8");
+    stdout
+        .split_inclusive('\n')
+        .filter(|line| !is_sidekiq_log_line(line))
+        .collect()
+}
+
+/// `2026-12-03T18:35:32.839Z pid=32186 tid=p3a INFO: ...` (7.x) or
+/// `INFO  2026-12-03T18:36:13.567Z pid=1055 tid=1b7: ...` (8.x): a line of Sidekiq's logger.
+fn is_sidekiq_log_line(line: &str) -> bool {
+    line.contains("Z pid=") && line.contains(" tid=")
 }
 
 /// Like [`ruby`], but returns the whole [`Output`] and takes extra environment variables.
