@@ -563,3 +563,94 @@ fn os_signals_quiet_dump_and_stop() {
         "the running job went back to its queue"
     );
 }
+
+#[test]
+fn sidekiqs_api_and_web_ui_read_the_process_retries_dead_jobs_and_metrics() {
+    // Whatever Sidekiq runs this (6.4.1, or 7.3/8.1 under bin/test-interop): its API and its Web
+    // UI (rendered in-process through Rack) read what the worker wrote. 7.x and 8.x also chart
+    // the jobs on their Metrics tab, each from its own keys; 8.x reads the queues per capsule.
+    let redis = RedisServer::start();
+    let worker = start(&redis, &["-c", "4", "-q", "default", "-g", "billing"]);
+    ruby(
+        &redis.url(),
+        r#"require "sidekiq"
+3.times { |i| Sidekiq::Client.push("class" => "LedgerJob", "args" => [i]) }
+Sidekiq::Client.push("class" => "FailJob", "args" => ["retried"], "jid" => "a" * 24)
+Sidekiq::Client.push("class" => "FailJob", "args" => ["dead"], "retry" => 0, "jid" => "d" * 24)
+Sidekiq::Client.push("class" => "SlowJob", "args" => [20000], "jid" => "b" * 24)"#,
+    );
+    // The three LedgerJobs and the two FailJobs (the SlowJob records only when it ends).
+    wait_ledger(&redis, 5, &worker);
+    let out = ruby(
+        &redis.url(),
+        r#"
+require "sidekiq/api"
+require "sidekiq/web"
+require "rack/mock"
+require "json"
+major = Sidekiq::VERSION.to_i
+web = Rack::MockRequest.new(Sidekiq::Web.new)
+page = ->(path) { web.get(path, "HTTP_HOST" => "localhost", "rack.session" => {}).then { |r| [r.status, r.body] } }
+deadline = Time.now + 15
+seen = {}
+loop do
+  ps = Sidekiq::ProcessSet.new.to_a
+  seen = {
+    "processes" => ps.size, "busy" => ps.first && ps.first["busy"], "tag" => ps.first && ps.first["tag"],
+    "queues" => ps.first && ps.first.queues, "concurrency" => ps.first && ps.first["concurrency"],
+    "processed" => Sidekiq::Stats.new.processed, "failed" => Sidekiq::Stats.new.failed,
+    "retries" => Sidekiq::RetrySet.new.map(&:jid), "dead" => Sidekiq::DeadSet.new.map(&:jid),
+    "busy_page" => page.("/busy").then { |s, b| s == 200 && b.include?("billing") && b.include?(ps.first&.identity.to_s.split(":").first.to_s) },
+    "retries_page" => page.("/retries").then { |s, b| s == 200 && b.include?("FailJob") },
+    "morgue_page" => page.("/morgue").then { |s, b| s == 200 && b.include?("FailJob") }
+  }
+  if major >= 7
+    require "sidekiq/metrics/query"
+    top = Sidekiq::Metrics::Query.new.top_jobs(minutes: 5).job_results["LedgerJob"]
+    one = Sidekiq::Metrics::Query.new.for_job("LedgerJob", minutes: 5).job_results["LedgerJob"]
+    seen["metrics_processed"] = top.totals["p"]
+    seen["histogram_count"] = one.hist.values.flatten.sum
+    seen["metrics_page"] = page.("/metrics").then { |s, b| s == 200 && b.include?("LedgerJob") }
+  end
+  if major >= 8
+    seen["rollup_processed"] = Sidekiq::Metrics::Query.new.top_jobs(hours: 1).job_results["LedgerJob"].totals["p"]
+    seen["capsules"] = ps.first && ps.first.capsules
+  end
+  done = seen["busy"] == 1 && seen["processed"] >= 5 && seen["dead"].any? && seen["retries"].any? &&
+    (major < 7 || seen["metrics_processed"] >= 3)
+  break if done || Time.now > deadline
+  sleep 0.25
+end
+puts JSON.generate(seen.merge("major" => major))
+"#,
+    );
+    let seen: Value = serde_json::from_str(out.trim()).unwrap();
+    let log = worker.log_text();
+    assert_eq!(seen["processes"], 1, "{seen}\n{log}");
+    assert_eq!(seen["busy"], 1, "{seen}");
+    assert_eq!(seen["tag"], "billing", "{seen}");
+    assert_eq!(seen["queues"], json!(["default"]), "{seen}");
+    assert_eq!(seen["concurrency"], 4, "{seen}");
+    assert!(seen["processed"].as_u64().unwrap() >= 5, "{seen}");
+    assert!(seen["failed"].as_u64().unwrap() >= 2, "{seen}");
+    assert_eq!(seen["retries"], json!(["a".repeat(24)]), "{seen}");
+    assert_eq!(seen["dead"], json!(["d".repeat(24)]), "{seen}");
+    for page in ["busy_page", "retries_page", "morgue_page"] {
+        assert_eq!(seen[page], true, "{page}: {seen}");
+    }
+    let major = seen["major"].as_u64().unwrap();
+    if major >= 7 {
+        assert!(seen["metrics_processed"].as_u64().unwrap() >= 3, "{seen}");
+        assert!(seen["histogram_count"].as_u64().unwrap() >= 3, "{seen}");
+        assert_eq!(seen["metrics_page"], true, "{seen}");
+    }
+    if major >= 8 {
+        assert!(seen["rollup_processed"].as_u64().unwrap() >= 3, "{seen}");
+        assert_eq!(
+            seen["capsules"],
+            json!({"default": {"concurrency": 4, "mode": "strict", "weights": {"default": 0}}}),
+            "{seen}"
+        );
+    }
+    eprintln!("Sidekiq {major}: API and Web UI read the worker's writes: {seen}");
+}

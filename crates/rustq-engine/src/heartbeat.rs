@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
-use rustq_core::wire::{self, keys, WireVersion};
+use rustq_core::wire::{self, keys};
 use serde_json::json;
 
 use crate::control::{Control, Signal};
 use crate::options::WorkerOptions;
 use crate::service::{BoxFuture, Service};
-use crate::stats::Counters;
+use crate::stats::{Counters, MetricsFormats};
 use crate::work::UnitOfWork;
 
 /// Jobs running now, by task id (Sidekiq's `tid`).
@@ -71,7 +71,7 @@ pub struct Heartbeat {
     pub identity: String,
     info: String,
     concurrency: usize,
-    wire: WireVersion,
+    metrics: MetricsFormats,
     conn: ConnectionManager,
     /// Counts to flush with each beat.
     pub counters: Arc<Counters>,
@@ -103,12 +103,33 @@ impl Heartbeat {
             .iter()
             .map(|q| json!({ q.name.clone(): q.weight }))
             .collect();
+        // Sidekiq 8.0.9+ describes its queues per capsule (and reads them from there); 6.x and
+        // 7.x read `queues` and `weights`. rustq works one set of queues: one capsule.
+        let capsule_weights: serde_json::Map<String, serde_json::Value> = options
+            .queues
+            .iter()
+            .map(|q| (q.name.clone(), json!(q.weight)))
+            .collect();
+        let mode = if options.queues.iter().all(|q| q.weight == 0) {
+            "strict"
+        } else if options.queues.iter().all(|q| q.weight == 1) {
+            "random"
+        } else {
+            "weighted"
+        };
         let info = json!({
             "hostname": host,
             "started_at": wire::float_value(wire::now_secs()),
             "pid": std::process::id(),
             "tag": options.tag.clone().unwrap_or_default(),
             "concurrency": options.concurrency,
+            "capsules": {
+                "default": {
+                    "concurrency": options.concurrency,
+                    "mode": mode,
+                    "weights": capsule_weights,
+                },
+            },
             "queues": queues,
             "weights": weights,
             "labels": options.labels,
@@ -120,7 +141,7 @@ impl Heartbeat {
             identity,
             info: info.to_string(),
             concurrency: options.concurrency,
-            wire: options.wire,
+            metrics: options.metrics,
             conn,
             counters,
             busy,
@@ -174,7 +195,7 @@ impl Heartbeat {
                 pipe.expire(key, wire::PROCESS_TTL_SECS).ignore();
             }
         }
-        flush.write(&mut pipe, chrono::Utc::now(), self.wire);
+        flush.write(&mut pipe, chrono::Utc::now(), self.metrics);
         pipe.query_async::<()>(&mut conn)
             .await
             .inspect_err(|_| self.counters.restore(flush))
@@ -186,7 +207,7 @@ impl Heartbeat {
         let flush = self.counters.take();
         let mut pipe = redis::pipe();
         pipe.atomic();
-        flush.write(&mut pipe, chrono::Utc::now(), self.wire);
+        flush.write(&mut pipe, chrono::Utc::now(), self.metrics);
         pipe.srem(keys::PROCESSES, &self.identity)
             .ignore()
             .unlink(&[

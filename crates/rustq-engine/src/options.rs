@@ -91,8 +91,11 @@ pub struct WorkerOptions {
     pub tag: Option<String>,
     /// Labels shown in the Web UI's process list (`--label`, `labels`).
     pub labels: Vec<String>,
-    /// Which Sidekiq generation's wire format to write: timestamps, metrics keys, retry backoff.
+    /// Which Sidekiq generation's wire format to write: timestamps and retry backoff.
     pub wire: WireVersion,
+    /// Which Sidekiq generations' execution-metrics keys to write (`metrics_format:`; both by
+    /// default, so 7.x's and 8.x's Metrics tabs both chart rustq's jobs).
+    pub metrics: crate::stats::MetricsFormats,
     /// Retries for `retry: true`.
     pub max_retries: u32,
     /// Scheduled poller: average seconds between polls for one process (Sidekiq: 5).
@@ -148,6 +151,7 @@ impl Default for WorkerOptions {
             tag: None,
             labels: Vec::new(),
             wire: WireVersion::V7,
+            metrics: crate::stats::MetricsFormats::default(),
             max_retries: rustq_core::wire::DEFAULT_MAX_RETRIES,
             average_scheduled_poll_interval: 5.0,
             poll_interval_average: None,
@@ -323,6 +327,12 @@ impl WorkerOptions {
         if let Some(v) = uint("wire_version")? {
             self.wire = WireVersion::from_number(v as i64)
                 .ok_or_else(|| invalid("wire_version", "7 or 8"))?;
+        }
+        if let Some(v) = map.get("metrics_format") {
+            self.metrics = yaml_scalar(v)
+                .as_deref()
+                .and_then(crate::stats::MetricsFormats::parse)
+                .ok_or_else(|| invalid("metrics_format", "both, 7, 8 or none"))?;
         }
         if let Some(path) = map.get("require") {
             self.require =

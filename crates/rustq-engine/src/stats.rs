@@ -1,5 +1,6 @@
 //! Counters a process keeps between heartbeats: `stat:processed`/`stat:failed` and the
-//! per-class metrics Sidekiq 7's Web UI charts.
+//! per-class execution metrics the Web UI's Metrics tab charts, in the key formats of Sidekiq 7
+//! and 8 (each version's tab reads only its own; see [`MetricsFormats`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,53 @@ pub const HISTOGRAM_BOUNDS_MS: [u64; 25] = [
 
 /// Metrics hashes and histograms live eight hours (Sidekiq's `SHORT_TERM`/`HISTOGRAM_TTL`).
 pub const METRICS_TTL_SECS: i64 = 8 * 3600;
+
+/// Which Sidekiq generations' execution-metrics keys are written (`metrics_format:`). 7.x reads
+/// `j|%Y%m%d|%-H:%-M` and histograms `Class-%d-%H:%-M`; 8.x reads `j|%y%m%d|%-H:%M`, its
+/// ten-minute rollup `j|%y%m%d|%-H:<tens digit>` and histograms `h|Class-%-d-%-H:%-M`. The
+/// default writes both, so whichever Sidekiq's Web UI a team runs beside rustq charts its jobs
+/// (one more hash field per class and bucket per beat, not per job). 6.x has no Metrics tab.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsFormats {
+    /// Write Sidekiq 7.x's keys.
+    pub v7: bool,
+    /// Write Sidekiq 8.x's keys.
+    pub v8: bool,
+}
+
+impl Default for MetricsFormats {
+    fn default() -> Self {
+        MetricsFormats { v7: true, v8: true }
+    }
+}
+
+impl MetricsFormats {
+    /// Parses a `metrics_format:` value: `both`, `7`, `8` or `none`.
+    pub fn parse(value: &str) -> Option<MetricsFormats> {
+        let (v7, v8) = match value.trim() {
+            "both" => (true, true),
+            "7" => (true, false),
+            "8" => (false, true),
+            "none" | "off" => (false, false),
+            _ => return None,
+        };
+        Some(MetricsFormats { v7, v8 })
+    }
+
+    /// Only the keys of `version`.
+    pub fn only(version: WireVersion) -> MetricsFormats {
+        MetricsFormats {
+            v7: version == WireVersion::V7,
+            v8: version == WireVersion::V8,
+        }
+    }
+
+    fn versions(self) -> impl Iterator<Item = WireVersion> {
+        [(self.v7, WireVersion::V7), (self.v8, WireVersion::V8)]
+            .into_iter()
+            .filter_map(|(on, v)| on.then_some(v))
+    }
+}
 
 /// One job class's counts since the last flush: the per-class metrics and run time histogram
 /// that Sidekiq 7's Web UI charts.
@@ -111,7 +159,7 @@ impl Counters {
 
 impl Flush {
     /// Adds the commands that write these counts to `pipe` (inside the heartbeat's MULTI).
-    pub fn write(&self, pipe: &mut redis::Pipeline, now: DateTime<Utc>, version: WireVersion) {
+    pub fn write(&self, pipe: &mut redis::Pipeline, now: DateTime<Utc>, formats: MetricsFormats) {
         let date = now.format("%Y-%m-%d").to_string();
         for (stat, n) in [
             (keys::STAT_PROCESSED, self.processed),
@@ -131,6 +179,12 @@ impl Flush {
         if self.classes.is_empty() {
             return;
         }
+        for version in formats.versions() {
+            self.write_metrics(pipe, now, version);
+        }
+    }
+
+    fn write_metrics(&self, pipe: &mut redis::Pipeline, now: DateTime<Utc>, version: WireVersion) {
         // 7.x: one-minute buckets; 8.x: one-minute and ten-minute buckets, two-digit years.
         let minute = now.format("%y%m%d|%-H:%M").to_string();
         let buckets: Vec<(String, i64)> = match version {
@@ -204,7 +258,7 @@ mod tests {
             .with_timezone(&Utc);
         let keys_of = |version| {
             let mut pipe = redis::pipe();
-            flush.write(&mut pipe, now, version);
+            flush.write(&mut pipe, now, MetricsFormats::only(version));
             let text = String::from_utf8_lossy(&pipe.get_packed_pipeline()).into_owned();
             text
         };
@@ -222,5 +276,24 @@ mod tests {
                 && v8.contains("h|HardJob-14-8:43"),
             "{v8:?}"
         );
+        assert!(!v8.contains("j|20250214") && !v7.contains("j|250214"));
+        let mut pipe = redis::pipe();
+        flush.write(&mut pipe, now, MetricsFormats::default());
+        let both = String::from_utf8_lossy(&pipe.get_packed_pipeline()).into_owned();
+        assert!(
+            both.contains("j|20250214|8:43")
+                && both.contains("HardJob-14-08:43")
+                && both.contains("j|250214|8:43")
+                && both.contains("h|HardJob-14-8:43"),
+            "{both}"
+        );
+        assert_eq!(
+            MetricsFormats::parse("none"),
+            Some(MetricsFormats {
+                v7: false,
+                v8: false
+            })
+        );
+        assert_eq!(MetricsFormats::parse("9"), None);
     }
 }
