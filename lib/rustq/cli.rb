@@ -32,6 +32,7 @@ module Rustq
       @processor = Processor.new(sidekiq: @sidekiq, wire_version: @worker.wire_version,
                                  allowed_jobs: @worker.allowed_jobs, allowed_mailers: @worker.allowed_mailers)
       Rustq.stopping = false
+      Rustq.stopping_probe = -> { @worker.quiet? || @worker.stopping? }
       @self_read, @self_write = IO.pipe
       trap_signals
       @sidekiq&.fire(:startup)

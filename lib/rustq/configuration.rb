@@ -104,11 +104,16 @@ module Rustq
       config.default_job_options
     end
 
-    # True while a rustq worker in this process is shutting down (ActiveJob continuations ask).
+    # True once the rustq worker in this process quiets or stops, however it was told (a signal
+    # or the Web UI), as Sidekiq's `stopping?`: ActiveJob continuations and Sidekiq's iterable
+    # jobs ask it between steps, so they stop early and resume later.
     def stopping?
-      @stopping == true
+      @stopping == true || @stopping_probe&.call == true
     end
 
     attr_writer :stopping
+
+    # rustq-worker sets a probe that asks the engine (quiet or stopping).
+    attr_writer :stopping_probe
   end
 end

@@ -49,8 +49,16 @@ module Rustq
         job = klass.new
       end
       job.jid = payload["jid"] if job.respond_to?(:jid=)
+      # Sidekiq 7.3+ jobs ask their processor `_context.stopping?` (`interrupted?`, which
+      # Sidekiq::IterableJob checks between iterations).
+      job._context = STOPPING if job.respond_to?(:_context=)
       job
     end
+
+    # What a job's `_context` answers: whether this process quiets or stops.
+    STOPPING = Object.new
+    def STOPPING.stopping? = Rustq.stopping?
+    STOPPING.freeze
 
     # The class to run for `payload`, :active_job for an ActiveJob wrapper, or an error. Decided
     # by the class the name resolves to, not by how it is spelled: `Object::ActiveJob::...::
@@ -202,10 +210,32 @@ module Rustq
         run(payload, queue, klass = self.class.job_class(payload))
       end
       nil
-    # Everything a job raises fails that job only, `exit` and `abort` (SystemExit) included.
+    # Everything a job raises fails that job only, `exit` and `abort` (SystemExit) included,
+    # but for Sidekiq's two ways of saying a job is not over (see #interrupted).
     rescue Exception => e # rubocop:disable Lint/RescueException
+      return interrupted(e, payload) if interrupted?(e)
+
       Thread.handle_interrupt(UNINTERRUPTIBLE) { failure(payload || {}, klass, e, outlook, queue, source) }
     end
+
+    def interrupted?(error)
+      (defined?(::Sidekiq::Job::Interrupted) && error.is_a?(::Sidekiq::Job::Interrupted)) ||
+        (defined?(::Sidekiq::JobRetry::Skip) && error.is_a?(::Sidekiq::JobRetry::Skip))
+    end
+
+    # The answer for a job that stopped without failing (#interrupted?):
+    # - Sidekiq::Job::Interrupted (7.3+): an iterable job stopped between iterations because the
+    #   process quiets or stops (or it ran past `max_iteration_runtime`), its cursor saved. It goes
+    #   back to its queue unchanged, in the step that acknowledges it: no retry, no failure.
+    # - Sidekiq::JobRetry::Skip: server middleware (Sidekiq's own InterruptHandler, which pushed
+    #   the job again) has dealt with it: done.
+    def interrupted(error, payload)
+      return nil unless defined?(::Sidekiq::Job::Interrupted) && error.is_a?(::Sidekiq::Job::Interrupted)
+
+      @logger.info { "#{payload["class"]} JID-#{payload["jid"]} interrupted; back to its queue to resume" }
+      {"requeue" => true}
+    end
+    private :interrupted?, :interrupted
 
     # #process for an ActiveJob wrapper's payload, given its parts (what rustq-worker hands over
     # when it can): `data` is the payload's args[0], `source.payload` makes the whole payload,

@@ -89,6 +89,29 @@ RSpec.describe "rustq-worker" do
       expect([$?.exitstatus, out]).to match([2, a_string_including("sidekiq.yml", "NoSuchConstant")])
     end
 
+    it "interrupts a Sidekiq::IterableJob when the process quiets, keeps its cursor, and resumes it in the next process, never as a failure" do
+      skip "Sidekiq #{Sidekiq::VERSION} has no Sidekiq::IterableJob (7.3+; bin/test-interop runs this)" unless defined?(Sidekiq::IterableJob)
+
+      app = "./spec/fixtures/worker_iterable_app.rb"
+      jid = Sidekiq::Client.push("class" => "StepJob", "args" => [40])
+      w = worker("-r", app, "-c", "2")
+      w.await("a few steps") { redis.llen("steps") >= 3 }
+      w.signal("TSTP") # quiet: as Sidekiq's processors, the job is told it is interrupted
+      w.await("the interrupted job back on its queue") { redis.llen("queue:default") == 1 }
+      first_run = redis.lrange("steps", 0, -1).map(&:to_i)
+      expect(first_run.size).to be < 40
+      expect(redis.hget("it-#{jid}", "c")).to eq(first_run.size.to_s) # the cursor: the next step
+      expect(JSON.parse(redis.lindex("queue:default", 0))).to include("jid" => jid, "args" => [40])
+      expect(w.stop.exitstatus).to eq(0)
+
+      w2 = worker("-r", app, "-c", "2")
+      w2.await("the job resumed and finished") { redis.llen("steps") == 40 && redis.llen("queue:default").zero? && redis.exists("it-#{jid}").zero? }
+      expect(redis.lrange("steps", 0, -1).map(&:to_i)).to eq((0...40).to_a) # each step once, in order
+      expect(w2.stop.exitstatus).to eq(0)
+      expect([Sidekiq::RetrySet.new.size, Sidekiq::DeadSet.new.size, Sidekiq::Stats.new.failed]).to eq([0, 0, 0])
+      expect(w.log + w2.log).to include("StepJob JID-#{jid} interrupted; back to its queue to resume")
+    end
+
     it "pings systemd's watchdog from Ruby, so a process whose VM is stuck holding the GVL stops pinging" do
       dir = Dir.mktmpdir("rustq-notify")
       socket = Socket.new(:UNIX, :DGRAM)

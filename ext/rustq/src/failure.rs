@@ -34,8 +34,16 @@ pub fn unreportable(ruby: &Ruby, error: &Error) -> Failure {
     Failure::retry(class, error.to_string())
 }
 
-/// A failure Hash from `Processor#process` (`error_class`, `message`, `backtrace`, `retry_in`).
+/// A failure Hash from `Processor#process` (`error_class`, `message`, `backtrace`, `retry_in`),
+/// or `{"requeue" => true}`: the job stopped early and goes back to its queue unchanged, no
+/// failure (an iterable job interrupted because the process quiets).
 pub fn failure(hash: RHash) -> Result<Failure, Error> {
+    if hash.get("requeue").is_some_and(|v| v.to_bool()) {
+        return Ok(Failure {
+            kind: FailureKind::Requeue,
+            ..Failure::retry("Sidekiq::Job::Interrupted", "interrupted; back on its queue")
+        });
+    }
     let text = |key: &str| -> Result<String, Error> {
         match hash.get(key).filter(|v| !v.is_nil()) {
             Some(v) => RString::try_convert(v)?.to_string(),
