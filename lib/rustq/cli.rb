@@ -36,6 +36,7 @@ module Rustq
       @self_read, @self_write = IO.pipe
       trap_signals
       @sidekiq&.fire(:startup)
+      @cron = SidekiqCron.start(@sidekiq&.sidekiq_config)
       @worker.start
       start_watchdog
       @beats = 0
@@ -77,6 +78,7 @@ module Rustq
       end
       # Its Sidekiq.configure_server blocks run only in a Sidekiq server: see SidekiqServer.watch.
       require_relative "sidekiq_server"
+      require_relative "sidekiq_cron"
       @sidekiq = SidekiqServer.watch(concurrency: @worker.concurrency) do
         if rails
           # config/environment.rb initializes the app: eager loading follows config.eager_load
@@ -190,6 +192,7 @@ module Rustq
         @sidekiq.fire(:heartbeat)
         @sidekiq.fire(:beat)
       end
+      stop_cron if @worker.quiet? || @worker.stopping?
       @sidekiq.fire(:quiet) if @worker.quiet?
       @sidekiq.fire(:shutdown) if @worker.stopping?
     end
@@ -235,11 +238,17 @@ module Rustq
       nil
     end
 
+    def stop_cron
+      @cron&.stop
+      @cron = nil
+    end
+
     # The engine has stopped and pushed back what did not finish: threads still running a job get
     # Rustq::JobTimeout (their job is back on its queue), then end like the idle ones; a thread
     # whose job ignores it is killed.
     def finish(threads)
       # Sidekiq's events fire once each: here when the engine stopped without a signal.
+      stop_cron
       @sidekiq&.fire(:quiet)
       @sidekiq&.fire(:shutdown)
       stop_abandoned_jobs

@@ -82,6 +82,11 @@ module Rustq
       nil
     end
 
+    # Sidekiq 7+'s configuration (Sidekiq.default_configuration); nil on 6.x.
+    def sidekiq_config
+      @config
+    end
+
     # Sidekiq 7+ capsules the app made in configure_server (`config.capsule("single")`) besides
     # the default one. rustq-worker works one set of queues, so theirs would never be worked.
     def extra_capsules

@@ -112,6 +112,25 @@ RSpec.describe "rustq-worker" do
       expect(w.log + w2.log).to include("StepJob JID-#{jid} interrupted; back to its queue to resume")
     end
 
+    it "runs sidekiq-cron's poller as Sidekiq's Launcher would: schedules enqueue while it works, stop when it quiets" do
+      skip "sidekiq-cron 2.x is not on the load path (bin/test-interop runs this with Sidekiq 7.3 and 8.1)" unless $LOAD_PATH.any? { |dir| dir.include?("sidekiq-cron") }
+
+      w = worker("-r", "./spec/fixtures/worker_cron_app.rb", "-c", "2")
+      w.await("three ticks run by rustq-worker") { redis.llen("ticks") >= 3 }
+      expect(w.log).to include("sidekiq-cron is loaded: its poller runs in this process, every 1 s")
+      job = redis.hgetall("cron_job:default:every second")
+      expect(job).to include("klass" => "TickJob", "status" => "enabled")
+      expect(job["last_enqueue_time"]).not_to be_empty
+      expect(redis.zcard("cron_job:default:every second:enqueued")).to be >= 3
+
+      w.signal("TSTP")
+      w.await("the poller stopped") { w.log.include?("sidekiq-cron's poller stopped") }
+      enqueued = redis.zcard("cron_job:default:every second:enqueued")
+      sleep 2.5 # a running poller would claim two more ticks meanwhile
+      expect(redis.zcard("cron_job:default:every second:enqueued")).to eq(enqueued)
+      expect(w.stop.exitstatus).to eq(0)
+    end
+
     it "pings systemd's watchdog from Ruby, so a process whose VM is stuck holding the GVL stops pinging" do
       dir = Dir.mktmpdir("rustq-notify")
       socket = Socket.new(:UNIX, :DGRAM)
