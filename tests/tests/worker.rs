@@ -421,14 +421,31 @@ fn worker_log(redis: &RedisServer) -> String {
         .collect()
 }
 
+/// Presses the process's Quiet or Stop button on the Busy page of the Sidekiq under test's Web UI
+/// (rendered through Rack, with its CSRF token (6.x, 7.x) or same-origin header (8.x)).
+fn press_web_ui_button(redis: &RedisServer, identity: &str, button: &str) {
+    let script = format!(
+        r#"
+require "sidekiq/web"
+require "rack/mock"
+web = Rack::MockRequest.new(Sidekiq::Web.new)
+env = {{"HTTP_HOST" => "localhost", "rack.session" => {{}}, "HTTP_SEC_FETCH_SITE" => "same-origin"}}
+page = web.get("/busy", env)
+raise "Busy page: #{{page.status}}" unless page.status == 200 && page.body.include?({identity:?})
+token = page.body[/name=['"]authenticity_token['"]\s+value=['"]([^'"]+)/, 1]
+params = {{"identity" => {identity:?}, {button:?} => "1", "authenticity_token" => token}}.compact
+pressed = web.post("/busy", env.merge(params: params))
+raise "POST /busy: #{{pressed.status}} #{{pressed.body[0, 300]}}" unless pressed.status == 302
+"#
+    );
+    ruby(&redis.url(), &script);
+}
+
 #[test]
 fn web_ui_signals_quiet_and_stop_the_process() {
     let redis = RedisServer::start();
     let (mut worker, identity) = start_registered(&redis);
-    ruby(
-        &redis.url(),
-        r#"require "sidekiq/api"; Sidekiq::ProcessSet.new.each(&:quiet!)"#,
-    );
+    press_web_ui_button(&redis, &identity, "quiet");
     assert!(
         wait_until(Duration::from_secs(10), || redis
             .cli(&["HGET", &identity, "quiet"])
@@ -442,10 +459,7 @@ fn web_ui_signals_quiet_and_stop_the_process() {
     );
     std::thread::sleep(Duration::from_millis(1500));
     assert!(ledger(&redis).is_empty(), "a quiet process fetched a job");
-    ruby(
-        &redis.url(),
-        r#"require "sidekiq/api"; Sidekiq::ProcessSet.new.each(&:stop!)"#,
-    );
+    press_web_ui_button(&redis, &identity, "stop");
     let status = worker
         .wait(Duration::from_secs(15))
         .expect("stopped from the Web UI");

@@ -41,7 +41,10 @@ pub fn failure(hash: RHash) -> Result<Failure, Error> {
     if hash.get("requeue").is_some_and(|v| v.to_bool()) {
         return Ok(Failure {
             kind: FailureKind::Requeue,
-            ..Failure::retry("Sidekiq::Job::Interrupted", "interrupted; back on its queue")
+            ..Failure::retry(
+                "Sidekiq::Job::Interrupted",
+                "interrupted; back on its queue",
+            )
         });
     }
     let text = |key: &str| -> Result<String, Error> {
