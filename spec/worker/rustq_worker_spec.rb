@@ -131,6 +131,31 @@ RSpec.describe "rustq-worker" do
       expect(w.stop.exitstatus).to eq(0)
     end
 
+    it "runs ActiveJob jobs that the Sidekiq under test's own adapter enqueued (perform_later, and perform_all_later on Rails 7.1+)" do
+      # Sidekiq 7.x keeps its wrapper in sidekiq/rails; 8.x's adapter needs ActiveJob >= 7.0.
+      require "sidekiq/rails" if Sidekiq::VERSION.start_with?("7.")
+      require "active_job/queue_adapters/sidekiq_adapter"
+      stub_const("HelloJob", Class.new(ActiveJob::Base) {
+        self.queue_adapter = :sidekiq
+        def perform(*) = nil
+      })
+      single = HelloJob.perform_later("single")
+      names = ["single"]
+      if ActiveJob.respond_to?(:perform_all_later)
+        ActiveJob.perform_all_later([HelloJob.new("bulk 1"), HelloJob.new("bulk 2")])
+        names += ["bulk 1", "bulk 2"]
+      end
+      # 8.x names its own wrapper; 6.x (Rails' adapter) and 7.3 (its subclass) write JobWrapper.
+      wrapper = Sidekiq::VERSION >= "8" ? "Sidekiq::ActiveJob::Wrapper" : "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper"
+      expect(queue_payloads.map { |p| p["class"] }.uniq).to eq([wrapper])
+
+      w = worker("-r", "./spec/fixtures/worker_active_job_app.rb", "-c", "2")
+      hellos = w.await("every HelloJob") { (h = redis.lrange("hellos", 0, -1)).size == names.size && h }.map { |j| JSON.parse(j) }
+      expect(hellos.map { |h| h["name"] }).to match_array(names)
+      expect(hellos.find { |h| h["name"] == "single" }["provider_job_id"]).to eq(single.provider_job_id)
+      expect(w.stop.exitstatus).to eq(0)
+    end
+
     it "pings systemd's watchdog from Ruby, so a process whose VM is stuck holding the GVL stops pinging" do
       dir = Dir.mktmpdir("rustq-notify")
       socket = Socket.new(:UNIX, :DGRAM)
