@@ -219,9 +219,9 @@ module Bench
 
     # Runs bench/ruby/`script` with `args` and `count` on a flushed Redis; jobs/s from the
     # {"seconds": S} it prints last.
-    def timed_script(script, args, count)
+    def timed_script(script, args, count, env = {})
       @redis.flush
-      out = IO.popen({ "REDIS_URL" => @redis.url }, [RUBY, File.join(__dir__, "ruby", script), *args, count.to_s],
+      out = IO.popen({ "REDIS_URL" => @redis.url }.merge(env), [RUBY, File.join(__dir__, "ruby", script), *args, count.to_s],
                      err: [:child, :out], &:read)
       result = JSON.parse(out.lines.last || "{}")
       raise "#{script} #{args.join(" ")} failed: #{out}" unless result["seconds"]
@@ -234,7 +234,20 @@ module Bench
       sidekiq = repeat("#{id} sidekiq #{kind}") { push_once("sidekiq", kind, count) }
       goal = kind == "bulk" ? 10 : 6
       row(id, name, "jobs/s", rustq, sidekiq, target: target("≥ #{goal}×") { |_, _, r| r && r >= goal })
-      floor_scenario(id, sidekiq, count) if kind == "single"
+      return unless kind == "single"
+
+      floor_scenario(id, sidekiq, count)
+      middleware_scenario(id, rustq, count)
+    end
+
+    # The same pushes with one Sidekiq client middleware in the app (it adds a key to each job):
+    # rustq then prepares each job in Ruby, runs the chain and pushes the result.
+    def middleware_scenario(id, plain, count)
+      env = { "BENCH_CLIENT_MIDDLEWARE" => "1" }
+      rustq = repeat("#{id}m rustq single+middleware") { timed_script("push.rb", %w[rustq single], count, env) }
+      sidekiq = repeat("#{id}m sidekiq single+middleware") { timed_script("push.rb", %w[sidekiq single], count, env) }
+      row("#{id}m", "single push with one Sidekiq client middleware (adds a key) in the app, both sides", "jobs/s", rustq, sidekiq,
+          note: format("rustq with it: %.2f× its own speed without (%.0f jobs/s)", rustq.median / plain.median, plain.median))
     end
 
     # The most any client could do: the round trip alone, on a bare socket (bench/ruby/floor.rb),

@@ -24,6 +24,7 @@ module Rustq
 end
 
 require_relative "rustq/configuration"
+require_relative "rustq/client_middleware"
 require_relative "rustq/client"
 require_relative "rustq/job"
 require_relative "rustq/processor"

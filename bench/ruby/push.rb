@@ -4,6 +4,7 @@
 #   LIBRARY: rustq | sidekiq
 #   KIND:    single (perform_async) | bulk (Client.push_bulk) |
 #            perform_later (ActiveJob) | perform_all_later (rustq's enqueue_all)
+# BENCH_CLIENT_MIDDLEWARE=1 adds one Sidekiq client middleware to the app.
 # Prints {"jobs": N, "seconds": S} on stdout. REDIS_URL names the Redis to push to.
 require "json"
 require "redis"
@@ -32,6 +33,20 @@ else
   abort "unknown library #{library}"
 end
 ActiveJob::Base.queue_adapter = library.to_sym if active_job
+
+# BENCH_CLIENT_MIDDLEWARE=1: one Sidekiq client middleware (it adds a key) in the app, as apps have
+# for request ids; both libraries run it for every push.
+if ENV["BENCH_CLIENT_MIDDLEWARE"]
+  require "sidekiq"
+  tag = Class.new do
+    def call(_klass, job, _queue, _pool)
+      job["request_id"] = "bench"
+      yield
+    end
+  end
+  Object.const_set(:TagMiddleware, tag)
+  Sidekiq.configure_client { |config| config.client_middleware { |chain| chain.add TagMiddleware } }
+end
 
 job_class = Class.new { define_method(:perform) { |*| } }
 Object.const_set(:NoopJob, job_class)

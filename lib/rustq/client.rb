@@ -11,15 +11,28 @@ module Rustq
   # bad push raises Rustq::InvalidJob (an ArgumentError) with Sidekiq's message and writes nothing.
   module Client
     class << self
-      # Pushes one job and returns its jid.
+      # Pushes one job and returns its jid (nil when a client middleware stopped it).
       def push(item)
-        raw_push(normalize(item), false).first
+        item = normalize(item)
+        chain = ClientMiddleware.chain
+        return raw_push(item, false).first unless chain
+
+        payload = ClientMiddleware.call(chain, item["class"], JSON.parse(Native.prepare(item, false).first))
+        payload && raw_push(payload, false).first
       end
 
       # Pushes many jobs of one class: "args" is an Array of Arrays, "at" (optional) one time or
-      # one per job. Returns the jids in order.
+      # one per job. Returns the jids in order (nil for a job a client middleware stopped).
       def push_bulk(items)
-        raw_push(normalize(items), true)
+        item = normalize(items)
+        chain = ClientMiddleware.chain
+        return raw_push(item, true) unless chain
+
+        # With middleware, each job is its own push: middleware may make every job different.
+        Native.prepare(item, true).map do |json|
+          payload = ClientMiddleware.call(chain, item["class"], JSON.parse(json))
+          payload && raw_push(payload, false).first
+        end
       end
 
       private

@@ -156,6 +156,35 @@ RSpec.describe "rustq-worker" do
       expect(w.stop.exitstatus).to eq(0)
     end
 
+    it "keeps Sidekiq::CurrentAttributes: Current set before perform_later through :rustq is Current inside the job, in rustq-worker and in Sidekiq" do
+      require "active_support/current_attributes"
+      require "sidekiq/middleware/current_attributes"
+      stub_const("Current", Class.new(ActiveSupport::CurrentAttributes) { attribute :user_id })
+      stub_const("WhoJob", Class.new(ActiveJob::Base) {
+        self.queue_adapter = :rustq
+        def perform(*) = nil
+      })
+      chain = Sidekiq.respond_to?(:default_configuration) ? Sidekiq.default_configuration.client_middleware : Sidekiq.client_middleware
+      Sidekiq::CurrentAttributes.persist(Current) # its client half: "cattr" in every push
+      begin
+        Current.user_id = 42
+        WhoJob.perform_later("rustq")
+        WhoJob.set(queue: "sidekiq_side").perform_later("sidekiq")
+      ensure
+        Current.reset
+        chain.remove(Sidekiq::CurrentAttributes::Save)
+      end
+      expect(queue_payloads.first).to have_key("cattr") # (8.x serializes it as ActiveJob arguments)
+
+      app = "./spec/fixtures/worker_current_app.rb"
+      sidekiq = SidekiqProcess.new(app, queues: %w[sidekiq_side]).start
+      w = worker("-r", app, "-c", "2")
+      whos = w.await("both jobs") { (list = redis.lrange("whos", 0, -1)).size == 2 && list }
+      expect(whos.map { |json| JSON.parse(json) }).to contain_exactly({"side" => "rustq", "user_id" => 42}, {"side" => "sidekiq", "user_id" => 42})
+    ensure
+      sidekiq&.stop
+    end
+
     it "pings systemd's watchdog from Ruby, so a process whose VM is stuck holding the GVL stops pinging" do
       dir = Dir.mktmpdir("rustq-notify")
       socket = Socket.new(:UNIX, :DGRAM)

@@ -55,9 +55,10 @@ module ActiveJob
           jids = Rustq::Client.push_bulk(item)
           group.zip(jids) do |job, jid|
             job.provider_job_id = jid
-            job.successfully_enqueued = true
+            # nil: a Sidekiq client middleware stopped this job's push.
+            job.successfully_enqueued = !jid.nil?
           end
-          jids.size
+          jids.compact.size
         end
       end
 
