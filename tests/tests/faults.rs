@@ -49,6 +49,23 @@ fn push_many(redis: &RedisServer, class: &str, args: Value, n: usize) -> HashSet
     })
 }
 
+/// Pushes `n` jobs of `class`, job i with the single argument `first + i`; returns their jids.
+fn push_indexed(redis: &RedisServer, class: &str, first: usize, n: usize) -> HashSet<String> {
+    runtime().block_on(async {
+        let client = Client::connect(&RedisConfig::new(redis.url()))
+            .await
+            .unwrap();
+        let args: Vec<Value> = (first..first + n).map(|i| json!([i])).collect();
+        let item = json!({"class": class, "args": args});
+        client
+            .push_bulk(item.as_object().unwrap().clone())
+            .await
+            .unwrap()
+            .into_iter()
+            .collect()
+    })
+}
+
 fn ledger_jids(redis: &RedisServer) -> HashSet<String> {
     ledger(redis)
         .iter()
@@ -469,18 +486,23 @@ fn check_point_deferrals_and_outcome_writes_are_atomic_under_sigkill() {
     // be in `deferred` once and each counted job's jid in `outcomes` once.
     let redis = RedisServer::start();
     // Interleaved, so every round has CountedJobs running (2 ms each) when the kill lands.
+    // CountedJob number i runs only once `allowance` is above i: the worker can never finish
+    // a round's work before this thread sees the round's target and kills it (were this thread
+    // slow, the worker would wait at the allowance with jobs in flight, not drain the queue).
     let mut deferred = HashSet::new();
     let mut counted = HashSet::new();
-    for _ in 0..6 {
+    for batch in 0..6 {
         deferred.extend(push_many(&redis, "DeferJob", json!([]), 500));
-        counted.extend(push_many(&redis, "CountedJob", json!([]), 500));
+        counted.extend(push_indexed(&redis, "CountedJob", batch * 500, 500));
     }
+    let llen = |key: &str| redis.cli(&["LLEN", key]).parse::<usize>().unwrap_or(0);
     let mut in_flight = Vec::new();
     for round in 1..=3 {
+        redis.cli(&["SET", "allowance", &(round * 750 + 250).to_string()]);
         let mut worker = start(&redis, &["-c", "10"]);
         let target = round * 1_500;
         let moved = wait_until(Duration::from_secs(60), || {
-            list(&redis, "deferred").len() + list(&redis, "outcomes").len() >= target
+            llen("deferred") + llen("outcomes") >= target
         });
         assert!(moved, "round {round}: {}", worker.log_text());
         worker.signal("KILL");
@@ -493,6 +515,7 @@ fn check_point_deferrals_and_outcome_writes_are_atomic_under_sigkill() {
         in_flight.iter().all(|n| *n > 0),
         "every kill must land mid-run: {in_flight:?} jobs in flight"
     );
+    redis.cli(&["SET", "allowance", "1000000"]);
     let last = start(&redis, &["-c", "10"]);
     let done = wait_until(Duration::from_secs(120), || {
         list(&redis, "deferred").len() >= deferred.len()

@@ -16,15 +16,19 @@ use tokio::sync::OnceCell;
 
 static LEDGER: OnceCell<ConnectionManager> = OnceCell::const_new();
 
-async fn record(ctx: &JobContext) -> JobResult {
-    let conn = LEDGER
+async fn ledger_conn() -> Result<&'static ConnectionManager, Failure> {
+    LEDGER
         .get_or_try_init(|| async {
             let url =
                 std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
             redis::Client::open(url)?.get_connection_manager().await
         })
         .await
-        .map_err(|e| Failure::retry("Redis::CannotConnectError", e.to_string()))?;
+        .map_err(|e| Failure::retry("Redis::CannotConnectError", e.to_string()))
+}
+
+async fn record(ctx: &JobContext) -> JobResult {
+    let conn = ledger_conn().await?;
     let entry = json!({
         "jid": ctx.jid(),
         "class": ctx.class(),
@@ -96,7 +100,22 @@ fn main() -> ExitCode {
         std::future::pending::<()>().await;
         Ok(())
     });
+    // `CountedJob` with an index waits until the key `allowance` is above it: a test lets the
+    // worker get only so far ahead of it.
     registry.handle("CountedJob", |ctx: JobContext| async move {
+        if let Some(index) = ctx.args().first().and_then(|a| a.as_u64()) {
+            let mut conn = ledger_conn().await?.clone();
+            loop {
+                let allowance: Option<u64> = redis::cmd("GET")
+                    .arg("allowance")
+                    .query_async(&mut conn)
+                    .await?;
+                if allowance.is_some_and(|a| index < a) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
         record(&ctx).await
     });
