@@ -60,19 +60,29 @@ module Rustq
 
     # The Redis the app's Sidekiq server would use (its `config.redis` in configure_server, else
     # Sidekiq's default from REDIS_URL/REDIS_PROVIDER) as a URL, read from a pooled client without
-    # connecting; nil when it cannot be told or carried over (Sentinels, TLS options).
+    # connecting; nil when it cannot be told or carried over (TLS options). A Sentinel config
+    # becomes a `redis+sentinel://` URL: the same Sentinels, master name, credentials and db.
     def redis_url
       return unless redis_configured?
 
       ::Sidekiq.redis do |conn|
         if conn.respond_to?(:_client) && conn._client.respond_to?(:options) # redis-rb 4 (Sidekiq 6)
           options = conn._client.options
-          url_from(**options.slice(:host, :port, :path, :db, :username, :password, :ssl_params, :sentinels),
+          if options[:sentinels]
+            next sentinel_url(name: options[:host], db: options[:db], username: options[:username], password: options[:password],
+              sentinels: options[:sentinels].map { |s| [s[:host], s[:port]] }, sentinel_password: options[:sentinels].first[:password])
+          end
+          url_from(**options.slice(:host, :port, :path, :db, :username, :password, :ssl_params),
             scheme: options[:ssl] || options[:scheme] == "rediss" ? "rediss" : "redis")
         elsif conn.respond_to?(:config) # redis-client (Sidekiq 7+)
           c = conn.config
-          # A Sentinel config would ask the sentinels for the master on `host`.
-          next if c.respond_to?(:sentinel?) && c.sentinel?
+          if c.respond_to?(:sentinel?) && c.sentinel?
+            # Read without asking the Sentinels: `host` would look the master up.
+            sentinel = c.sentinels.first
+            secret = ->(value) { value.respond_to?(:call) ? value.call(sentinel&.username) : value }
+            next sentinel_url(name: c.name, db: c.db, username: c.username, password: secret.call(c.password),
+              sentinels: c.sentinels.map { |s| [s.host, s.port] }, sentinel_password: sentinel && secret.call(sentinel.password))
+          end
 
           url_from(scheme: c.ssl? ? "rediss" : "redis", host: c.host, port: c.port, path: c.path, db: c.db,
             username: c.username, password: c.password, ssl_params: c.ssl_params)
@@ -153,8 +163,17 @@ module Rustq
 
     # A URL the engine's Redis client reads: percent-encoded credentials, IPv6 hosts in
     # brackets, unix sockets as `unix:///abs/path?db=N&user=U&pass=P`.
-    def url_from(scheme:, host: nil, port: nil, path: nil, db: nil, username: nil, password: nil, ssl_params: nil, sentinels: nil)
-      return if sentinels || (ssl_params && !ssl_params.empty?)
+    # rustq's form of a Sentinel config: redis+sentinel://[user:pass@]s1:port,s2:port/<name>/<db>.
+    def sentinel_url(name:, sentinels:, db: nil, username: nil, password: nil, sentinel_password: nil)
+      encode = ->(part) { part && ERB::Util.url_encode(part.to_s) }
+      auth = password ? "#{encode.call(username)}:#{encode.call(password)}@" : ""
+      hosts = sentinels.map { |host, port| "#{host}:#{port || 26379}" }.join(",")
+      query = sentinel_password ? "?sentinel_password=#{encode.call(sentinel_password)}" : ""
+      "redis+sentinel://#{auth}#{hosts}/#{encode.call(name)}/#{db.to_i}#{query}"
+    end
+
+    def url_from(scheme:, host: nil, port: nil, path: nil, db: nil, username: nil, password: nil, ssl_params: nil)
+      return if ssl_params && !ssl_params.empty?
 
       encode = ->(part) { part && ERB::Util.url_encode(part.to_s) }
       user, pass = encode.call(username), encode.call(password)

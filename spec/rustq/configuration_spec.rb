@@ -55,6 +55,9 @@ RSpec.describe "Rustq.configure" do
     Rustq.config.wire_version = 7
     expect { Rustq.configure { |c| c.redis_url = "http://nope" } }.to raise_error(Rustq::ConfigurationError, /http:\/\/nope/)
     Rustq.config.redis_url = nil
+    expect { Rustq.configure { |c| c.redis_url = "redis+sentinel://:secret@127.0.0.1:26379" } }
+      .to raise_error(Rustq::ConfigurationError, %r{redis\+sentinel://:REDACTED@127\.0\.0\.1:26379: no master name}) { |e| expect(e.message).not_to include("secret") }
+    Rustq.config.redis_url = nil
     expect { Rustq.configure { |c| c.connect_timeout = -1 } }.to raise_error(Rustq::ConfigurationError, /connect_timeout/)
     Rustq.config.connect_timeout = 1
     expect { Rustq.configure { |c| c.ca_file = "/nonexistent/ca.pem" } }.to raise_error(Rustq::ConfigurationError, /CA file/)

@@ -5,7 +5,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redis::aio::ConnectionManager;
+use rustq_core::Conn;
 use rustq_core::RedisConfig;
 use rustq_engine::{Failure, JobContext, Registry};
 use tokio::sync::OnceCell;
@@ -13,7 +13,7 @@ use tokio::sync::OnceCell;
 /// The list the benchmark reads latencies from.
 const LATENCY_KEY: &str = "bench:latency";
 
-static CONN: OnceCell<ConnectionManager> = OnceCell::const_new();
+static CONN: OnceCell<Conn> = OnceCell::const_new();
 
 async fn record(ctx: JobContext) -> Result<(), Failure> {
     // Taken first: the figure is push → start of execution, not → end.

@@ -1,7 +1,7 @@
 //! Reading Sidekiq's data for humans and tests: the same questions `Sidekiq::Queue`,
 //! `Sidekiq::ScheduledSet`/`RetrySet`/`DeadSet` and `Sidekiq::Stats` answer.
 
-use redis::aio::ConnectionManager;
+use crate::conn::Conn;
 use redis::AsyncCommands;
 
 use crate::client::Client;
@@ -116,7 +116,7 @@ impl Queue<'_> {
         &self.name
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.client.connection()
     }
 

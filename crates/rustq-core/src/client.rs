@@ -6,7 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use redis::aio::ConnectionManager;
+use crate::conn::Conn;
 use serde_json::Value;
 
 use crate::error::{Error, JobError, Result};
@@ -356,7 +356,7 @@ impl Renderer<'_> {
 /// Pushes jobs to Redis. Cheap to clone; clones share one self-reconnecting connection.
 #[derive(Clone)]
 pub struct Client {
-    conn: ConnectionManager,
+    conn: Conn,
     url: String,
     options: ClientOptions,
 }
@@ -386,7 +386,7 @@ impl Client {
     }
 
     /// The connection, for the read API and the worker engine.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Conn {
         self.conn.clone()
     }
 

@@ -3,16 +3,20 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, IntoConnectionInfo};
 
+use crate::conn::Conn;
 use crate::error::{Error, Result};
+use crate::sentinel::{self, SentinelUrl};
 
 /// The URL used when neither the caller nor `REDIS_URL` gives one.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
 /// How to reach Redis: `redis://`, `rediss://` (TLS), `unix:///path/to.sock`, with optional
-/// `user:password@` (ACL) and a db number (`/2`, or `?db=2` for sockets).
+/// `user:password@` (ACL) and a db number (`/2`, or `?db=2` for sockets); or the master a set
+/// of Sentinels name, `redis+sentinel://[user:password@]s1:26379,s2:26379/mymaster[/db]`
+/// (see [`crate::sentinel`]), followed across failovers.
 ///
 /// ```
 /// let config = rustq_core::RedisConfig::new("redis://app:s3cret@cache.internal:6380/2");
@@ -84,7 +88,34 @@ impl RedisConfig {
         redact_url(&self.url)
     }
 
-    /// A `redis::Client` for this URL (and CA, if given).
+    /// Checks the URL (and CA file) without connecting: a typo fails at boot, not at the first
+    /// push. The error names the URL, redacted.
+    pub fn check(&self) -> Result<()> {
+        match self.sentinel()? {
+            Some(_) if self.ca_file.is_some() => Err(Error::Config {
+                url: self.redacted_url(),
+                reason: "TLS to a Sentinel-managed Redis is not supported yet".into(),
+            }),
+            Some(_) => Ok(()),
+            None => self.client().map(|_| ()),
+        }
+    }
+
+    /// The Sentinels and master of a `redis+sentinel://` URL; `None` for any other URL.
+    pub fn sentinel(&self) -> Result<Option<SentinelUrl>> {
+        if !sentinel::is_sentinel_url(&self.url) {
+            return Ok(None);
+        }
+        SentinelUrl::parse(&self.url)
+            .map(Some)
+            .map_err(|reason| Error::Config {
+                url: self.redacted_url(),
+                reason,
+            })
+    }
+
+    /// A `redis::Client` for this URL (and CA, if given); not for a `redis+sentinel://` URL,
+    /// whose server is known only once the Sentinels are asked.
     pub fn client(&self) -> Result<redis::Client> {
         let bad = |reason: String| Error::Config {
             url: self.redacted_url(),
@@ -109,27 +140,67 @@ impl RedisConfig {
         }
     }
 
-    /// A shared, self-reconnecting connection for ordinary commands.
-    pub async fn connection_manager(&self) -> Result<ConnectionManager> {
-        let client = self.client()?;
+    /// A shared, self-reconnecting connection for ordinary commands (behind Sentinel, to the
+    /// master they name, followed across failovers).
+    pub async fn connection_manager(&self) -> Result<Conn> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(self.response_timeout)
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
-        client
+        let connect_error = |source| Error::Connect {
+            url: self.redacted_url(),
+            source,
+        };
+        if let Some(sentinel) = self.sentinel()? {
+            let client = sentinel.client().map_err(connect_error)?;
+            return tokio::time::timeout(
+                self.connect_timeout * 3,
+                Conn::sentinel(client, config, sentinel.db, sentinel.master.clone()),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no Sentinel named a reachable master in time",
+                )))
+            })
+            .map_err(connect_error);
+        }
+        self.client()?
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|source| Error::Connect {
-                url: self.redacted_url(),
-                source,
-            })
+            .map(Conn::direct)
+            .map_err(connect_error)
+    }
+
+    /// The server to connect to now: the URL's, or the master the Sentinels name.
+    async fn current_client(&self) -> Result<redis::Client> {
+        match self.sentinel()? {
+            None => self.client(),
+            Some(sentinel) => {
+                let connect_error = |source| Error::Connect {
+                    url: self.redacted_url(),
+                    source,
+                };
+                let mut client = sentinel.client().map_err(connect_error)?;
+                tokio::time::timeout(self.connect_timeout * 3, client.async_get_client())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(redis::RedisError::from((
+                            redis::ErrorKind::Io,
+                            "no Sentinel named a reachable master in time",
+                        )))
+                    })
+                    .map_err(connect_error)
+            }
+        }
     }
 
     /// A dedicated connection whose replies may take `block` longer than usual: for `BRPOP`,
     /// `BLMOVE` and friends, which must not share a multiplexed connection or time out early.
     pub async fn blocking_connection(&self, block: Duration) -> Result<MultiplexedConnection> {
-        let client = self.client()?;
+        let client = self.current_client().await?;
         let response = self.response_timeout.map(|t| t + block);
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
@@ -177,7 +248,9 @@ pub fn redact_url(url: &str) -> String {
     let params: Vec<String> = query
         .split('&')
         .map(|param| match param.split_once('=') {
-            Some((name, _)) if matches!(name, "pass" | "password") => format!("{name}=REDACTED"),
+            Some((name, _)) if matches!(name, "pass" | "password" | "sentinel_password") => {
+                format!("{name}=REDACTED")
+            }
             _ => param.to_string(),
         })
         .collect();

@@ -13,13 +13,16 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod job;
+pub mod sentinel;
 pub mod spin;
 pub mod wire;
 
 pub use client::{BulkArgs, Client, ClientOptions, Clock, PreparedJob, PreparedPush};
 pub use config::RedisConfig;
+pub use conn::Conn;
 pub use error::{Error, JobError, PayloadError, Result};
 pub use job::{generate_jid, Fields, Jids, Job, Retry};
 pub use spin::SpinBackoff;

@@ -272,6 +272,41 @@ async fn unreachable_redis_is_a_connection_error_naming_the_url() {
 }
 
 #[tokio::test]
+async fn a_sentinel_url_that_is_wrong_or_unreachable_says_so_and_never_hangs() {
+    // No master name: refused before any connection, naming the (redacted) URL.
+    let err = RedisConfig::new("redis+sentinel://:hunter2@127.0.0.1:26379")
+        .check()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no master name")
+            && err.contains("redis+sentinel://:REDACTED@127.0.0.1:26379"),
+        "{err}"
+    );
+    // No Sentinel answers: a connection error within the connect timeouts.
+    let mut config = RedisConfig::new(
+        "redis+sentinel://:hunter2@127.0.0.1:1,127.0.0.1:2/mymaster?sentinel_password=sp",
+    );
+    config.connect_timeout = std::time::Duration::from_millis(300);
+    config.check().unwrap();
+    let err = tokio::time::timeout(std::time::Duration::from_secs(5), Client::connect(&config))
+        .await
+        .expect("no hang")
+        .err()
+        .expect("no Sentinel there");
+    assert!(err.is_connection());
+    let message = err.to_string();
+    assert!(
+        message.contains("127.0.0.1:1,127.0.0.1:2/mymaster"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("hunter2") && !message.contains("=sp"),
+        "password leaked: {message}"
+    );
+}
+
+#[tokio::test]
 async fn acl_user_and_unix_socket_urls_work() {
     let redis = RedisServer::start_with(&["--unixsocket", "redis.sock", "--unixsocketperm", "700"]);
     redis.cli(&[

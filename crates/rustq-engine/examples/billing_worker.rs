@@ -19,9 +19,9 @@ use rustq_engine::{
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-static REDIS: OnceCell<redis::aio::ConnectionManager> = OnceCell::const_new();
+static REDIS: OnceCell<rustq_core::Conn> = OnceCell::const_new();
 
-async fn redis() -> Result<redis::aio::ConnectionManager, Failure> {
+async fn redis() -> Result<rustq_core::Conn, Failure> {
     let conn = REDIS
         .get_or_try_init(|| async {
             rustq_core::RedisConfig::from_env()

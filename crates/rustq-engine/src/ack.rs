@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use rustq_core::wire;
+use rustq_core::Conn;
 use tokio::sync::mpsc;
 
 use crate::dead_set::DeadSetLimits;
@@ -36,7 +36,7 @@ pub fn add(batch: &mut Batch, identity: &str, c: &Completion) {
 /// `holdings`.
 pub struct Acker {
     /// Its own connection's manager.
-    pub conn: ConnectionManager,
+    pub conn: Conn,
     /// This process's identity (its in-progress lists are named after it).
     pub identity: String,
     /// Finished jobs.

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
-use redis::aio::ConnectionManager;
 use rustq_core::wire::keys;
+use rustq_core::Conn;
 use rustq_core::RedisConfig;
 use tokio::sync::Notify;
 
@@ -48,7 +48,7 @@ return {jobs, paused}
 
 /// Takes jobs for one process.
 pub struct Fetcher {
-    conn: ConnectionManager,
+    conn: Conn,
     identity: String,
     queues: Vec<QueueWeight>,
     strict: bool,
@@ -59,7 +59,7 @@ pub struct Fetcher {
 impl Fetcher {
     /// The fetcher of process `identity`, over `queues` (in order when `strict`).
     pub fn new(
-        conn: ConnectionManager,
+        conn: Conn,
         identity: &str,
         queues: Vec<QueueWeight>,
         strict: bool,

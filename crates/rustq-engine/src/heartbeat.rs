@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use rustq_core::wire::{self, keys};
+use rustq_core::Conn;
 use serde_json::json;
 
 use crate::control::{Control, Signal};
@@ -72,7 +72,7 @@ pub struct Heartbeat {
     info: String,
     concurrency: usize,
     metrics: MetricsFormats,
-    conn: ConnectionManager,
+    conn: Conn,
     /// Counts to flush with each beat.
     pub counters: Arc<Counters>,
     /// Jobs running now.
@@ -92,7 +92,7 @@ impl Heartbeat {
     pub fn new(
         options: &WorkerOptions,
         identity: String,
-        conn: ConnectionManager,
+        conn: Conn,
         counters: Arc<Counters>,
         busy: Arc<Busy>,
     ) -> Heartbeat {
@@ -262,7 +262,7 @@ impl Service for Beat {
 /// second. (The beat follows a quiet at once, so the Web UI shows it.)
 pub struct Signals {
     /// A connection's manager.
-    pub conn: ConnectionManager,
+    pub conn: Conn,
     /// This process's identity.
     pub identity: String,
     /// The process's control.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use rustq_core::Conn;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -97,7 +97,7 @@ impl Worker {
             services: extra,
         } = self;
         // Fail fast on a malformed URL; an unreachable server is retried below.
-        options.redis.client()?;
+        options.redis.check()?;
         let Some(conn) = connect(&options, &control).await else {
             return Ok(());
         };
@@ -288,7 +288,7 @@ impl Worker {
 }
 
 /// Connects, waiting out an unreachable Redis with backoff; `None` if stopped meanwhile.
-async fn connect(options: &WorkerOptions, control: &Control) -> Option<ConnectionManager> {
+async fn connect(options: &WorkerOptions, control: &Control) -> Option<Conn> {
     let mut backoff = Duration::from_millis(250);
     loop {
         match options.redis.connection_manager().await {

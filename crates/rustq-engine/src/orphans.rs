@@ -22,9 +22,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use rustq_core::wire::keys;
+use rustq_core::Conn;
 use rustq_core::RedisConfig;
 
 use crate::fetch::BLOCK_SECS;
@@ -111,7 +111,7 @@ return #back
 /// `recheck` ([`RECHECK`]); a job counts as orphaned once unreported for `grace` ([`grace`]).
 pub struct Adopter {
     /// A connection's manager.
-    pub conn: ConnectionManager,
+    pub conn: Conn,
     /// This process's identity.
     pub identity: String,
     /// The queues it fetches from.

@@ -12,8 +12,8 @@
 
 use std::collections::HashMap;
 
-use redis::aio::ConnectionManager;
 use rustq_core::wire::{self, keys};
+use rustq_core::Conn;
 
 use crate::dead_set::{self, DeadSetLimits};
 use crate::work::{Action, Deferral, Write};
@@ -250,7 +250,7 @@ impl Batch {
     pub async fn write(
         &self,
         script: &redis::Script,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
     ) -> redis::RedisResult<Written> {
         match self.send(script, conn).await {
             // Redis lost its scripts (a restart): the plain removals of this first try are done,
@@ -263,11 +263,7 @@ impl Batch {
         }
     }
 
-    async fn send(
-        &self,
-        script: &redis::Script,
-        conn: &mut ConnectionManager,
-    ) -> redis::RedisResult<Written> {
+    async fn send(&self, script: &redis::Script, conn: &mut Conn) -> redis::RedisResult<Written> {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for (list, job) in &self.plain {

@@ -12,9 +12,9 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use rustq_core::wire::{self, keys};
+use rustq_core::Conn;
 use rustq_core::WireVersion;
 
 use crate::dead_set::{self, DeadSetLimits};
@@ -89,7 +89,7 @@ return {moved, poisoned}
 
 /// Finds processes that died and gives back their jobs.
 pub struct Recovery {
-    conn: ConnectionManager,
+    conn: Conn,
     identity: String,
     max_recoveries: u32,
     wire: WireVersion,
@@ -99,12 +99,7 @@ pub struct Recovery {
 
 impl Recovery {
     /// The recovery of process `identity`, burying a job after `max_recoveries` deaths.
-    pub fn new(
-        conn: ConnectionManager,
-        identity: &str,
-        max_recoveries: u32,
-        wire: WireVersion,
-    ) -> Recovery {
+    pub fn new(conn: Conn, identity: &str, max_recoveries: u32, wire: WireVersion) -> Recovery {
         Recovery {
             conn,
             identity: identity.to_string(),

@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use rand::Rng;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use rustq_core::wire::{self, keys, WireVersion};
+use rustq_core::Conn;
 
 use crate::control::Control;
 use crate::dead_set::{self, DeadSetLimits};
@@ -36,7 +36,7 @@ const LIMIT: usize = 100;
 
 /// Moves due jobs of `retry` and `schedule` to their queues.
 pub struct Poller {
-    conn: ConnectionManager,
+    conn: Conn,
     scheduling: String,
     wire: WireVersion,
     script: redis::Script,
@@ -46,7 +46,7 @@ pub struct Poller {
 
 impl Poller {
     /// The poller of the process `identity`.
-    pub fn new(conn: ConnectionManager, identity: &str, wire: WireVersion) -> Poller {
+    pub fn new(conn: Conn, identity: &str, wire: WireVersion) -> Poller {
         Poller {
             conn,
             scheduling: rkeys::scheduling(identity),
@@ -103,12 +103,7 @@ impl Poller {
     }
 
     /// Pushes `due` jobs from the scheduling list to their queues, in one step.
-    async fn push_all(
-        &self,
-        conn: &mut ConnectionManager,
-        due: &[Vec<u8>],
-        now: f64,
-    ) -> redis::RedisResult<()> {
+    async fn push_all(&self, conn: &mut Conn, due: &[Vec<u8>], now: f64) -> redis::RedisResult<()> {
         let mut batch = Batch::new(now, self.dead);
         for raw in due {
             match work::parse(raw) {

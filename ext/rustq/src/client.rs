@@ -94,7 +94,7 @@ pub fn configure(ruby: &Ruby, settings: RHash) -> Result<(), Error> {
     let settings = Arc::new(parse_settings(ruby, settings)?);
     settings
         .redis
-        .client()
+        .check()
         .map_err(|e| errors::from_core(ruby, e))?;
     let mut state = lock();
     match state.as_mut() {

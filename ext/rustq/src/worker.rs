@@ -267,7 +267,7 @@ impl Worker {
         }
         let mut redis = options.redis.clone();
         redis.url = url;
-        redis.client().map_err(|e| errors::from_core(ruby, e))?;
+        redis.check().map_err(|e| errors::from_core(ruby, e))?;
         let redacted = redis.redacted_url();
         options.redis = redis;
         Ok(Some(redacted))
