@@ -226,7 +226,8 @@ module Rustq
     # The answer for a job that stopped without failing (#interrupted?):
     # - Sidekiq::Job::Interrupted (7.3+): an iterable job stopped between iterations because the
     #   process quiets or stops (or it ran past `max_iteration_runtime`), its cursor saved. It goes
-    #   back to its queue unchanged, in the step that acknowledges it: no retry, no failure.
+    #   to the back of its queue unchanged (where Sidekiq's InterruptHandler pushes it), in the
+    #   step that acknowledges it: no retry, no failure.
     # - Sidekiq::JobRetry::Skip: server middleware (Sidekiq's own InterruptHandler, which pushed
     #   the job again) has dealt with it: done.
     def interrupted(error, payload)

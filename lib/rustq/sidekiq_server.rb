@@ -69,8 +69,10 @@ module Rustq
         if conn.respond_to?(:_client) && conn._client.respond_to?(:options) # redis-rb 4 (Sidekiq 6)
           options = conn._client.options
           if options[:sentinels]
+            sentinels = options[:sentinels].map { |s| s.transform_keys(&:to_sym) } # redis-rb takes either
             next sentinel_url(name: options[:host], db: options[:db], username: options[:username], password: options[:password],
-              sentinels: options[:sentinels].map { |s| [s[:host], s[:port]] }, sentinel_password: options[:sentinels].first[:password])
+              sentinels: sentinels.map { |s| [s[:host], s[:port]] }, sentinel_password: sentinels.first[:password],
+              sentinel_username: sentinels.first[:username])
           end
           url_from(**options.slice(:host, :port, :path, :db, :username, :password, :ssl_params),
             scheme: options[:ssl] || options[:scheme] == "rediss" ? "rediss" : "redis")
@@ -81,7 +83,8 @@ module Rustq
             sentinel = c.sentinels.first
             secret = ->(value) { value.respond_to?(:call) ? value.call(sentinel&.username) : value }
             next sentinel_url(name: c.name, db: c.db, username: c.username, password: secret.call(c.password),
-              sentinels: c.sentinels.map { |s| [s.host, s.port] }, sentinel_password: sentinel && secret.call(sentinel.password))
+              sentinels: c.sentinels.map { |s| [s.host, s.port] }, sentinel_password: sentinel && secret.call(sentinel.password),
+              sentinel_username: sentinel&.username)
           end
 
           url_from(scheme: c.ssl? ? "rediss" : "redis", host: c.host, port: c.port, path: c.path, db: c.db,
@@ -164,12 +167,14 @@ module Rustq
     # A URL the engine's Redis client reads: percent-encoded credentials, IPv6 hosts in
     # brackets, unix sockets as `unix:///abs/path?db=N&user=U&pass=P`.
     # rustq's form of a Sentinel config: redis+sentinel://[user:pass@]s1:port,s2:port/<name>/<db>.
-    def sentinel_url(name:, sentinels:, db: nil, username: nil, password: nil, sentinel_password: nil)
+    def sentinel_url(name:, sentinels:, db: nil, username: nil, password: nil, sentinel_password: nil, sentinel_username: nil)
       encode = ->(part) { part && ERB::Util.url_encode(part.to_s) }
       auth = password ? "#{encode.call(username)}:#{encode.call(password)}@" : ""
       hosts = sentinels.map { |host, port| "#{host}:#{port || 26379}" }.join(",")
-      query = sentinel_password ? "?sentinel_password=#{encode.call(sentinel_password)}" : ""
-      "redis+sentinel://#{auth}#{hosts}/#{encode.call(name)}/#{db.to_i}#{query}"
+      sentinel_username = nil if sentinel_username.to_s == "default" # what AUTH <password> means
+      query = [sentinel_username && "sentinel_username=#{encode.call(sentinel_username)}",
+        sentinel_password && "sentinel_password=#{encode.call(sentinel_password)}"].compact
+      "redis+sentinel://#{auth}#{hosts}/#{encode.call(name)}/#{db.to_i}#{"?#{query.join("&")}" unless query.empty?}"
     end
 
     def url_from(scheme:, host: nil, port: nil, path: nil, db: nil, username: nil, password: nil, ssl_params: nil)

@@ -154,18 +154,10 @@ impl RedisConfig {
         };
         if let Some(sentinel) = self.sentinel()? {
             let client = sentinel.client().map_err(connect_error)?;
-            return tokio::time::timeout(
-                self.connect_timeout * 3,
-                Conn::sentinel(client, config, sentinel.db, sentinel.master.clone()),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "no Sentinel named a reachable master in time",
-                )))
-            })
-            .map_err(connect_error);
+            let lookup_timeout = self.connect_timeout * 3;
+            return Conn::sentinel(client, config, lookup_timeout, sentinel.db, sentinel.master)
+                .await
+                .map_err(connect_error);
         }
         self.client()?
             .get_connection_manager_with_config(config)

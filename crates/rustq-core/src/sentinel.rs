@@ -66,14 +66,15 @@ impl SentinelUrl {
             Some((rest, query)) => (rest, Some(query)),
             None => (rest, None),
         };
-        // The hosts follow the last '@' before the path: a password may hold '@'.
-        let (authority, path) = match rest.find('/') {
+        // The userinfo ends at the last '@' (a password may hold '@' and '/'); the hosts end
+        // at the first '/' after it.
+        let (userinfo, rest) = match rest.rfind('@') {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
+        };
+        let (hosts, path) = match rest.find('/') {
             Some(slash) => (&rest[..slash], &rest[slash + 1..]),
             None => (rest, ""),
-        };
-        let (userinfo, hosts) = match authority.rfind('@') {
-            Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
-            None => (None, authority),
         };
         let (username, password) = match userinfo {
             None => (None, None),
@@ -195,6 +196,16 @@ mod tests {
         assert_eq!(url.username.as_deref(), Some("app"));
         assert_eq!(url.password.as_deref(), Some("p@ss"));
         assert_eq!(url.sentinel_password.as_deref(), Some("sp"));
+    }
+
+    #[test]
+    fn a_password_with_slashes_and_ats_stays_whole_and_unseen() {
+        let url = SentinelUrl::parse("redis+sentinel://app:s3cr/et@x@s1:26379/m").unwrap();
+        assert_eq!(url.password.as_deref(), Some("s3cr/et@x"));
+        assert_eq!(url.sentinels, vec![("s1".into(), 26379)]);
+        assert_eq!(url.master, "m");
+        let err = SentinelUrl::parse("redis+sentinel://:12/34@s1:x/m").unwrap_err();
+        assert!(!err.contains("12") && !err.contains("34"), "{err}");
     }
 
     #[test]

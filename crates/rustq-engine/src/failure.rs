@@ -41,6 +41,10 @@ pub enum FailureKind {
     Discard,
     /// It never started (the process is quieting): back on its queue untouched, not a failure.
     Requeue,
+    /// It stopped early to resume later (an iterable job interrupted as the process quiets, or
+    /// past its run time): to the back of its queue untouched, as Sidekiq pushes it again; not a
+    /// failure.
+    Interrupted,
 }
 
 /// A failed job: Sidekiq's `error_class`/`error_message`, plus what to do next.
@@ -93,6 +97,14 @@ impl Failure {
         Failure {
             kind: FailureKind::Requeue,
             ..Failure::retry(class::REQUEUED, "not started before the process quieted")
+        }
+    }
+
+    /// The job stopped early to resume later (see [`FailureKind::Interrupted`]).
+    pub fn interrupted(error_class: impl Into<String>, message: impl Into<String>) -> Failure {
+        Failure {
+            kind: FailureKind::Interrupted,
+            ..Failure::retry(error_class, message)
         }
     }
 

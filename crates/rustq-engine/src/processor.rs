@@ -155,6 +155,10 @@ impl Processor {
                 Action::Acknowledge
             }
             Err(failure) if failure.kind == FailureKind::Requeue => Action::Requeue,
+            Err(failure) if failure.kind == FailureKind::Interrupted => {
+                tracing::info!(class = %class, jid = %jid, elapsed_ms, "interrupted; to the back of its queue");
+                Action::Defer(Deferral::Into(wire::keys::queue(&unit.queue)))
+            }
             Err(failure) => {
                 self.counters.record(&class, ms, true);
                 tracing::warn!(class = %class, jid = %jid, elapsed_ms, error = %failure, "fail");

@@ -243,3 +243,72 @@ async fn a_handler_that_panics_before_its_future_exists_fails_only_its_job() {
         "{retry}"
     );
 }
+
+/// Interrupts each job's first run (as an iterable job stopping to resume later), records runs.
+struct InterruptsOnce {
+    seen: Mutex<std::collections::HashSet<String>>,
+    runs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Handler for InterruptsOnce {
+    fn perform(&self, ctx: JobContext) -> BoxFuture<JobResult> {
+        let name = ctx.args()[0].as_str().unwrap_or_default().to_string();
+        self.runs.lock().unwrap().push(name.clone());
+        let first = self.seen.lock().unwrap().insert(name.clone());
+        Box::pin(async move {
+            if first && name == "iterable" {
+                Err(rustq_engine::Failure::interrupted(
+                    "Sidekiq::Job::Interrupted",
+                    "interrupted",
+                ))
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_job_goes_to_the_back_of_its_queue_without_a_failure() {
+    let redis = RedisServer::start();
+    let client = Client::connect(&RedisConfig::new(redis.url()))
+        .await
+        .unwrap();
+    for name in ["iterable", "a", "b"] {
+        push(&client, "Step", json!([name])).await;
+    }
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let mut registry = Registry::new();
+    registry.fallback(InterruptsOnce {
+        seen: Mutex::new(Default::default()),
+        runs: runs.clone(),
+    });
+    let mut options = WorkerOptions::default();
+    options.redis = RedisConfig::new(redis.url());
+    options.concurrency = 1;
+    options.prefetch = 0;
+    options.fetch_batch = 1;
+    options.queues = vec![QueueWeight {
+        name: "default".into(),
+        weight: 0,
+    }];
+    let worker = Worker::new(options, registry);
+    let control = worker.control();
+    let run = tokio::spawn(worker.run());
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if runs.lock().unwrap().len() >= 4 {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    control.stop();
+    run.await.unwrap().unwrap();
+    // Sidekiq pushes an interrupted job again (to the back): the others run before its next run.
+    assert_eq!(
+        *runs.lock().unwrap(),
+        vec!["iterable", "a", "b", "iterable"]
+    );
+    assert_eq!(redis.cli(&["ZCARD", "retry"]), "0");
+    assert_eq!(redis.cli(&["LLEN", "queue:default"]), "0");
+}

@@ -35,17 +35,14 @@ pub fn unreportable(ruby: &Ruby, error: &Error) -> Failure {
 }
 
 /// A failure Hash from `Processor#process` (`error_class`, `message`, `backtrace`, `retry_in`),
-/// or `{"requeue" => true}`: the job stopped early and goes back to its queue unchanged, no
-/// failure (an iterable job interrupted because the process quiets).
+/// or `{"requeue" => true}`: the job stopped early and goes to the back of its queue unchanged,
+/// no failure (an iterable job interrupted because the process quiets or ran past its time).
 pub fn failure(hash: RHash) -> Result<Failure, Error> {
     if hash.get("requeue").is_some_and(|v| v.to_bool()) {
-        return Ok(Failure {
-            kind: FailureKind::Requeue,
-            ..Failure::retry(
-                "Sidekiq::Job::Interrupted",
-                "interrupted; back on its queue",
-            )
-        });
+        return Ok(Failure::interrupted(
+            "Sidekiq::Job::Interrupted",
+            "interrupted; back on its queue",
+        ));
     }
     let text = |key: &str| -> Result<String, Error> {
         match hash.get(key).filter(|v| !v.is_nil()) {
