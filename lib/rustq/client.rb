@@ -28,19 +28,27 @@ module Rustq
         chain = ClientMiddleware.chain
         return raw_push(item, true) unless chain
 
-        # With middleware, each job is its own push: middleware may make every job different.
-        Native.prepare(item, true).map do |json|
-          payload = ClientMiddleware.call(chain, item["class"], JSON.parse(json))
-          payload && raw_push(payload, false).first
-        end
+        # With middleware, each job may differ from the next: the ones it lets through are
+        # written one by one, in one round trip.
+        payloads = Native.prepare(item, true).map { |json| ClientMiddleware.call(chain, item["class"], JSON.parse(json)) }
+        kept = payloads.compact
+        jids = kept.empty? ? [] : raw_push(kept, :payloads).each
+        payloads.map { |payload| payload && jids.next }
       end
 
       private
 
       # The one place a push leaves Ruby; Rustq::Testing replaces it with in-memory queues.
+      # `bulk`: false (one job), true (a bulk item) or :payloads (an Array of jobs, each
+      # written as its own push, all in one round trip).
       def raw_push(item, bulk)
-        jids = bulk ? Native.push_bulk(item) : [Native.push(item)]
-        Rustq.logger.debug { "rustq: pushed #{jids.size} #{item["class"]} job(s) to #{item["queue"] || "default"}" }
+        jids = case bulk
+               when :payloads then Native.push_payloads(item)
+               when true then Native.push_bulk(item)
+               else [Native.push(item)]
+               end
+        first = bulk == :payloads ? item.first : item
+        Rustq.logger.debug { "rustq: pushed #{jids.size} #{first["class"]} job(s) to #{first["queue"] || "default"}" }
         jids
       end
 

@@ -108,7 +108,8 @@ module Rustq
       def raw_push(item, bulk)
         return super if Testing.disabled?
 
-        payloads = Native.prepare(item, bulk).map { |json| JSON.parse(json) }
+        items = bulk == :payloads ? item : [item]
+        payloads = items.flat_map { |each| Native.prepare(each, bulk == true) }.map { |json| JSON.parse(json) }
         payloads.each do |payload|
           Testing.fake? ? Queues.push(payload) : Rustq::Job.run(payload)
         end

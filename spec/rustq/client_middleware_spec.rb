@@ -64,6 +64,18 @@ RSpec.describe Rustq::ClientMiddleware do
     expect(jobs.map(&:successfully_enqueued?)).to eq([true, false, true])
   end
 
+  it "runs under Rustq::Testing's fake mode as well, bulk pushes included" do
+    require "rustq/testing"
+    Rustq::Testing.fake! do
+      jids = Rustq::Client.push_bulk("class" => NoteJob, "args" => [[1], ["veto"], [2]])
+      expect(jids.map(&:nil?)).to eq([false, true, false])
+      expect(NoteJob.jobs.map { |job| [job["jid"], job["request_id"]] }).to eq([[jids[0], "req-42"], [jids[2], "req-42"]])
+    end
+  ensure
+    Rustq::Job.clear_all
+    Rustq::Testing.disable!
+  end
+
   it "is skipped (nothing run, nothing parsed) when the chain is empty" do
     client_chain.remove(TaggedMiddleware)
     expect(described_class.chain).to be_nil

@@ -461,6 +461,29 @@ impl Client {
         }
     }
 
+    /// Writes several prepared pushes in one round trip, in order (each job written exactly as
+    /// its own push would write it): for jobs that no longer share one template, such as those a
+    /// client middleware has changed one by one.
+    pub async fn write_all(&self, prepared: &[PreparedPush]) -> Result<()> {
+        let now = self.options.clock.now();
+        let mut pipe = redis::pipe();
+        for push in prepared {
+            let mut renderer = push.renderer(now, self.options.wire);
+            while let Some(part) = renderer.next_pipeline() {
+                for cmd in part.cmd_iter() {
+                    pipe.add_command(cmd.clone()).ignore();
+                }
+            }
+        }
+        if pipe.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(self.redis_error("push"))
+    }
+
     async fn join_write(
         &self,
         write: tokio::task::JoinHandle<redis::RedisResult<()>>,

@@ -41,6 +41,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     native.define_singleton_method("spin_wait", function!(client::spin_wait, 0))?;
     native.define_singleton_method("push", function!(push::push, 1))?;
     native.define_singleton_method("push_bulk", function!(push::push_bulk, 1))?;
+    native.define_singleton_method("push_payloads", function!(push::push_payloads, 1))?;
     native.define_singleton_method("prepare", function!(push::prepare, 2))?;
     native.define_singleton_method("retry_in", function!(failure::retry_in, 1))?;
     native.define_singleton_method("capsules_refused", function!(worker::capsules_refused, 1))?;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use magnus::{Error, RArray, RHash, Ruby};
+use magnus::{prelude::*, Error, RArray, RHash, Ruby};
 use rustq_core::{wire, Client, PreparedPush};
 
 use crate::client::{self, Session};
@@ -45,6 +45,18 @@ async fn write(client: Client, prepared: &PreparedPush) -> rustq_core::Result<()
     }
 }
 
+/// [`write`] for several pushes in one round trip.
+async fn write_all(client: Client, prepared: &[PreparedPush]) -> rustq_core::Result<()> {
+    match client.write_all(prepared).await {
+        Err(rustq_core::Error::Redis { source, .. })
+            if source.is_connection_dropped() || source.is_connection_refusal() =>
+        {
+            client.write_all(prepared).await
+        }
+        other => other,
+    }
+}
+
 /// `push(item) → jid`
 pub fn push(ruby: &Ruby, item: RHash) -> Result<String, Error> {
     let session = client::session(ruby)?;
@@ -70,6 +82,19 @@ pub fn push_bulk(ruby: &Ruby, items: RHash) -> Result<RArray, Error> {
     };
     let jids = ruby.ary_from_iter(prepared.jids.iter().map(|jid| ruby.str_new(jid)));
     session.wait(ruby, written)?;
+    Ok(jids)
+}
+
+/// `push_payloads([payload, …]) → [jid, …]`: jobs already normalised and perhaps changed one by
+/// one (by client middleware), written in one round trip, each as `push` would write it.
+pub fn push_payloads(ruby: &Ruby, payloads: RArray) -> Result<RArray, Error> {
+    let session = client::session(ruby)?;
+    let prepared = payloads
+        .into_iter()
+        .map(|payload| prepared(ruby, &session, RHash::try_convert(payload)?, false))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let jids = ruby.ary_from_iter(prepared.iter().map(|push| ruby.str_new(push.jids.get(0))));
+    session.run(ruby, |client| write_all(client, &prepared))?;
     Ok(jids)
 }
 
