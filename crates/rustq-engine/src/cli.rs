@@ -55,7 +55,7 @@ struct Cli {
     /// Environment section of the config file to apply (default: $RAILS_ENV, $RACK_ENV, $APP_ENV).
     #[arg(short, long)]
     environment: Option<String>,
-    /// Redis to use: redis://, rediss://, unix:// (user:password@ for ACLs).
+    /// Redis to use: redis://, rediss://, unix://, redis+sentinel://s1:26379,s2:26379/mymaster (user:password@ for ACLs).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
     /// PEM file of the CA that signed a TLS server's certificate.
