@@ -31,14 +31,28 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Pushes `n` jobs of `class` with `args` each, in bulk; returns their jids.
 fn push_many(redis: &RedisServer, class: &str, args: Value, n: usize) -> HashSet<String> {
+    push_each(redis, class, vec![args; n])
+}
+
+/// Pushes `n` jobs of `class`, job i with the single argument `first + i`; returns their jids.
+fn push_indexed(redis: &RedisServer, class: &str, first: usize, n: usize) -> HashSet<String> {
+    push_each(
+        redis,
+        class,
+        (first..first + n).map(|i| json!([i])).collect(),
+    )
+}
+
+/// Pushes one job of `class` per element of `args` (each job's arguments), in bulk slices of
+/// 50,000; returns their jids.
+fn push_each(redis: &RedisServer, class: &str, args: Vec<Value>) -> HashSet<String> {
     runtime().block_on(async {
         let client = Client::connect(&RedisConfig::new(redis.url()))
             .await
             .unwrap();
         let mut jids = HashSet::new();
-        for start in (0..n).step_by(50_000) {
-            let chunk = (n - start).min(50_000);
-            let item = json!({"class": class, "args": vec![args.clone(); chunk]});
+        for chunk in args.chunks(50_000) {
+            let item = json!({"class": class, "args": chunk});
             let pushed = client
                 .push_bulk(item.as_object().unwrap().clone())
                 .await
@@ -46,23 +60,6 @@ fn push_many(redis: &RedisServer, class: &str, args: Value, n: usize) -> HashSet
             jids.extend(pushed);
         }
         jids
-    })
-}
-
-/// Pushes `n` jobs of `class`, job i with the single argument `first + i`; returns their jids.
-fn push_indexed(redis: &RedisServer, class: &str, first: usize, n: usize) -> HashSet<String> {
-    runtime().block_on(async {
-        let client = Client::connect(&RedisConfig::new(redis.url()))
-            .await
-            .unwrap();
-        let args: Vec<Value> = (first..first + n).map(|i| json!([i])).collect();
-        let item = json!({"class": class, "args": args});
-        client
-            .push_bulk(item.as_object().unwrap().clone())
-            .await
-            .unwrap()
-            .into_iter()
-            .collect()
     })
 }
 

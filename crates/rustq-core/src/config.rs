@@ -176,14 +176,8 @@ impl RedisConfig {
                     source,
                 };
                 let mut client = sentinel.client().map_err(connect_error)?;
-                tokio::time::timeout(self.connect_timeout * 3, client.async_get_client())
+                crate::conn::master_client(&mut client, self.connect_timeout * 3)
                     .await
-                    .unwrap_or_else(|_| {
-                        Err(redis::RedisError::from((
-                            redis::ErrorKind::Io,
-                            "no Sentinel named a reachable master in time",
-                        )))
-                    })
                     .map_err(connect_error)
             }
         }

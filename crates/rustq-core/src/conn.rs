@@ -73,18 +73,12 @@ impl Conn {
     }
 }
 
-async fn master_connection(
-    sentinel: &mut SentinelClient,
-    config: &ConnectionManagerConfig,
+/// `work`, failed with the same error as any lookup of the master that takes over `timeout`.
+async fn within<T>(
     timeout: Duration,
-) -> RedisResult<ConnectionManager> {
-    let lookup = async {
-        let client = sentinel.async_get_client().await?;
-        client
-            .get_connection_manager_with_config(config.clone())
-            .await
-    };
-    tokio::time::timeout(timeout, lookup)
+    work: impl std::future::Future<Output = RedisResult<T>>,
+) -> RedisResult<T> {
+    tokio::time::timeout(timeout, work)
         .await
         .unwrap_or_else(|_| {
             Err(RedisError::from((
@@ -92,6 +86,30 @@ async fn master_connection(
                 "no Sentinel named a reachable master in time",
             )))
         })
+}
+
+/// The client of the master the Sentinels name now, asked within `timeout`.
+pub(crate) async fn master_client(
+    sentinel: &mut SentinelClient,
+    timeout: Duration,
+) -> RedisResult<redis::Client> {
+    within(timeout, sentinel.async_get_client()).await
+}
+
+/// A connection to that master, asked for and opened within `timeout`.
+async fn master_connection(
+    sentinel: &mut SentinelClient,
+    config: &ConnectionManagerConfig,
+    timeout: Duration,
+) -> RedisResult<ConnectionManager> {
+    within(timeout, async {
+        sentinel
+            .async_get_client()
+            .await?
+            .get_connection_manager_with_config(config.clone())
+            .await
+    })
+    .await
 }
 
 /// Whether `error` says the master is gone or no longer master.

@@ -90,9 +90,8 @@ async fn push(client: &Client, class: &str, args: serde_json::Value) -> String {
         .unwrap()
 }
 
-fn worker(redis: &RedisServer, ran: Arc<Mutex<Vec<String>>>, timeout: Option<f64>) -> Worker {
-    let mut registry = Registry::new();
-    registry.fallback(OneThread::start(ran));
+/// A worker's options for this test's Redis: one slot, the queue `default`.
+fn one_slot(redis: &RedisServer) -> WorkerOptions {
     let mut options = WorkerOptions::default();
     options.redis = RedisConfig::new(redis.url());
     options.concurrency = 1;
@@ -100,6 +99,13 @@ fn worker(redis: &RedisServer, ran: Arc<Mutex<Vec<String>>>, timeout: Option<f64
         name: "default".into(),
         weight: 0,
     }];
+    options
+}
+
+fn worker(redis: &RedisServer, ran: Arc<Mutex<Vec<String>>>, timeout: Option<f64>) -> Worker {
+    let mut registry = Registry::new();
+    registry.fallback(OneThread::start(ran));
+    let mut options = one_slot(redis);
     options.dispatch_ahead = true;
     options.job_timeout = timeout.map(Duration::from_secs_f64);
     let mut worker = Worker::new(options, registry);
@@ -213,14 +219,8 @@ async fn a_handler_that_panics_before_its_future_exists_fails_only_its_job() {
     let second = push(&client, "Broken", json!([])).await;
     let mut registry = Registry::new();
     registry.fallback(PanicsAtCall);
-    let mut options = WorkerOptions::default();
-    options.redis = RedisConfig::new(redis.url());
-    options.concurrency = 1;
+    let mut options = one_slot(&redis);
     options.prefetch = 0;
-    options.queues = vec![QueueWeight {
-        name: "default".into(),
-        weight: 0,
-    }];
     let worker = Worker::new(options, registry);
     let control = worker.control();
     let run = tokio::spawn(worker.run());
@@ -283,15 +283,9 @@ async fn an_interrupted_job_goes_to_the_back_of_its_queue_without_a_failure() {
         seen: Mutex::new(Default::default()),
         runs: runs.clone(),
     });
-    let mut options = WorkerOptions::default();
-    options.redis = RedisConfig::new(redis.url());
-    options.concurrency = 1;
+    let mut options = one_slot(&redis);
     options.prefetch = 0;
     options.fetch_batch = 1;
-    options.queues = vec![QueueWeight {
-        name: "default".into(),
-        weight: 0,
-    }];
     let worker = Worker::new(options, registry);
     let control = worker.control();
     let run = tokio::spawn(worker.run());
