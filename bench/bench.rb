@@ -167,6 +167,7 @@ module Bench
       scenario(7) { latency_scenario }
       scenario(8) { memory_scenario }
       scenario(9) { scaling_scenario }
+      scenario(10) { metrics_scenario }
       seconds = Bench.now - started
       log format("done in %.0f s", seconds)
       report(seconds)
@@ -384,6 +385,43 @@ module Bench
       processed = @redis.client.get("stat:processed").to_i
       log "  warning: stat:processed=#{processed} after draining #{count} jobs" if processed != count
       count / (finished - first)
+    end
+
+    # 10: what the HTTP endpoint costs. The same no-op drain as scenario 4 with `--http` on (its
+    # /metrics scraped every second, 15× a usual Prometheus interval) and off, runs interleaved.
+    # The rustq column is "on", the Sidekiq column "off".
+    def metrics_scenario
+      count = @quick ? 50_000 : 100_000
+      on = []
+      off = []
+      @runs.times do |i|
+        off << drain(rust_worker_argv(RUST_WORKER, ["--noop", "NoopJob"]), count)
+        port = free_port
+        scraper = Thread.new do
+          loop do
+            TCPSocket.open("127.0.0.1", port) do |s|
+              s.write("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+              s.read
+            end
+          rescue SystemCallError
+            nil
+          ensure
+            sleep 1
+          end
+        end
+        on << drain(rust_worker_argv(RUST_WORKER, ["--noop", "NoopJob", "--http", "127.0.0.1:#{port}"]), count)
+        scraper.kill
+        log format("10 run %d: off %.0f, on %.0f jobs/s", i + 1, off.last, on.last)
+      end
+      row("10", "no-op jobs with the metrics endpoint on (scraped every 1 s) vs off, `rustq-worker` both (#{number(count, "jobs")})",
+          "jobs/s", Stat.of(on), Stat.of(off), target: target("≥ 0.95×") { |_, _, r| r && r >= 0.95 })
+    end
+
+    def free_port
+      server = TCPServer.new("127.0.0.1", 0)
+      server.addr[1]
+    ensure
+      server&.close
     end
 
     def rust_processing_scenario

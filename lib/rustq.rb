@@ -24,6 +24,8 @@ module Rustq
 end
 
 require_relative "rustq/configuration"
+require_relative "rustq/trace_context"
+require_relative "rustq/instrumentation"
 require_relative "rustq/client_middleware"
 require_relative "rustq/client"
 require_relative "rustq/job"

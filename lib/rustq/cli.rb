@@ -28,6 +28,7 @@ module Rustq
     def run(argv)
       @worker = Native::Worker.new(["rustq-worker", *argv], method(:render_erb).to_proc, Job::ACTIVE_JOB_WRAPPERS)
       $stdout.sync = true
+      @worker.listen
       boot_application
       @processor = Processor.new(sidekiq: @sidekiq, wire_version: @worker.wire_version,
                                  allowed_jobs: @worker.allowed_jobs, allowed_mailers: @worker.allowed_mailers)

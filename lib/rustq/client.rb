@@ -49,7 +49,15 @@ module Rustq
                end
         first = bulk == :payloads ? item.first : item
         Rustq.logger.debug { "rustq: pushed #{jids.size} #{first["class"]} job(s) to #{first["queue"] || "default"}" }
+        announce(first, jids) unless first["wrapped"] # ActiveJob's own enqueue.active_job says it
         jids
+      end
+
+      # enqueue.rustq (Instrumentation): one event per push call, with the jids it wrote.
+      def announce(first, jids)
+        Instrumentation.notify("enqueue.rustq") do
+          {class: first["class"].to_s, jids: jids, queue: first["queue"] || "default", at: first["at"]}
+        end
       end
 
       # Sidekiq's normalize_item, Ruby half: the job class's options (and the ActiveJob class's,
@@ -62,7 +70,7 @@ module Rustq
         defaults = options_of(item["class"])
         wrapped = options_of(item["wrapped"])
         defaults = (defaults || Rustq.default_job_options).merge(wrapped) if wrapped
-        defaults ? defaults.merge(item) : item
+        TraceContext.inject(defaults ? defaults.merge(item) : item)
       end
 
       def options_of(klass)

@@ -202,12 +202,16 @@ module Rustq
       payload = job.is_a?(String) ? JSON.parse(job) : job
       klass = nil
       allowed!(payload["class"], payload["args"].is_a?(Array) ? payload["args"].first : nil)
-      # Like Sidekiq: each job inside the Rails reloader (which wraps the executor), so code
-      # reloads between jobs in development and database connections go back to the pool.
-      if @reloader
-        @reloader.wrap { run(payload, queue, klass = self.class.job_class(payload)) }
-      else
-        run(payload, queue, klass = self.class.job_class(payload))
+      TraceContext.around(source.equal?(job) ? payload : source) do
+        Instrumentation.instrument("perform.rustq", event_fields(payload, queue)) do
+          # Like Sidekiq: each job inside the Rails reloader (which wraps the executor), so code
+          # reloads between jobs in development and database connections go back to the pool.
+          if @reloader
+            @reloader.wrap { run(payload, queue, klass = self.class.job_class(payload)) }
+          else
+            run(payload, queue, klass = self.class.job_class(payload))
+          end
+        end
       end
       nil
     # Everything a job raises fails that job only, `exit` and `abort` (SystemExit) included,
@@ -245,10 +249,14 @@ module Rustq
       return process(source.payload, queue, outlook, source) if @sidekiq&.middleware?
 
       allowed!(wrapper, data)
-      if @reloader
-        @reloader.wrap { Processor.run_active_job_data(data, jid, wrapper) }
-      else
-        Processor.run_active_job_data(data, jid, wrapper)
+      TraceContext.around(source) do
+        Instrumentation.instrument("perform.rustq", {class: data["job_class"], jid: jid, queue: queue}) do
+          if @reloader
+            @reloader.wrap { Processor.run_active_job_data(data, jid, wrapper) }
+          else
+            Processor.run_active_job_data(data, jid, wrapper)
+          end
+        end
       end
       nil
     # As in #process.
@@ -286,11 +294,28 @@ module Rustq
       return result if timed_out?(error)
 
       died = dies(payload, klass, error, outlook, queue, result)
+      announce(died, payload, queue, error, result)
       if @sidekiq
         @sidekiq.job_died(died, error) if died
         @sidekiq.job_failed(error, payload, jobstr(source))
       end
       result
+    end
+
+    # What ActiveSupport::Notifications subscribers are told of a job (see Instrumentation).
+    def event_fields(payload, queue)
+      {class: payload["wrapped"] || payload["class"], jid: payload["jid"], queue: queue}
+    end
+
+    # retry.rustq or dead.rustq for a failed job (Instrumentation).
+    def announce(died, payload, queue, error, result)
+      if died
+        Instrumentation.notify("dead.rustq") { event_fields(payload, queue).merge(error: error) }
+      else
+        Instrumentation.notify("retry.rustq") do
+          event_fields(payload, queue).merge(error: error, retry_count: payload.key?("retry_count") ? payload["retry_count"] + 1 : 0)
+        end
+      end
     end
 
     # The payload's JSON for error handlers: as stored when the engine has it, else written anew.

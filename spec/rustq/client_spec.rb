@@ -46,6 +46,35 @@ RSpec.describe Rustq::Client do
     it "keeps a caller's jid" do
       expect(described_class.push("class" => "A", "args" => [], "jid" => "f" * 24)).to eq("f" * 24)
     end
+
+    it "carries the caller's OpenTelemetry context as top-level keys, where opentelemetry-instrumentation-sidekiq writes them" do
+      require_relative "../support/open_telemetry_stand_in"
+      stub_const("OpenTelemetry", OpenTelemetryStandIn)
+      parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+      context = OpenTelemetry::Context.new("traceparent" => parent, "tracestate" => "k=v")
+      OpenTelemetry::Context.with_current(context) do
+        described_class.push("class" => "A", "args" => [1])
+        described_class.push_bulk("class" => "A", "args" => [[2], [3]])
+        described_class.push("class" => "A", "args" => [4], "traceparent" => "00-#{"1" * 32}-#{"2" * 16}-01") # a middleware's own
+      end
+      described_class.push("class" => "A", "args" => [5]) # no context: no keys
+      payloads = queue_payloads.sort_by { |p| p["args"].first }
+      expect(payloads.first(3).map { |p| p.values_at("traceparent", "tracestate") }).to all(eq([parent, "k=v"]))
+      expect(payloads[3]["traceparent"]).to eq("00-#{"1" * 32}-#{"2" * 16}-01")
+      expect(payloads[4].keys).not_to include("traceparent", "tracestate", "baggage")
+    end
+
+    it "publishes enqueue.rustq (ActiveSupport::Notifications) once per push, not for ActiveJob's own" do
+      require "active_support/notifications"
+      events = []
+      subscriber = ActiveSupport::Notifications.subscribe("enqueue.rustq") { |*, payload| events << payload }
+      jid = described_class.push("class" => "A", "args" => [1], "queue" => "low")
+      jids = described_class.push_bulk("class" => "A", "args" => [[2], [3]])
+      described_class.push("class" => "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper", "wrapped" => "B", "args" => [{}])
+      expect(events).to eq([{class: "A", jids: [jid], queue: "low", at: nil}, {class: "A", jids: jids, queue: "default", at: nil}])
+    ensure
+      ActiveSupport::Notifications.unsubscribe(subscriber) if subscriber
+    end
   end
 
   describe ".push_bulk" do

@@ -86,6 +86,42 @@ RSpec.describe Rustq::Processor do
     expect(msg["retried_at"]).to be_a(Float)
   end
 
+  it "publishes perform.rustq around each job, then retry.rustq or dead.rustq for a failure (ActiveSupport::Notifications)" do
+    require "active_support/notifications"
+    events = []
+    subscriber = ActiveSupport::Notifications.subscribe(/\.rustq\z/) do |name, *, fields|
+      events << [name, fields.except(:error, :exception, :exception_object), (fields[:error] || fields[:exception_object])&.message]
+    end
+    processor.process(payload("ProcessorSpecJob", [1]), "default", "retry")
+    processor.process(payload("ProcessorSpecFailingJob", ["30"], "retry_count" => 1), "low", "retry")
+    processor.process(payload("ProcessorSpecFailingJob", ["kill"]), "default", "retry")
+    job = {jid: "0123456789abcdef01234567"}
+    ok = job.merge(class: "ProcessorSpecJob", queue: "default")
+    failing = job.merge(class: "ProcessorSpecFailingJob", queue: "low")
+    dying = job.merge(class: "ProcessorSpecFailingJob", queue: "default")
+    expect(events).to eq([
+      ["perform.rustq", ok, nil],
+      ["perform.rustq", failing, "30"], ["retry.rustq", failing.merge(retry_count: 2), "30"],
+      ["perform.rustq", dying, "kill"], ["dead.rustq", dying, "kill"]
+    ])
+  ensure
+    ActiveSupport::Notifications.unsubscribe(subscriber) if subscriber
+  end
+
+  it "runs a job inside the OpenTelemetry context its payload carries, when the app loads OpenTelemetry" do
+    require_relative "../support/open_telemetry_stand_in"
+    stub_const("OpenTelemetry", OpenTelemetryStandIn)
+    seen = []
+    stub_const("ProcessorSpecTracedJob", Class.new do
+      include Rustq::Job
+      define_method(:perform) { seen << OpenTelemetry::Context.current.headers }
+    end)
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    processor.process(payload("ProcessorSpecTracedJob", [], "traceparent" => parent, "baggage" => "u=1"), "default", "retry")
+    processor.process(payload("ProcessorSpecTracedJob", []), "default", "retry")
+    expect(seen).to eq([{"traceparent" => parent, "baggage" => "u=1"}, {}])
+  end
+
   it "reads a retry_in block's value by the engine's one rule" do
     native = Rustq.const_get(:Native)
     expect(native.retry_in(30)).to eq(30)

@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "fileutils"
+require "net/http"
 require "sidekiq"
 require "socket"
 require "tmpdir"
@@ -472,6 +473,109 @@ RSpec.describe "rustq-worker" do
       expect(redis.llen("queue:default")).to eq(0)
       second.signal("INT")
       expect(second.wait.exitstatus).to eq(0)
+    end
+  end
+
+  describe "the HTTP endpoint (--http)" do
+    def free_port
+      server = TCPServer.new("127.0.0.1", 0)
+      server.addr[1]
+    ensure
+      server&.close
+    end
+
+    def get(port, path)
+      response = Net::HTTP.start("127.0.0.1", port, open_timeout: 2, read_timeout: 5) { |http| http.get(path) }
+      [response.code.to_i, response.body]
+    rescue SystemCallError, Net::OpenTimeout
+      nil
+    end
+
+    # A stand-in OpenTelemetry collector on a free port: OTLP/HTTP JSON posts, each span to `spans`.
+    def otlp_collector(spans)
+      server = TCPServer.new("127.0.0.1", 0)
+      Thread.new do
+        loop do
+          Thread.new(server.accept) do |client|
+            while client.gets # the request line
+              length = 0
+              while (header = client.gets) && header != "\r\n"
+                name, value = header.split(":", 2)
+                length = value.to_i if name.casecmp?("content-length")
+              end
+              JSON.parse(client.read(length)).fetch("resourceSpans", []).each do |resource|
+                resource["scopeSpans"].each { |scope| scope["spans"].each { |span| spans << span } }
+              end
+              client.write("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+            end
+          rescue IOError, SystemCallError
+            nil
+          end
+        end
+      rescue IOError, SystemCallError
+        nil # closed
+      end
+      server
+    end
+
+    it "serves /metrics counting the app's Ruby jobs by class and outcome, and /livez and /readyz" do
+      port = free_port
+      3.times { |i| Rustq::Client.push("class" => "RecordJob", "args" => ["m#{i}"]) }
+      Rustq::Client.push("class" => "KilledJob", "args" => ["kill"]) # dies at once (retry_in :kill)
+      w = worker("-r", plain_app, "-c", "2", "--http", "127.0.0.1:#{port}")
+      w.await("the jobs") { ledger.count { |e| e["job"] == "record" } == 3 && Sidekiq::DeadSet.new.size == 1 }
+      metrics = w.await("the counters") do
+        code, body = get(port, "/metrics")
+        body if code == 200 && body.include?('rustq_jobs_dead_total{class="KilledJob",queue="default"} 1')
+      end
+      expect(metrics).to include('rustq_jobs_succeeded_total{class="RecordJob",queue="default"} 3',
+        'rustq_jobs_executed_total{class="KilledJob",queue="default"} 1',
+        'rustq_jobs_failed_total{class="KilledJob",queue="default"} 1',
+        "rustq_concurrency 2", "rustq_redis_up 1")
+      expect(get(port, "/livez")&.first).to eq(200)
+      expect(w.await("ready") { get(port, "/readyz")&.first == 200 }).to be(true)
+      w.signal("TSTP")
+      expect(w.await("not ready once quiet") { get(port, "/readyz") if get(port, "/readyz")&.first == 503 }.last).to include("quiet")
+      expect(w.stop.exitstatus).to eq(0)
+    end
+
+    it "continues a Ruby push's trace: the engine's consumer span is the push's child, and the job runs inside that span" do
+      spans = Queue.new
+      collector = otlp_collector(spans)
+      trace, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+      push = <<~RUBY
+        require "rustq"
+        require "./spec/support/open_telemetry_stand_in"
+        OpenTelemetry = OpenTelemetryStandIn
+        OpenTelemetry::Context.with_current(OpenTelemetry::Context.new("traceparent" => "00-#{trace}-#{parent}-01")) do
+          print Rustq::Client.push("class" => "TracedJob", "args" => [])
+        end
+      RUBY
+      jid = IO.popen({"REDIS_URL" => REDIS_SERVER.url}, ["ruby", "-I", "lib", "-e", push], chdir: RustqWorkerProcess::ROOT, &:read)
+      expect(JSON.parse(redis.lindex("queue:default", 0))).to include("jid" => jid, "traceparent" => "00-#{trace}-#{parent}-01")
+
+      w = worker("-r", plain_app, "--otlp-endpoint", "http://127.0.0.1:#{collector.addr[1]}", env: {"RUSTQ_SPEC_OPEN_TELEMETRY" => "1"})
+      entry = w.await("the job") { ledger.find { |e| e["job"] == "traced" } }
+      expect(w.stop.exitstatus).to eq(0) # flushes the spans
+      found = []
+      span = w.await("its span") do
+        found << spans.pop until spans.empty?
+        found.find { |s| s["attributes"].any? { |a| a["key"] == "messaging.message_id" && a["value"]["stringValue"] == jid } }
+      end
+      expect(span).to include("traceId" => trace, "parentSpanId" => parent, "name" => "default process")
+      expect(entry["context"]).to eq("traceparent" => "00-#{trace}-#{span["spanId"]}-01")
+    ensure
+      collector&.close
+    end
+
+    it "exits 2 before booting the app when the port is taken, naming the address" do
+      taken = TCPServer.new("127.0.0.1", 0)
+      port = taken.addr[1]
+      out = IO.popen({"REDIS_URL" => REDIS_SERVER.url}, ["ruby", "-I", "lib", RustqWorkerProcess::EXE, "-r", plain_app, "--http", port.to_s],
+        chdir: RustqWorkerProcess::ROOT, err: [:child, :out], &:read)
+      expect([$?.exitstatus, out]).to match([2, a_string_including("cannot listen on 127.0.0.1:#{port} (http)")])
+    ensure
+      taken&.close
     end
   end
 

@@ -76,6 +76,21 @@ struct Cli {
     /// Shorthand for --log-level debug.
     #[arg(short, long)]
     verbose: bool,
+    /// Serve /metrics, /livez and /readyz here (`127.0.0.1:9394`, or a port on 127.0.0.1). Off unless set.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Bearer token /metrics asks for; required when --http is beyond loopback.
+    #[arg(
+        long,
+        env = "RUSTQ_HTTP_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    http_token: Option<String>,
+    /// Export job spans to this OpenTelemetry collector (OTLP/HTTP, `http://127.0.0.1:4318`).
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` also works. Off unless set.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Ruby host only (`bundle exec rustq-worker`): a file to require, or an app directory to boot.
     #[arg(short = 'r', long = "require", value_name = "PATH|DIR")]
     pub require: Option<String>,
@@ -97,7 +112,7 @@ pub struct Parsed {
 impl Parsed {
     /// Sets up `tracing` as the flags ask (text or JSON, level) for the whole process.
     pub fn init_logging(&self) {
-        init_logging(&self.cli);
+        init_logging(&self.cli, self.options.otlp_endpoint.as_deref());
     }
 }
 
@@ -172,9 +187,13 @@ pub fn main_with(registry: Registry, setup: impl FnOnce(&mut Worker)) -> ExitCod
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let mut worker = Worker::new(options, registry);
         setup(&mut worker);
+        if let Err(e) = worker.listen() {
+            eprintln!("rustq-worker: {e}");
+            return ExitCode::from(2);
+        }
         if let Err(e) = worker.control().listen_for_signals() {
             eprintln!("rustq-worker: cannot listen for signals: {e}");
             return ExitCode::FAILURE;
@@ -187,7 +206,10 @@ pub fn main_with(registry: Registry, setup: impl FnOnce(&mut Worker)) -> ExitCod
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    drop(runtime);
+    crate::trace::shutdown();
+    code
 }
 
 fn build_options(
@@ -254,6 +276,33 @@ fn build_options(
     if let Some(v) = cli.wire_version {
         options.wire = WireVersion::from_number(v).ok_or("--wire-version must be 7 or 8")?;
     }
+    if let Some(addr) = &cli.http {
+        options.http = Some(
+            crate::options::parse_http_addr(addr)
+                .ok_or("--http must be an address such as 127.0.0.1:9394, or a port")?,
+        );
+    }
+    if let Some(token) = &cli.http_token {
+        options.http_token = Some(token.clone());
+    }
+    if let Some(url) = &cli.otlp_endpoint {
+        options.otlp_endpoint = Some(
+            crate::trace::check_endpoint(url)
+                .map_err(|why| format!("--otlp-endpoint must be {why}"))?,
+        );
+    } else if options.otlp_endpoint.is_none() && cfg!(feature = "otlp") {
+        // The SDKs' variable, read only where spans can be exported: an app's environment may
+        // set it for its own process.
+        if let Some(url) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|u| !u.is_empty())
+        {
+            options.otlp_endpoint = Some(
+                crate::trace::check_endpoint(&url)
+                    .map_err(|why| format!("OTEL_EXPORTER_OTLP_ENDPOINT must be {why}"))?,
+            );
+        }
+    }
     for class in &cli.noop {
         options.handlers.insert(
             class.clone(),
@@ -264,26 +313,50 @@ fn build_options(
             },
         );
     }
+    options.check().map_err(|e| e.to_string())?;
     Ok(options)
 }
 
-fn init_logging(cli: &Cli) {
-    use tracing_subscriber::EnvFilter;
+/// The log on stderr, and job spans to `otlp_endpoint` when set (the log never shows them: they
+/// are for traces).
+fn init_logging(cli: &Cli, otlp_endpoint: Option<&str>) {
+    use tracing_subscriber::filter::{filter_fn, FilterExt};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, Registry};
     let level = if cli.verbose {
         "debug"
     } else {
         cli.log_level.as_str()
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let not_spans = filter_fn(|meta| meta.target() != crate::trace::TARGET);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.with_target(false).init(),
+    let log: Box<dyn Layer<Registry> + Send + Sync> = match cli.log_format {
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_filter(filter.and(not_spans))
+            .boxed(),
+        LogFormat::Text => fmt
+            .with_target(false)
+            .with_filter(filter.and(not_spans))
+            .boxed(),
+    };
+    let mut layers = vec![log];
+    #[cfg(feature = "otlp")]
+    if let Some(endpoint) = otlp_endpoint {
+        match crate::otlp::layer(endpoint) {
+            Ok(layer) => layers.push(layer),
+            Err(e) => eprintln!("rustq-worker: {e}; spans are not exported"),
+        }
     }
+    #[cfg(not(feature = "otlp"))]
+    let _ = otlp_endpoint;
+    let _ = tracing_subscriber::registry().with(layers).try_init();
 }
 
 /// The engine's work per job is mostly waiting on Redis. On a machine of two cores or fewer, where

@@ -3,7 +3,8 @@
 //! read.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -55,6 +56,24 @@ struct ControlState {
     changed: Notify,
     dump: Notify,
     beats: AtomicU64,
+    /// Milliseconds after [`epoch`] of the heartbeat loop's last turn, and of its last beat
+    /// written (0: never): what `/livez` and `/readyz` read.
+    turned_ms: AtomicU64,
+    beaten_ms: AtomicU64,
+}
+
+/// The instant this process's control clocks count from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64 + 1
+}
+
+fn since(ms: u64) -> Option<Duration> {
+    (ms != 0).then(|| Duration::from_millis(now_ms().saturating_sub(ms)))
 }
 
 impl Control {
@@ -103,6 +122,22 @@ impl Control {
     /// Counts one heartbeat written.
     pub fn beaten(&self) {
         self.inner.beats.fetch_add(1, Ordering::SeqCst);
+        self.inner.beaten_ms.store(now_ms(), Ordering::SeqCst);
+    }
+
+    /// The heartbeat loop turned (whether or not Redis took the beat).
+    pub fn turned(&self) {
+        self.inner.turned_ms.store(now_ms(), Ordering::SeqCst);
+    }
+
+    /// How long since the heartbeat loop last turned; `None` before its first turn.
+    pub fn since_turn(&self) -> Option<Duration> {
+        since(self.inner.turned_ms.load(Ordering::SeqCst))
+    }
+
+    /// How long since a heartbeat was last written; `None` before the first.
+    pub fn since_beat(&self) -> Option<Duration> {
+        since(self.inner.beaten_ms.load(Ordering::SeqCst))
     }
 
     /// Resolves once `quiet` (or `stop`) has been asked for.

@@ -252,6 +252,7 @@ impl Service for Beat {
                     Ok(()) => control.beaten(),
                     Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
                 }
+                control.turned();
             }
         })
     }

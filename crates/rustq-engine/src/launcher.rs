@@ -2,7 +2,7 @@
 //! gracefully — the manager waits for running jobs and gives back the rest, the acker writes
 //! every outcome — and leave.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rustq_core::Conn;
@@ -16,8 +16,11 @@ use crate::fetch::{Fetcher, Waiters};
 use crate::handler::Registry;
 use crate::heartbeat::{self, Beat, Busy, Dump, Heartbeat, Signals};
 use crate::holdings::Holdings;
+use crate::http::{self, Endpoint, Http};
 use crate::job_retry::RetryPolicy;
 use crate::manager::Manager;
+use crate::metrics::Metrics;
+use crate::observer::{Observer, Observers};
 use crate::options::WorkerOptions;
 use crate::orphans::{self, Adopter};
 use crate::processor::Processor;
@@ -34,6 +37,9 @@ pub enum EngineError {
     /// A configuration Redis refuses outright (a malformed URL).
     #[error(transparent)]
     Config(#[from] rustq_core::Error),
+    /// The HTTP endpoint's address cannot be listened on (in use, not this host's).
+    #[error(transparent)]
+    Http(#[from] http::BindError),
 }
 
 /// A Sidekiq-compatible worker process.
@@ -43,7 +49,9 @@ pub struct Worker {
     control: Control,
     identity: String,
     check_points: CheckPoints,
+    observers: Observers,
     services: Vec<Box<dyn Service>>,
+    listener: Option<std::net::TcpListener>,
 }
 
 impl Worker {
@@ -55,8 +63,19 @@ impl Worker {
             control: Control::default(),
             identity: heartbeat::identity(),
             check_points: CheckPoints::default(),
+            observers: Observers::default(),
             services: Vec::new(),
+            listener: None,
         }
+    }
+
+    /// Opens the HTTP endpoint's socket now, if `http` is set (else [`Worker::run`] does): a
+    /// host calls it at boot so that a port in use is a usage error, before anything runs.
+    pub fn listen(&mut self) -> Result<(), EngineError> {
+        if let (Some(addr), None) = (self.options.http, &self.listener) {
+            self.listener = Some(http::bind(addr)?);
+        }
+        Ok(())
     }
 
     /// Its control: quiet, stop, dump.
@@ -80,6 +99,12 @@ impl Worker {
         self
     }
 
+    /// Registers an observer: it is told of each job's start and end.
+    pub fn add_observer(&mut self, observer: Arc<dyn Observer>) -> &mut Worker {
+        self.observers.add(observer);
+        self
+    }
+
     /// Runs `service` beside the engine's own for the life of the process.
     pub fn add_service(&mut self, service: impl Service) -> &mut Worker {
         self.services.push(Box::new(service));
@@ -87,22 +112,51 @@ impl Worker {
     }
 
     /// Runs until stopped. Redis being away (at start or later) is waited out, never fatal.
-    pub async fn run(self) -> Result<(), EngineError> {
+    pub async fn run(mut self) -> Result<(), EngineError> {
+        // Fail fast on a malformed URL or a port in use; an unreachable Redis is waited out.
+        self.options.redis.check()?;
+        self.listen()?;
         let Worker {
             options,
             registry,
             control,
             identity,
             check_points,
+            mut observers,
             services: extra,
+            listener,
         } = self;
-        // Fail fast on a malformed URL; an unreachable server is retried below.
-        options.redis.check()?;
+        let mut background = JoinSet::new();
+        #[cfg(feature = "otlp")]
+        if options.otlp_endpoint.is_some() {
+            observers.add(Arc::new(crate::otlp::Propagate(options.trace_propagation)));
+        }
+        // The endpoint serves from the start: probes answer while Redis is still awaited.
+        let redis_cell = Arc::new(OnceLock::new());
+        let busy_cell = Arc::new(OnceLock::new());
+        if let Some(listener) = listener {
+            let metrics = Arc::new(Metrics::new());
+            observers.add(metrics.clone());
+            let endpoint = Arc::new(Endpoint {
+                metrics,
+                control: control.clone(),
+                conn: redis_cell.clone(),
+                identity: identity.clone(),
+                busy: busy_cell.clone(),
+                concurrency: options.concurrency,
+                heartbeat_interval: options.heartbeat_interval,
+                token: options.http_token.clone().filter(|t| !t.is_empty()),
+            });
+            tracing::info!(addr = ?listener.local_addr().ok(), "serving /metrics, /livez and /readyz");
+            background.spawn(Box::new(Http { listener, endpoint }).run());
+        }
         let Some(conn) = connect(&options, &control).await else {
             return Ok(());
         };
+        let _ = redis_cell.set(conn.clone());
         let counters = Arc::new(Counters::default());
         let busy = Arc::new(Busy::default());
+        let _ = busy_cell.set(busy.clone());
         let heartbeat = Arc::new(Heartbeat::new(
             &options,
             identity.clone(),
@@ -117,7 +171,8 @@ impl Worker {
                 options.max_recoveries,
                 options.wire,
             )
-            .with_dead_set(options.dead_set),
+            .with_dead_set(options.dead_set)
+            .serving_metrics(options.http.is_some()),
         );
         let queue_names: Vec<String> = options.queues.iter().map(|q| q.name.clone()).collect();
 
@@ -126,6 +181,7 @@ impl Worker {
         if retry_until_ok(&control, "heartbeat", || heartbeat.beat(false)).await {
             control.beaten();
         }
+        control.turned();
         retry_until_ok(&control, "register", || {
             recovery.register(&queue_names, options.concurrency)
         })
@@ -159,6 +215,7 @@ impl Worker {
             job_timeout: options.job_timeout,
             counters: counters.clone(),
             check_points,
+            observers,
             control: control.clone(),
             permits: options
                 .dispatch_ahead
@@ -238,7 +295,6 @@ impl Worker {
         services.extend(extra);
 
         let mut finishing = JoinSet::new();
-        let mut background = JoinSet::new();
         for service in services {
             tracing::debug!(service = service.name(), "starting");
             if service.finishes() {

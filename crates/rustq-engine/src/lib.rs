@@ -40,6 +40,7 @@ pub mod fetch;
 pub mod handler;
 pub mod job_retry;
 pub mod manager;
+pub mod observer;
 pub mod outcome;
 pub mod processor;
 
@@ -54,16 +55,23 @@ pub mod stats;
 pub mod cli;
 pub mod control;
 pub mod erb;
+pub mod fleet;
+pub mod http;
 pub mod keys;
 pub mod launcher;
+pub mod metrics;
 pub mod options;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod systemd;
+pub mod trace;
 
 pub use check_point::{CheckFuture, CheckPoint, Outcome, Verdict};
 pub use control::{Control, Signal};
 pub use failure::{Backoff, Failure, FailureKind, JobResult};
 pub use handler::{Handler, HandlerOptions, JobContext, Registry, Started};
 pub use launcher::{EngineError, Worker};
+pub use observer::{Finished, Observer};
 pub use options::{HandlerConfig, HandlerSpec, QueueWeight, WorkerOptions};
 pub use service::Service;
 pub use work::{Action, Deferral, UnitOfWork, Write};

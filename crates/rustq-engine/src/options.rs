@@ -135,6 +135,15 @@ pub struct WorkerOptions {
     pub allowed_jobs: Option<Vec<String>>,
     /// `allowed_mailers`: when set, the only mailers `ActionMailer::MailDeliveryJob` may call.
     pub allowed_mailers: Option<Vec<String>>,
+    /// `http`: where the HTTP endpoint (`/metrics`, `/livez`, `/readyz`) listens; off when unset.
+    pub http: Option<std::net::SocketAddr>,
+    /// `http_token`: the bearer token `/metrics` asks for (required when `http` is beyond loopback).
+    pub http_token: Option<String>,
+    /// `otlp_endpoint`: the OTLP/HTTP collector job spans go to (`http://host:4318`, as
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; `/v1/traces` is added); no export when unset.
+    pub otlp_endpoint: Option<String>,
+    /// `trace_propagation`: how a job's span relates to the trace its push carried.
+    pub trace_propagation: crate::trace::Propagation,
 }
 
 impl Default for WorkerOptions {
@@ -167,6 +176,10 @@ impl Default for WorkerOptions {
             redis_url_given: false,
             allowed_jobs: None,
             allowed_mailers: None,
+            http: None,
+            http_token: None,
+            otlp_endpoint: None,
+            trace_propagation: crate::trace::Propagation::default(),
         }
     }
 }
@@ -188,7 +201,37 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Parses an `http` address: `host:port`, `[v6]:port`, or a bare port (on 127.0.0.1).
+pub fn parse_http_addr(text: &str) -> Option<std::net::SocketAddr> {
+    let text = text.trim();
+    if let Ok(port) = text.parse::<u16>() {
+        return Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    let text = text
+        .strip_prefix("localhost:")
+        .map_or(text.to_string(), |port| format!("127.0.0.1:{port}"));
+    text.parse().ok()
+}
+
 impl WorkerOptions {
+    /// Refuses settings that cannot hold together: an HTTP endpoint beyond loopback without a
+    /// token would show the fleet's queues to anyone who can reach it.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if let Some(addr) = self.http {
+            if !addr.ip().is_loopback() && self.http_token.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::Invalid(format!(
+                    "http: {addr} is beyond loopback: set http_token (or RUSTQ_HTTP_TOKEN) so only your scraper reads /metrics"
+                )));
+            }
+        }
+        if self.otlp_endpoint.is_some() && !cfg!(feature = "otlp") {
+            return Err(ConfigError::Invalid(
+                "otlp_endpoint: this rustq-worker was built without span export (cargo feature `otlp`)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// True when queues are checked in the order given (no weights), as `sidekiq -q a -q b`.
     pub fn strict_order(&self) -> bool {
         self.queues.iter().all(|q| q.weight == 0)
@@ -228,7 +271,11 @@ impl WorkerOptions {
         } else {
             text
         };
-        self.apply_yaml(&text, environment)
+        // The file's name leads every complaint about what is in it, so a bad key says where.
+        self.apply_yaml(&text, environment).map_err(|e| match e {
+            ConfigError::Invalid(why) => ConfigError::Invalid(format!("{}: {why}", path.display())),
+            other => other,
+        })
     }
 
     /// [`WorkerOptions::apply_file`] for the text of a config file, ERB already rendered.
@@ -337,6 +384,31 @@ impl WorkerOptions {
         if let Some(path) = map.get("require") {
             self.require =
                 Some(yaml_scalar(path).ok_or_else(|| invalid("require", "a file or directory"))?);
+        }
+        if let Some(addr) = map.get("http") {
+            self.http = Some(
+                yaml_scalar(addr)
+                    .and_then(|a| parse_http_addr(&a))
+                    .ok_or_else(|| {
+                        invalid("http", "an address such as 127.0.0.1:9394, or a port")
+                    })?,
+            );
+        }
+        if let Some(token) = map.get("http_token") {
+            self.http_token =
+                Some(yaml_scalar(token).ok_or_else(|| invalid("http_token", "a string"))?);
+        }
+        if let Some(url) = map.get("otlp_endpoint") {
+            let url = yaml_scalar(url).unwrap_or_default();
+            self.otlp_endpoint = Some(
+                crate::trace::check_endpoint(&url).map_err(|why| invalid("otlp_endpoint", &why))?,
+            );
+        }
+        if let Some(style) = map.get("trace_propagation") {
+            self.trace_propagation = yaml_scalar(style)
+                .as_deref()
+                .and_then(crate::trace::Propagation::parse)
+                .ok_or_else(|| invalid("trace_propagation", "child, link or none"))?;
         }
         if let Some(tag) = map.get("tag") {
             self.tag = tag.as_str().map(str::to_string);

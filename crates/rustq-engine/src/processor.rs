@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use rustq_core::wire;
 use rustq_core::Job;
+use tracing::Instrument;
 
 use crate::check_point::{CheckPoints, Verdict};
 use crate::control::Control;
@@ -16,6 +17,7 @@ use crate::dead_set;
 use crate::failure::{class, Failure, FailureKind, JobResult};
 use crate::handler::{JobContext, Registered, Registry, Started};
 use crate::job_retry::{self, RetryPolicy};
+use crate::observer::{Finished, Observers};
 use crate::stats::Counters;
 use crate::work::{Action, Deferral, UnitOfWork, Write};
 
@@ -31,6 +33,8 @@ pub struct Processor {
     pub counters: Arc<Counters>,
     /// What sees each job before it runs and each outcome.
     pub check_points: CheckPoints,
+    /// What is told of each job's start and end (metrics, traces).
+    pub observers: Observers,
     /// The process's control: a job not started when it quiets goes back.
     pub control: Control,
     /// With `WorkerOptions::dispatch_ahead`: the `concurrency` permits that handlers which do
@@ -130,6 +134,8 @@ impl Processor {
         let job = Arc::new(job);
         let class = job.display_class().to_string();
         let jid = job.jid().unwrap_or("").to_string();
+        let span = crate::trace::job_span(&job, &unit.queue, &class);
+        self.observers.started(&job, &unit.queue, &span);
         let begun = Instant::now();
         tracing::info!(class = %class, jid = %jid, "start");
         let result = match registered {
@@ -138,7 +144,11 @@ impl Processor {
                 "NameError",
                 format!("uninitialized constant {}", job.class().unwrap_or_default()),
             )),
-            Some(registered) => match self.run(registered, &job, unit, started).await {
+            Some(registered) => match self
+                .run(registered, &job, unit, started)
+                .instrument(span.clone())
+                .await
+            {
                 Some(result) => result,
                 None => {
                     return self.decided(&job, &unit.queue, Action::Requeue, passed);
@@ -148,6 +158,7 @@ impl Processor {
         let elapsed = begun.elapsed();
         let ms = elapsed.as_millis() as u64;
         let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+        let failed = matches!(&result, Err(f) if !matches!(f.kind, FailureKind::Requeue | FailureKind::Interrupted));
         let action = match result {
             Ok(()) => {
                 self.counters.record(&class, ms, false);
@@ -161,6 +172,7 @@ impl Processor {
             }
             Err(failure) => {
                 self.counters.record(&class, ms, true);
+                crate::trace::failed(&span, &failure.error_class);
                 tracing::warn!(class = %class, jid = %jid, elapsed_ms, error = %failure, "fail");
                 job_retry::on_failure(
                     (*job).clone(),
@@ -172,6 +184,16 @@ impl Processor {
                 )
             }
         };
+        if !self.observers.is_empty() {
+            self.observers.finished(&Finished {
+                job: &job,
+                queue: &unit.queue,
+                class: &class,
+                action: &action,
+                failed,
+                elapsed,
+            });
+        }
         self.decided(&job, &unit.queue, action, passed)
     }
 

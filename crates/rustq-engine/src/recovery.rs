@@ -95,6 +95,7 @@ pub struct Recovery {
     wire: WireVersion,
     script: redis::Script,
     dead: DeadSetLimits,
+    serves_metrics: bool,
 }
 
 impl Recovery {
@@ -107,7 +108,15 @@ impl Recovery {
             wire,
             script: redis::Script::new(RECOVER),
             dead: DeadSetLimits::default(),
+            serves_metrics: false,
         }
+    }
+
+    /// Says in this process's entry that it serves `/metrics`, so it may report the fleet
+    /// (see [`crate::fleet`]).
+    pub fn serving_metrics(mut self, serves: bool) -> Recovery {
+        self.serves_metrics = serves;
+        self
     }
 
     /// Limits for the dead set (jobs buried after `max_recoveries` deaths); Sidekiq's by default.
@@ -129,6 +138,7 @@ impl Recovery {
             "concurrency": concurrency,
             "boot_id": boot_id,
             "pidns": pidns,
+            "metrics": self.serves_metrics,
         });
         conn.hset(rkeys::PROCESSES, &self.identity, entry.to_string())
             .await

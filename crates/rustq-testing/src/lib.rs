@@ -142,7 +142,8 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback port nobody listens on now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -246,4 +247,149 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `GET path` from `addr` (`host:port`) over HTTP/1.1 with `headers`: the status and the body, or
+/// `None` when nothing answers within 5 s.
+pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    Some((
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        },
+    ))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A stand-in OpenTelemetry collector: accepts OTLP/HTTP JSON posts on a loopback port and keeps
+/// every span they carry (as JSON objects, with `resource` added from their resource's
+/// attributes). Answers each post `200 {}`.
+pub struct OtlpReceiver {
+    port: u16,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl OtlpReceiver {
+    pub fn start() -> OtlpReceiver {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the OTLP receiver");
+        let port = listener.local_addr().expect("its address").port();
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = spans.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let kept = kept.clone();
+                std::thread::spawn(move || serve_otlp(stream, &kept));
+            }
+        });
+        OtlpReceiver { port, spans }
+    }
+
+    /// `http://127.0.0.1:<port>`, as `otlp_endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The spans received so far.
+    pub fn spans(&self) -> Vec<serde_json::Value> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+fn serve_otlp(stream: TcpStream, spans: &std::sync::Mutex<Vec<serde_json::Value>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut writer = stream.try_clone().expect("clone the stream");
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        let mut first = true;
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line == "\r\n" && !first {
+                break;
+            }
+            first = false;
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        if let Ok(post) = serde_json::from_slice::<serde_json::Value>(&body) {
+            let mut kept = spans.lock().unwrap();
+            for resource_spans in post["resourceSpans"].as_array().into_iter().flatten() {
+                for scope in resource_spans["scopeSpans"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    for span in scope["spans"].as_array().into_iter().flatten() {
+                        let mut span = span.clone();
+                        span["resource"] = resource_spans["resource"].clone();
+                        kept.push(span);
+                    }
+                }
+            }
+        }
+        let answer =
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+        if writer.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// The value of attribute `key` of an OTLP JSON span (or resource): its string, int or bool.
+pub fn otlp_attribute(item: &serde_json::Value, key: &str) -> Option<String> {
+    let attribute = item["attributes"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)?;
+    let value = &attribute["value"];
+    value["stringValue"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| value["intValue"].as_str().map(str::to_string))
+        .or_else(|| value["intValue"].as_i64().map(|v| v.to_string()))
+        .or_else(|| value["boolValue"].as_bool().map(|v| v.to_string()))
 }

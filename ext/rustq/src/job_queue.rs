@@ -35,6 +35,8 @@ pub struct Dispatch {
     pub started: Started,
     /// Where the answer goes.
     pub reply: oneshot::Sender<JobResult>,
+    /// The job's trace context, for the Ruby thread to run it in.
+    pub trace: Vec<(&'static str, String)>,
 }
 
 /// An ActiveJob payload's wrapper class and jid.

@@ -60,6 +60,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
         method!(worker::Worker::allowed_mailers, 0),
     )?;
     worker.define_method("identity", method!(worker::Worker::identity, 0))?;
+    worker.define_method("listen", method!(worker::Worker::listen, 0))?;
     worker.define_method("start", method!(worker::Worker::start, 0))?;
     worker.define_method(
         "adopt_redis_url",
@@ -80,5 +81,6 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     let running = native.define_class("Running", ruby.class_object())?;
     running.define_method("payload_json", method!(worker::Running::payload_json, 0))?;
     running.define_method("payload", method!(worker::Running::payload, 0))?;
+    running.define_method("trace_context", method!(worker::Running::trace_context, 0))?;
     Ok(())
 }

@@ -37,6 +37,7 @@ impl Handler for RubyHandler {
             outlook: job_retry::outlook(ctx.job(), None, self.policy, rustq_core::wire::now_secs()),
             started: ctx.start_signal(),
             reply,
+            trace: rustq_engine::trace::carrier(ctx.job()),
         });
         // Dropping this future (time limit, the job taken back) drops `answer`, which tells the
         // Ruby side (`stop_abandoned`, `Dispatch::take`) the engine no longer waits for the job.

@@ -83,6 +83,8 @@ struct Seat {
     json: Mutex<Option<Arc<str>>>,
     /// The running (or last) job's payload, for `Running#payload`.
     tape: Mutex<Option<to_ruby::Tape>>,
+    /// The running (or last) job's trace context, for `Running#trace_context`.
+    trace: Mutex<Vec<(&'static str, String)>>,
     /// `stop_abandoned` took this thread's job and has not finished raising in it yet.
     raising: AtomicBool,
 }
@@ -133,6 +135,21 @@ impl Running {
         // Copied out first: no lock is held while Ruby allocates.
         let tape = lock(&rb_self.seat.tape).clone();
         tape.map(|tape| to_ruby::hash_from_tape(ruby, &tape))
+    }
+
+    /// `trace_context`: the running job's W3C trace context (`traceparent`, `tracestate`,
+    /// `baggage`) as a Hash, for `OpenTelemetry.propagation.extract`: its engine span's when the
+    /// engine exports spans, else its push's; nil when it has none.
+    pub fn trace_context(ruby: &Ruby, rb_self: &Running) -> Result<Option<RHash>, Error> {
+        let pairs = lock(&rb_self.seat.trace).clone();
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        let hash = ruby.hash_new();
+        for (key, value) in pairs {
+            hash.aset(key, value)?;
+        }
+        Ok(Some(hash))
     }
 
     /// `payload_json`: the running job's JSON as it was stored in Redis (what Sidekiq's error
@@ -273,6 +290,21 @@ impl Worker {
         Ok(Some(redacted))
     }
 
+    /// `listen`: opens the HTTP endpoint's socket (`--http`/`http:`) before the app boots, so a port
+    /// in use or an address this host does not have is a usage error (exit 2) naming it.
+    pub fn listen(ruby: &Ruby, rb_self: &Worker) -> Result<(), Error> {
+        let mut pending = rb_self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((engine, _)) = pending.as_mut() else {
+            return Err(errors::internal(
+                ruby,
+                "this worker has already been started",
+            ));
+        };
+        engine
+            .listen()
+            .map_err(|e| errors::usage(ruby, format!("rustq-worker: {e}\n"), 2))
+    }
+
     /// Sets up logging as the flags ask and starts the engine on rustq's runtime. Once.
     pub fn start(ruby: &Ruby, rb_self: &Worker) -> Result<(), Error> {
         let Some((engine, parsed)) = rb_self
@@ -299,6 +331,8 @@ impl Worker {
         let answers = rb_self.answers.clone();
         rb_self.runtime.spawn(async move {
             let outcome = engine.run().await.map_err(|e| e.to_string());
+            // The last jobs' spans go out before the process exits.
+            let _ = tokio::task::spawn_blocking(rustq_engine::trace::shutdown).await;
             collector.abort();
             answers.deliver();
             let _ = finish.send(Some(outcome));
@@ -330,6 +364,7 @@ impl Worker {
             current: Mutex::new(None),
             json: Mutex::new(None),
             tape: Mutex::new(None),
+            trace: Mutex::new(Vec::new()),
             raising: AtomicBool::new(false),
         });
         let _registered = Registered::new(&rb_self.running, seat.clone());
@@ -353,6 +388,7 @@ impl Worker {
             let queue = to_ruby::word(ruby, &dispatch.queue);
             let outlook = to_ruby::word(ruby, outlook);
             *lock(&seat.json) = Some(dispatch.json);
+            *lock(&seat.trace) = dispatch.trace;
             *lock(&seat.current) = Some(dispatch.reply);
             let answer = match &dispatch.active_job {
                 Some(parts) => {
