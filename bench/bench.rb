@@ -391,9 +391,10 @@ module Bench
     # /metrics scraped every second, 15× a usual Prometheus interval) and off, runs interleaved.
     # The rustq column is "on", the Sidekiq column "off".
     def metrics_scenario
-      count = @quick ? 50_000 : 100_000
+      count = @quick ? 100_000 : 300_000
       on = []
       off = []
+      scrapes = 0
       @runs.times do |i|
         off << drain(rust_worker_argv(RUST_WORKER, ["--noop", "NoopJob"]), count)
         port = free_port
@@ -401,20 +402,21 @@ module Bench
           loop do
             TCPSocket.open("127.0.0.1", port) do |s|
               s.write("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-              s.read
+              scrapes += 1 if s.read.start_with?("HTTP/1.1 200")
             end
           rescue SystemCallError
             nil
           ensure
-            sleep 1
+            sleep 0.1
           end
         end
         on << drain(rust_worker_argv(RUST_WORKER, ["--noop", "NoopJob", "--http", "127.0.0.1:#{port}"]), count)
         scraper.kill
-        log format("10 run %d: off %.0f, on %.0f jobs/s", i + 1, off.last, on.last)
+        log format("10 run %d: off %.0f, on %.0f jobs/s (%d scrapes so far)", i + 1, off.last, on.last, scrapes)
       end
-      row("10", "no-op jobs with the metrics endpoint on (scraped every 1 s) vs off, `rustq-worker` both (#{number(count, "jobs")})",
-          "jobs/s", Stat.of(on), Stat.of(off), target: target("≥ 0.95×") { |_, _, r| r && r >= 0.95 })
+      row("10", "no-op jobs with the metrics endpoint on (scraped every 0.1 s) vs off, `rustq-worker` both (#{number(count, "jobs")})",
+          "jobs/s", Stat.of(on), Stat.of(off), target: target("≥ 0.95×") { |_, _, r| r && r >= 0.95 },
+          note: "columns: on (rustq), off (Sidekiq column)")
     end
 
     def free_port
