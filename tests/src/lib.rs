@@ -19,11 +19,18 @@ pub struct Sidekiq {
 impl Sidekiq {
     /// Starts `sidekiq -r tests/ruby/sidekiq_app.rb -c 2` on the given queues.
     pub fn start(redis: &RedisServer, queues: &[&str]) -> Sidekiq {
+        Sidekiq::start_app(
+            redis,
+            &repo_root().join("tests/ruby/sidekiq_app.rb"),
+            queues,
+        )
+    }
+
+    /// Starts `sidekiq -r APP -c 2` on the given queues.
+    pub fn start_app(redis: &RedisServer, app: &std::path::Path, queues: &[&str]) -> Sidekiq {
         let log = redis.dir().join("sidekiq.log");
         let mut cmd = sidekiq_command();
-        cmd.arg("-r")
-            .arg(repo_root().join("tests/ruby/sidekiq_app.rb"))
-            .args(["-c", "2", "-t", "1"]);
+        cmd.arg("-r").arg(app).args(["-c", "2", "-t", "1"]);
         for q in queues {
             cmd.args(["-q", q]);
         }

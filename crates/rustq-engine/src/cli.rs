@@ -9,7 +9,7 @@
 //! }
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -158,6 +158,9 @@ pub fn main(registry: Registry) -> ExitCode {
 
 /// [`main`], letting `setup` add check points and services to the worker before it runs.
 pub fn main_with(registry: Registry, setup: impl FnOnce(&mut Worker)) -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "cron") {
+        return crate::cron_command::main(std::env::args_os().skip(1), &crate::erb::render_env);
+    }
     let parsed = match parse_from(std::env::args_os()) {
         Ok(p) => p,
         Err(e) => {
@@ -223,22 +226,12 @@ fn build_options(
             .iter()
             .find_map(|v| std::env::var(v).ok())
     });
-    let config = cli.config.clone().or_else(|| {
-        [
-            "config/rustq.yml",
-            "config/sidekiq.yml",
-            "config/sidekiq.yml.erb",
-        ]
-        .iter()
-        .map(Path::new)
-        .find(|p| p.exists())
-        .map(Path::to_path_buf)
-    });
-    if let Some(path) = &config {
-        options
-            .apply_file_with(path, environment.as_deref(), render)
-            .map_err(|e| e.to_string())?;
-    }
+    crate::options::apply_config(
+        &mut options,
+        cli.config.clone(),
+        environment.as_deref(),
+        render,
+    )?;
     if let Some(url) = &cli.redis_url {
         options.redis.url = url.clone();
         // From REDIS_URL (which also overrides the file's `redis_url`), it was not named for

@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use crate::ack::Acker;
 use crate::check_point::{CheckPoint, CheckPoints};
 use crate::control::Control;
+use crate::cron::{CronCounters, Scheduler};
 use crate::fetch::{Fetcher, Waiters};
 use crate::handler::Registry;
 use crate::heartbeat::{self, Beat, Busy, Dump, Heartbeat, Signals};
@@ -134,8 +135,10 @@ impl Worker {
         // The endpoint serves from the start: probes answer while Redis is still awaited.
         let redis_cell = Arc::new(OnceLock::new());
         let busy_cell = Arc::new(OnceLock::new());
+        let cron_counters = CronCounters::default();
         if let Some(listener) = listener {
             let metrics = Arc::new(Metrics::new());
+            cron_counters.register(metrics.registry());
             observers.add(metrics.clone());
             let endpoint = Arc::new(Endpoint {
                 metrics,
@@ -291,6 +294,18 @@ impl Worker {
                     every,
                 }));
             }
+        }
+        if options.cron {
+            services.push(Box::new(Scheduler {
+                schedules: rustq_cron::Schedules::new(
+                    conn.clone(),
+                    options.wire,
+                    options.cron_timezone,
+                ),
+                control: control.clone(),
+                files: options.schedule.clone(),
+                counters: cron_counters,
+            }));
         }
         services.extend(extra);
 

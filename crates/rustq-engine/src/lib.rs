@@ -8,7 +8,8 @@
 //! the [`dead_set`], a requeue, a deferral, a check point's writes). Beside the jobs run the
 //! [`service`]s: [`scheduled`] brings due retries and scheduled jobs back, [`heartbeat`] keeps
 //! the process visible with its [`stats`], [`recovery`] rescues the jobs of processes that died,
-//! [`orphans`] those a lost fetch reply left in this process's lists (counted by [`holdings`]).
+//! [`orphans`] those a lost fetch reply left in this process's lists (counted by [`holdings`]),
+//! and [`cron`] enqueues recurring jobs on their ticks.
 //! The [`launcher`] runs the whole life of a process under its [`control`] (telling [`systemd`]
 //! when it is ready and when it stops, as `sidekiq` does); [`options`] and [`cli`] read its
 //! settings, [`keys`] names rustq's own Redis keys.
@@ -44,6 +45,7 @@ pub mod observer;
 pub mod outcome;
 pub mod processor;
 
+pub mod cron;
 pub mod heartbeat;
 pub mod holdings;
 pub mod orphans;
@@ -54,6 +56,7 @@ pub mod stats;
 
 pub mod cli;
 pub mod control;
+pub mod cron_command;
 pub mod erb;
 pub mod fleet;
 pub mod http;

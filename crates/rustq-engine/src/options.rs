@@ -1,7 +1,7 @@
 //! How a worker is configured: Sidekiq's options (`sidekiq.yml` shape) plus rustq's own.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rustq_core::{RedisConfig, Retry, WireVersion};
@@ -144,6 +144,15 @@ pub struct WorkerOptions {
     pub otlp_endpoint: Option<String>,
     /// `trace_propagation`: how a job's span relates to the trace its push carried.
     pub trace_propagation: crate::trace::Propagation,
+    /// `cron`: run the scheduler of recurring jobs (on unless `false`).
+    pub cron: bool,
+    /// `cron_timezone`: the zone of cron lines without one (default: `TZ`, else UTC).
+    pub cron_timezone: rustq_cron::Zone,
+    /// Schedules of the `schedule:` section and the schedule file (`schedule_file`, default
+    /// `config/schedule.yml` when it exists); `None` when neither was given.
+    pub schedule: Option<Vec<rustq_cron::Schedule>>,
+    /// `schedule_file`: sidekiq-cron's schedule file to read.
+    pub schedule_file: Option<String>,
 }
 
 impl Default for WorkerOptions {
@@ -180,6 +189,10 @@ impl Default for WorkerOptions {
             http_token: None,
             otlp_endpoint: None,
             trace_propagation: crate::trace::Propagation::default(),
+            cron: true,
+            cron_timezone: rustq_cron::Zone::from_env(),
+            schedule: None,
+            schedule_file: None,
         }
     }
 }
@@ -296,6 +309,54 @@ impl WorkerOptions {
         for layer in layers {
             self.apply_layer(&layer)?;
         }
+        self.check_schedules()
+    }
+
+    /// Reads a schedule file in sidekiq-cron's shapes (hash or array; ERB rendered by `render`),
+    /// adding its schedules to the `schedule:` section's. Its path leads every complaint.
+    pub fn apply_schedule_file(
+        &mut self,
+        path: &Path,
+        render: &dyn Fn(&str) -> Result<String, String>,
+    ) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let at = |why: String| ConfigError::Invalid(format!("{}: {why}", path.display()));
+        let text = if text.contains("<%") {
+            render(&text).map_err(at)?
+        } else {
+            text
+        };
+        let doc: Yaml =
+            serde_norway::from_str(&text).map_err(|e| at(format!("not valid YAML: {e}")))?;
+        let found = rustq_cron::file::schedules(&doc).map_err(|e| at(e.to_string()))?;
+        let all = self.schedule.get_or_insert_with(Vec::new);
+        for s in found {
+            if all
+                .iter()
+                .any(|held| held.name == s.name && held.namespace == s.namespace)
+            {
+                return Err(at(format!(
+                    "schedule {:?} is also in the config's `schedule:`",
+                    s.name
+                )));
+            }
+            all.push(s);
+        }
+        self.check_schedules().map_err(|e| match e {
+            ConfigError::Invalid(why) => at(why),
+            other => other,
+        })
+    }
+
+    /// Every declared schedule's cron line parses, in `cron_timezone`.
+    fn check_schedules(&self) -> Result<(), ConfigError> {
+        for s in self.schedule.iter().flatten() {
+            s.check(self.cron_timezone)
+                .map_err(|e| ConfigError::Invalid(format!("`schedule`: {e}")))?;
+        }
         Ok(())
     }
 
@@ -409,6 +470,32 @@ impl WorkerOptions {
                 .as_deref()
                 .and_then(crate::trace::Propagation::parse)
                 .ok_or_else(|| invalid("trace_propagation", "child, link or none"))?;
+        }
+        if let Some(on) = map.get("cron") {
+            self.cron = on
+                .as_bool()
+                .ok_or_else(|| invalid("cron", "true or false"))?;
+        }
+        if let Some(zone) = map.get("cron_timezone") {
+            self.cron_timezone = yaml_scalar(zone)
+                .as_deref()
+                .and_then(rustq_cron::Zone::parse)
+                .ok_or_else(|| {
+                    invalid(
+                        "cron_timezone",
+                        "a time zone such as Europe/Berlin, UTC or +09:00",
+                    )
+                })?;
+        }
+        if let Some(section) = map.get("schedule") {
+            self.schedule = Some(
+                rustq_cron::file::schedules(section)
+                    .map_err(|e| ConfigError::Invalid(format!("`schedule`: {e}")))?,
+            );
+        }
+        if let Some(path) = map.get("schedule_file") {
+            self.schedule_file =
+                Some(yaml_scalar(path).ok_or_else(|| invalid("schedule_file", "a file path"))?);
         }
         if let Some(tag) = map.get("tag") {
             self.tag = tag.as_str().map(str::to_string);
@@ -551,6 +638,68 @@ fn normalize_keys(v: Yaml) -> Yaml {
         ),
         other => other,
     }
+}
+
+/// Applies the config file named, else the first of `config/rustq.yml`, `config/sidekiq.yml` and
+/// `config/sidekiq.yml.erb` there is; then the schedule file it names, else
+/// `config/schedule.yml` when there is one.
+pub fn apply_config(
+    options: &mut WorkerOptions,
+    named: Option<PathBuf>,
+    environment: Option<&str>,
+    render: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<(), String> {
+    let first = |paths: &[&str]| {
+        paths
+            .iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .map(Path::to_path_buf)
+    };
+    let config = named.or_else(|| {
+        first(&[
+            "config/rustq.yml",
+            "config/sidekiq.yml",
+            "config/sidekiq.yml.erb",
+        ])
+    });
+    if let Some(path) = &config {
+        options
+            .apply_file_with(path, environment, render)
+            .map_err(|e| e.to_string())?;
+    }
+    let schedule_file = options
+        .schedule_file
+        .clone()
+        .map(PathBuf::from)
+        .or_else(|| first(&["config/schedule.yml", "config/schedule.yaml"]));
+    if let Some(path) = schedule_file {
+        options
+            .apply_schedule_file(&path, render)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Options for a command that only reads the config (`rustq-worker cron`): the file, its
+/// schedule file, then `redis_url`.
+pub fn config_options(
+    config: Option<PathBuf>,
+    environment: Option<String>,
+    redis_url: Option<String>,
+    render: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<WorkerOptions, String> {
+    let mut options = WorkerOptions::default();
+    let environment = environment.or_else(|| {
+        ["RAILS_ENV", "RACK_ENV", "APP_ENV"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok())
+    });
+    apply_config(&mut options, config, environment.as_deref(), render)?;
+    if let Some(url) = redis_url {
+        options.redis.url = url;
+    }
+    Ok(options)
 }
 
 #[cfg(test)]

@@ -53,7 +53,9 @@ where
                 .with_batch_exporter(exporter)
                 .with_resource(resource.build())
                 .build();
-            PROVIDER.get_or_init(|| provider).clone()
+            let provider = PROVIDER.get_or_init(|| provider).clone();
+            trace::set_exporter(Box::new(Otlp));
+            provider
         }
     };
     let tracer = provider.tracer("rustq");
@@ -63,15 +65,18 @@ where
         .boxed())
 }
 
-/// True once spans are exported.
-pub fn exporting() -> bool {
-    PROVIDER.get().is_some()
-}
+/// The OTLP exporter, as [`crate::trace`] sees it.
+struct Otlp;
 
-/// Sends the spans still batched and stops the exporter.
-pub fn shutdown() {
-    if let Some(provider) = PROVIDER.get() {
-        let _ = provider.shutdown();
+impl trace::Exporter for Otlp {
+    fn carrier(&self, job: &Job) -> Vec<(&'static str, String)> {
+        current_carrier(job)
+    }
+
+    fn shutdown(&self) {
+        if let Some(provider) = PROVIDER.get() {
+            let _ = provider.shutdown();
+        }
     }
 }
 

@@ -99,15 +99,30 @@ pub fn failed(span: &tracing::Span, error_class: &str) {
     span.record("error.type", error_class);
 }
 
+/// What exports spans, once one does (the `otlp` feature's exporter registers itself here, so
+/// this module needs nothing above it).
+pub trait Exporter: Send + Sync {
+    /// The current span's context (the job's, inside its span) as W3C header pairs.
+    fn carrier(&self, job: &Job) -> Vec<(&'static str, String)>;
+    /// Sends the spans still batched and stops.
+    fn shutdown(&self);
+}
+
+static EXPORTER: std::sync::OnceLock<Box<dyn Exporter>> = std::sync::OnceLock::new();
+
+/// Registers the process's span exporter (the first one stays).
+pub fn set_exporter(exporter: Box<dyn Exporter>) {
+    let _ = EXPORTER.set(exporter);
+}
+
 /// The trace context for code that runs the job outside the engine (the Ruby host's threads),
 /// called inside the job's span: the span's own context when spans are exported, else what the
 /// push carried. Pairs of W3C header name and value.
 pub fn carrier(job: &Job) -> Vec<(&'static str, String)> {
-    #[cfg(feature = "otlp")]
-    if crate::otlp::exporting() {
-        return crate::otlp::current_carrier(job);
+    match EXPORTER.get() {
+        Some(exporter) => exporter.carrier(job),
+        None => pushed(job),
     }
-    pushed(job)
 }
 
 /// The well-formed context keys the payload carries (`traceparent` checked, the others only
@@ -128,8 +143,9 @@ pub fn pushed(job: &Job) -> Vec<(&'static str, String)> {
 /// Flushes and stops the span exporter, if any: spans of the last jobs are sent before the
 /// process exits. Blocks up to the exporter's timeout; call it off the async runtime.
 pub fn shutdown() {
-    #[cfg(feature = "otlp")]
-    crate::otlp::shutdown();
+    if let Some(exporter) = EXPORTER.get() {
+        exporter.shutdown();
+    }
 }
 
 /// The W3C `traceparent` a push carried, if well formed (`00-<32 hex>-<16 hex>-<2 hex>`, ids

@@ -1,0 +1,215 @@
+//! Schedules declared in files, in sidekiq-cron's shapes: a hash of name → schedule, or an
+//! array of schedules with a `name` (the `schedule:` section of a config file, or
+//! `config/schedule.yml`). Keys: `cron`, `class` (or `klass`), `args`, `queue`, `description`,
+//! `status`, `namespace`, `retry`, `active_job`, `date_as_argument`, `queue_name_prefix`,
+//! `queue_name_delimiter`, `symbolize_args`, and rustq's `missed` (`skip`, `latest`, `all`) and
+//! `missed_cap`.
+
+use serde_json::Value;
+use serde_norway::Value as Yaml;
+
+use crate::schedule::{parse_args, Missed, Schedule, Source, Status};
+
+/// Why a file's schedules were refused: the message names the schedule and the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FileError(pub String);
+
+/// Reads the schedules of a `schedule:` section or a schedule file's document (ERB rendered).
+pub fn schedules(doc: &Yaml) -> Result<Vec<Schedule>, FileError> {
+    let mut found = Vec::new();
+    match doc {
+        Yaml::Null => {}
+        Yaml::Mapping(map) => {
+            for (name, spec) in map {
+                let name = scalar(name)
+                    .ok_or_else(|| FileError("a schedule's name is not a string".into()))?;
+                found.push(schedule(&name, spec)?);
+            }
+        }
+        Yaml::Sequence(list) => {
+            for (i, spec) in list.iter().enumerate() {
+                let name = spec
+                    .get("name")
+                    .and_then(scalar)
+                    .ok_or_else(|| FileError(format!("schedule #{} has no `name`", i + 1)))?;
+                found.push(schedule(&name, spec)?);
+            }
+        }
+        _ => {
+            return Err(FileError(
+                "schedules must be a hash (name: {cron: …, class: …}) or an array of them".into(),
+            ))
+        }
+    }
+    let mut names: Vec<(&str, &str)> = found
+        .iter()
+        .map(|s| (s.namespace.as_str(), s.name.as_str()))
+        .collect();
+    names.sort();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(FileError(format!(
+            "schedule {:?} is declared twice",
+            w[0].1
+        )));
+    }
+    Ok(found)
+}
+
+fn scalar(v: &Yaml) -> Option<String> {
+    match v {
+        Yaml::String(s) => Some(s.trim_start_matches(':').to_string()),
+        Yaml::Number(n) => Some(n.to_string()),
+        Yaml::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn flag(v: &Yaml) -> Option<bool> {
+    match v {
+        Yaml::Bool(b) => Some(*b),
+        other => scalar(other).map(|s| {
+            matches!(
+                s.to_ascii_lowercase().as_str(),
+                "true" | "t" | "yes" | "y" | "1"
+            )
+        }),
+    }
+}
+
+fn schedule(name: &str, spec: &Yaml) -> Result<Schedule, FileError> {
+    let bad =
+        |key: &str, what: &str| FileError(format!("schedule {name:?}: `{key}` must be {what}"));
+    let Yaml::Mapping(_) = spec else {
+        return Err(FileError(format!(
+            "schedule {name:?} must be a hash with `cron` and `class`"
+        )));
+    };
+    let get = |key: &str| {
+        spec.get(key)
+            .or_else(|| spec.get(format!(":{key}").as_str()))
+    };
+    let cron = get("cron")
+        .and_then(scalar)
+        .ok_or_else(|| bad("cron", "a cron line (\"0 3 * * *\")"))?;
+    let class = get("class")
+        .or_else(|| get("klass"))
+        .and_then(scalar)
+        .ok_or_else(|| bad("class", "a job class name"))?;
+    let mut s = Schedule::new(name, &cron, &class);
+    s.source = Source::File;
+    if let Some(args) = get("args") {
+        s.args = match args {
+            Yaml::Null => Vec::new(),
+            Yaml::String(text) => parse_args(text),
+            other => {
+                match serde_json::to_value(other).map_err(|_| bad("args", "JSON-like values"))? {
+                    Value::Array(a) => a,
+                    one => vec![one],
+                }
+            }
+        };
+    }
+    if let Some(q) = get("queue") {
+        s.queue = scalar(q).ok_or_else(|| bad("queue", "a queue name"))?;
+    }
+    if let Some(d) = get("description") {
+        s.description = scalar(d).unwrap_or_default();
+    }
+    if let Some(ns) = get("namespace") {
+        s.namespace = scalar(ns).ok_or_else(|| bad("namespace", "a string"))?;
+    }
+    if let Some(status) = get("status") {
+        s.status = Some(match scalar(status).as_deref() {
+            Some("enabled") => Status::Enabled,
+            Some("disabled") => Status::Disabled,
+            _ => return Err(bad("status", "enabled or disabled")),
+        });
+    }
+    if let Some(retry) = get("retry") {
+        s.retry = Some(match retry {
+            Yaml::Bool(b) => Value::Bool(*b),
+            Yaml::Number(n) if n.as_u64().is_some() => Value::from(n.as_u64().unwrap_or_default()),
+            _ => return Err(bad("retry", "true, false or a number of retries")),
+        });
+    }
+    for (key, field) in [
+        ("active_job", &mut s.active_job),
+        ("date_as_argument", &mut s.date_as_argument),
+        ("symbolize_args", &mut s.symbolize_args),
+    ] {
+        if let Some(v) = get(key) {
+            *field = flag(v).ok_or_else(|| bad(key, "true or false"))?;
+        }
+    }
+    if let Some(p) = get("queue_name_prefix") {
+        s.queue_name_prefix = scalar(p).unwrap_or_default();
+    }
+    if let Some(d) = get("queue_name_delimiter") {
+        s.queue_name_delimiter = scalar(d).unwrap_or_default();
+    }
+    if let Some(m) = get("missed") {
+        s.missed = scalar(m)
+            .as_deref()
+            .and_then(Missed::parse)
+            .ok_or_else(|| bad("missed", "skip, latest or all"))?;
+    }
+    if let Some(cap) = get("missed_cap") {
+        s.missed_cap = cap
+            .as_u64()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| bad("missed_cap", "a whole number from 1 to 10000"))?
+            as u32;
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> Result<Vec<Schedule>, FileError> {
+        schedules(&serde_norway::from_str(text).unwrap())
+    }
+
+    #[test]
+    fn reads_sidekiq_crons_hash_and_array_shapes() {
+        let hash = read(
+            "nightly:\n  cron: \"0 3 * * *\"\n  class: ReportJob\n  args: [1, 2]\n  queue: low\n  missed: all\n  missed_cap: 3\n\
+             digest:\n  cron: \"@daily\"\n  klass: DigestJob\n  args: '[\"x\"]'\n  status: disabled\n",
+        )
+        .unwrap();
+        assert_eq!(hash.len(), 2);
+        assert_eq!(hash[0].name, "nightly");
+        assert_eq!(hash[0].args, vec![Value::from(1), Value::from(2)]);
+        assert_eq!(hash[0].missed, Missed::All);
+        assert_eq!(hash[0].missed_cap, 3);
+        assert_eq!(hash[1].args, vec![Value::from("x")]);
+        assert_eq!(hash[1].status, Some(Status::Disabled));
+        let array =
+            read("- name: one\n  cron: \"* * * * *\"\n  class: OneJob\n  args: {a: 1}\n").unwrap();
+        assert_eq!(array[0].name, "one");
+        assert_eq!(array[0].args, vec![serde_json::json!({"a": 1})]);
+        assert_eq!(array[0].source, Source::File);
+    }
+
+    #[test]
+    fn bad_entries_name_the_schedule_and_key() {
+        assert_eq!(
+            read("nightly:\n  class: ReportJob\n")
+                .unwrap_err()
+                .to_string(),
+            "schedule \"nightly\": `cron` must be a cron line (\"0 3 * * *\")"
+        );
+        assert!(
+            read("x:\n  cron: \"* * * * *\"\n  class: A\n  missed: never\n")
+                .unwrap_err()
+                .to_string()
+                .contains("`missed` must be skip, latest or all")
+        );
+        assert!(read("- cron: \"* * * * *\"\n  class: A\n")
+            .unwrap_err()
+            .to_string()
+            .contains("#1 has no `name`"));
+    }
+}
