@@ -168,6 +168,7 @@ module Bench
       scenario(8) { memory_scenario }
       scenario(9) { scaling_scenario }
       scenario(10) { metrics_scenario }
+      scenario(11) { cron_scenario }
       seconds = Bench.now - started
       log format("done in %.0f s", seconds)
       report(seconds)
@@ -417,6 +418,66 @@ module Bench
       row("10", "no-op jobs with the metrics endpoint on (scraped every 0.1 s) vs off, `rustq-worker` both (#{number(count, "jobs")})",
           "jobs/s", Stat.of(on), Stat.of(off), target: target("≥ 0.95×") { |_, _, r| r && r >= 0.95 },
           note: "columns: on (rustq), off (Sidekiq column)")
+    end
+
+    PEERS = File.expand_path("../../shared/peers", ROOT)
+    CRON_APP = File.join(__dir__, "ruby", "cron_app.rb")
+
+    # An idle worker with 10,000 recurring jobs (made with sidekiq-cron's own API, none due):
+    # Redis commands per second and CPU of the whole process, `rustq-worker` against Sidekiq 7.3
+    # with sidekiq-cron 2.3.1's poller, and the same two with no schedule (what the scheduler adds).
+    def cron_scenario
+      with = File.join(PEERS, "with-sidekiq")
+      unless File.executable?(with)
+        log "11 skipped: #{PEERS}/with-sidekiq (sidekiq-cron 2.3.1) not found"
+        return
+      end
+      count = @quick ? 2_000 : 10_000
+      window = @quick ? 20 : 60
+      figures = {}
+      [0, count].each do |schedules|
+        @redis.flush
+        if schedules.positive?
+          out = IO.popen({ "REDIS_URL" => @redis.url }, [with, "7", RUBY, "-W0", CRON_APP, "make", schedules.to_s],
+                         err: [:child, :out], &:read)
+          raise "making #{schedules} schedules failed: #{out}" unless $?.success?
+        end
+        { "rustq" => rust_worker_argv(RUST_WORKER, ["--noop", "NoopJob"]),
+          "sidekiq" => [with, "7", "sidekiq", "-r", CRON_APP, "-c", CONCURRENCY.to_s, "-q", "default"] }.each do |side, argv|
+          figures[[side, schedules]] = idle_cost(argv, window, "cron-#{side}-#{schedules}")
+          log format("11 %s, %d schedules: %.1f Redis commands/s, %.2f %% of a core", side, schedules, *figures[[side, schedules]])
+        end
+      end
+      stat = ->(v) { Stat.of([v]) }
+      name = "idle worker with #{number(count, "schedules")} (sidekiq-cron's, none due; #{window} s): `rustq-worker` vs Sidekiq 7.3 + sidekiq-cron 2.3.1"
+      note = format("with no schedule: rustq %.1f commands/s, %.2f %%; Sidekiq %.1f commands/s, %.2f %%",
+                    *figures[["rustq", 0]], *figures[["sidekiq", 0]])
+      row("11", "#{name}, Redis commands", "commands/s", stat.call(figures[["rustq", count]][0]),
+          stat.call(figures[["sidekiq", count]][0]), better: :lower, note: note)
+      row("11", "#{name}, CPU", "% of a core", stat.call(figures[["rustq", count]][1]),
+          stat.call(figures[["sidekiq", count]][1]), better: :lower, note: note)
+    end
+
+    # Starts `argv`, lets it settle 15 s (boot, a first read of the schedules, sidekiq-cron's
+    # initial wait), then measures `window` seconds: Redis commands per second (all clients:
+    # only this worker talks to Redis) and the process's CPU in % of one core.
+    def idle_cost(argv, window, label)
+      worker = WorkerProcess.new(argv, env: { "REDIS_URL" => @redis.url }, log: File.join(@dir, "#{label}.log"))
+      sleep 15
+      calls = lambda do
+        @redis.client.call("INFO", "commandstats").lines.grep(/\Acmdstat_/).sum do |line|
+          line.start_with?("cmdstat_info:") ? 0 : line[/calls=(\d+)/, 1].to_i
+        end
+      end
+      cpu = -> { File.read("/proc/#{worker.pid}/stat").split(") ").last.split[11, 2].sum(&:to_i) / 100.0 }
+      c0 = calls.call
+      t0 = Bench.now
+      u0 = cpu.call
+      sleep window
+      commands = (calls.call - c0) / (Bench.now - t0)
+      used = (cpu.call - u0) / (Bench.now - t0) * 100
+      worker.stop
+      [commands, used]
     end
 
     def free_port

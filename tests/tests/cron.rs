@@ -182,6 +182,8 @@ fn missed_ticks_follow_each_schedules_policy() {
     );
 }
 
+/// Runs `rustq-worker cron ARGS` as an operator would (`rustq-worker cron list`,
+/// `rustq-worker cron disable NAME`, `rustq-worker cron enable NAME`, `rustq-worker cron enqueue NAME`).
 fn rustq_cron(redis: &RedisServer, args: &[&str]) -> (i32, String) {
     let out = std::process::Command::new(WORKER)
         .arg("cron")
@@ -536,4 +538,81 @@ print page.body.include?("made by rustq") && page.body.include?("ours") ? "liste
     );
     worker.signal("TERM");
     worker.wait(Duration::from_secs(10));
+}
+
+#[test]
+fn overlap_skips_ticks_while_the_previous_job_runs_or_waits_and_a_dead_run_blocks_nothing() {
+    let redis = RedisServer::start();
+    let config = config_file(
+        &redis,
+        "schedule:\n  slow:\n    cron: \"* * * * * *\"\n    class: SlowJob\n    args: [2500]\n    queue: slow\n    overlap: skip_if_running\n\
+         \x20 waiting:\n    cron: \"* * * * * *\"\n    class: TickJob\n    queue: nobody\n    overlap: skip_if_queued\n\
+         \x20 free:\n    cron: \"* * * * * *\"\n    class: TickJob\n    queue: nobody_free\n",
+    );
+    let mut worker = TestWorker::start(WORKER, &redis, &["-C", &config, "-q", "slow", "-c", "5"]);
+    std::thread::sleep(Duration::from_secs(10));
+    worker.signal("TERM");
+    assert!(worker
+        .wait(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+    // skip_if_running: a 2.5 s job ticked every second never runs twice at once.
+    let mut runs: Vec<(u64, u64)> = redis
+        .cli(&["LRANGE", "slow_runs", "0", "-1"])
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|r| (r["start"].as_u64().unwrap(), r["end"].as_u64().unwrap()))
+        .collect();
+    runs.sort();
+    assert!(runs.len() >= 2, "{runs:?}\n{}", worker.log_text());
+    assert!(
+        runs.windows(2).all(|w| w[1].0 >= w[0].1),
+        "overlapping runs: {runs:?}"
+    );
+    let skipped = worker.log_text().matches("tick skipped").count();
+    assert!(
+        skipped >= runs.len(),
+        "{skipped} ticks skipped for {} runs",
+        runs.len()
+    );
+    // skip_if_queued: nobody fetches `nobody`, so the first job waits and every later tick is skipped.
+    assert_eq!(llen(&redis, "queue:nobody"), 1);
+    assert!(claimed_ticks(&redis, "waiting").len() >= 8);
+    // allow (the default): every tick.
+    assert_eq!(
+        llen(&redis, "queue:nobody_free"),
+        claimed_ticks(&redis, "free").len()
+    );
+    assert!(llen(&redis, "queue:nobody_free") >= 8);
+
+    // A run whose process is SIGKILLed blocks nothing: the next worker (on this host, so it
+    // recovers the dead process at once) finds the run's process gone and enqueues again.
+    let config = config_file(
+        &redis,
+        "schedule:\n  stuck:\n    cron: \"* * * * * *\"\n    class: SlowJob\n    args: [60000]\n    queue: stuck\n    overlap: skip_if_running\n",
+    );
+    let mut first = TestWorker::start(WORKER, &redis, &["-C", &config, "-q", "stuck"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || redis
+            .cli(&["HLEN", "rustq:cron:default:stuck:running"])
+            == "1"),
+        "{}",
+        first.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        llen(&redis, "queue:stuck"),
+        0,
+        "a tick was enqueued while the run ran"
+    );
+    first.signal("KILL");
+    first.wait(Duration::from_secs(5));
+    let mut second = TestWorker::start(WORKER, &redis, &["-C", &config, "-q", "other"]);
+    // The recovered job goes back to its queue, and ticks are enqueued after it.
+    assert!(
+        wait_until(Duration::from_secs(10), || llen(&redis, "queue:stuck") >= 3),
+        "{}",
+        second.log_text()
+    );
+    second.signal("TERM");
+    second.wait(Duration::from_secs(10));
 }

@@ -2,13 +2,13 @@
 //! array of schedules with a `name` (the `schedule:` section of a config file, or
 //! `config/schedule.yml`). Keys: `cron`, `class` (or `klass`), `args`, `queue`, `description`,
 //! `status`, `namespace`, `retry`, `active_job`, `date_as_argument`, `queue_name_prefix`,
-//! `queue_name_delimiter`, `symbolize_args`, and rustq's `missed` (`skip`, `latest`, `all`) and
-//! `missed_cap`.
+//! `queue_name_delimiter`, `symbolize_args`, and rustq's `missed` (`skip`, `latest`, `all`),
+//! `missed_cap` and `overlap` (`allow`, `skip_if_running`, `skip_if_queued`).
 
 use serde_json::Value;
 use serde_norway::Value as Yaml;
 
-use crate::schedule::{parse_args, Missed, Schedule, Source, Status};
+use crate::schedule::{parse_args, Missed, Overlap, Schedule, Source, Status};
 
 /// Why a file's schedules were refused: the message names the schedule and the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -153,6 +153,12 @@ fn schedule(name: &str, spec: &Yaml) -> Result<Schedule, FileError> {
             .as_deref()
             .and_then(Missed::parse)
             .ok_or_else(|| bad("missed", "skip, latest or all"))?;
+    }
+    if let Some(o) = get("overlap") {
+        s.overlap = scalar(o)
+            .as_deref()
+            .and_then(Overlap::parse)
+            .ok_or_else(|| bad("overlap", "allow, skip_if_running or skip_if_queued"))?;
     }
     if let Some(cap) = get("missed_cap") {
         s.missed_cap = cap

@@ -23,5 +23,5 @@ pub mod schedule;
 pub mod store;
 
 pub use expr::{CronError, CronLine, Zone};
-pub use schedule::{Missed, Schedule, ScheduleError, Source, Status};
+pub use schedule::{Missed, Overlap, Schedule, ScheduleError, Source, Status};
 pub use store::{Claim, Schedules, StoreError};

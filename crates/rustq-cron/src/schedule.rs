@@ -85,6 +85,44 @@ impl Missed {
     }
 }
 
+/// Whether a tick is enqueued while the schedule's previous job has not finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Overlap {
+    /// Always (sidekiq-cron's behaviour).
+    #[default]
+    Allow,
+    /// Not while a run of the schedule is running in a live rustq process (started, outcome not
+    /// yet written); a run whose process died does not count.
+    SkipIfRunning,
+    /// Not while the previous enqueue still waits in its queue.
+    SkipIfQueued,
+}
+
+impl Overlap {
+    /// `allow`, `skip_if_running` or `skip_if_queued`.
+    pub fn parse(text: &str) -> Option<Overlap> {
+        match text {
+            "allow" => Some(Overlap::Allow),
+            "skip_if_running" => Some(Overlap::SkipIfRunning),
+            "skip_if_queued" => Some(Overlap::SkipIfQueued),
+            _ => None,
+        }
+    }
+
+    /// Its name in files and in the `rustq_overlap` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overlap::Allow => "allow",
+            Overlap::SkipIfRunning => "skip_if_running",
+            Overlap::SkipIfQueued => "skip_if_queued",
+        }
+    }
+}
+
+/// The payload field naming the schedule (`<namespace>:<name>`) of a job whose schedule
+/// controls overlap, so the engine can tell when its run starts and ends.
+pub const SCHEDULE_FIELD: &str = "rustq_cron";
+
 /// A tick enqueued this late or less is on time, whatever the schedule's [`Missed`].
 pub const ON_TIME_SECS: i64 = 5;
 /// `latest` enqueues a missed tick at most this late (sidekiq-cron's default grace period).
@@ -139,6 +177,8 @@ pub struct Schedule {
     pub missed: Missed,
     /// The most missed ticks `Missed::All` enqueues.
     pub missed_cap: u32,
+    /// Ticks while the previous job has not finished.
+    pub overlap: Overlap,
     /// The last enqueue, as the hash holds it (`2026-12-07 12:02:10 +0000`), when read back.
     pub last_enqueue_time: Option<String>,
     /// The payload template (`message`) when read back: its keys beyond queue, class, args and
@@ -167,6 +207,7 @@ impl Schedule {
             symbolize_args: false,
             missed: Missed::default(),
             missed_cap: DEFAULT_MISSED_CAP,
+            overlap: Overlap::Allow,
             last_enqueue_time: None,
             message: None,
         }
@@ -224,6 +265,7 @@ impl Schedule {
             ("symbolize_args", flag(self.symbolize_args)),
             ("rustq_missed", self.missed.as_str().into()),
             ("rustq_missed_cap", self.missed_cap.to_string()),
+            ("rustq_overlap", self.overlap.as_str().into()),
         ]
     }
 
@@ -298,6 +340,9 @@ impl Schedule {
         }
         if let Ok(cap) = get("rustq_missed_cap").parse::<u32>() {
             schedule.missed_cap = cap.max(1);
+        }
+        if let Some(o) = Overlap::parse(get("rustq_overlap")) {
+            schedule.overlap = o;
         }
         let last = get("last_enqueue_time");
         schedule.last_enqueue_time = (!last.is_empty()).then(|| last.to_string());
@@ -386,6 +431,12 @@ impl Schedule {
         }
         for (k, v) in self.message.iter().flatten() {
             fields.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        if self.overlap != Overlap::Allow {
+            fields.insert(
+                SCHEDULE_FIELD.into(),
+                Value::String(format!("{}:{}", self.namespace, self.name)),
+            );
         }
         let mut job = Job::from_fields(fields);
         job.set("jid", jid.clone());

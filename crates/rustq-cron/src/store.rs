@@ -17,7 +17,7 @@ use rustq_core::wire::keys;
 use rustq_core::{Conn, WireVersion};
 
 use crate::schedule::{
-    history_entry, last_enqueue_format, tick_member, Schedule, ScheduleError, Status,
+    history_entry, last_enqueue_format, tick_member, Overlap, Schedule, ScheduleError, Status,
 };
 
 /// sidekiq-cron's default namespace.
@@ -61,9 +61,9 @@ return status
 "#;
 
 const DESTROY: &str = r#"
--- KEYS: jobs set, hash, enqueued, history
+-- KEYS: jobs set, hash, enqueued, history, running
 local removed = redis.call('SREM', KEYS[1], KEYS[2])
-redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 return removed + redis.call('DEL', KEYS[2])
 "#;
 
@@ -75,24 +75,54 @@ return 1
 "#;
 
 const CLAIM: &str = r#"
--- KEYS: hash, enqueued, history, queue list, queues set
+-- KEYS: hash, enqueued, history, queue list, queues set, running hash, then the process keys
+--       of the runs the running hash held when read
 -- ARGV: cron line, tick member ('' = enqueue now: no claim), tick score, payload, queue name,
---       last_enqueue_time, history entry, history last index, forget before (score)
+--       last_enqueue_time, history entry, history last index, forget before (score), overlap,
+--       runs read
 local status, cron = unpack(redis.call('HMGET', KEYS[1], 'status', 'cron'))
 if not cron then return -1 end
 if ARGV[2] ~= '' then
   if status == 'disabled' then return -2 end
   if cron ~= ARGV[1] then return -3 end
   if redis.call('ZADD', KEYS[2], 'NX', ARGV[3], ARGV[2]) == 0 then return 0 end
+  -- The tick is this process's to decide: enqueued, or skipped for the previous job.
+  if ARGV[10] == 'skip_if_queued' then
+    local last = redis.call('HGET', KEYS[1], 'rustq_last_payload')
+    if last and redis.call('LPOS', KEYS[4], last) then return -4 end
+  elseif ARGV[10] == 'skip_if_running' then
+    if redis.call('HLEN', KEYS[6]) ~= tonumber(ARGV[11]) then
+      redis.call('ZREM', KEYS[2], ARGV[2])
+      return -5
+    end
+    for i = 7, #KEYS do
+      if redis.call('EXISTS', KEYS[i]) == 1 then return -4 end
+    end
+    -- Every run left was held by a process that is gone.
+    redis.call('DEL', KEYS[6])
+  end
 end
 redis.call('SADD', KEYS[5], ARGV[5])
 redis.call('LPUSH', KEYS[4], ARGV[4])
 redis.call('HSET', KEYS[1], 'last_enqueue_time', ARGV[6])
+if ARGV[10] ~= 'allow' then redis.call('HSET', KEYS[1], 'rustq_last_payload', ARGV[4]) end
 redis.call('LPUSH', KEYS[3], ARGV[7])
 redis.call('LTRIM', KEYS[3], 0, ARGV[8])
 if ARGV[2] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[2], 0, '(' .. ARGV[9]) end
 return 1
 "#;
+
+/// `rustq:cron:<namespace>:<name>:running`: jid → identity of the process running it, for each
+/// run of a schedule that skips ticks while one runs.
+pub fn running_key(namespace: &str, name: &str) -> String {
+    format!("rustq:cron:{namespace}:{name}:running")
+}
+
+/// The running hash of the schedule a payload's `rustq_cron` names (`<namespace>:<name>`).
+pub fn running_key_of(tag: &str) -> Option<String> {
+    let (namespace, name) = tag.split_once(':')?;
+    Some(running_key(namespace, name))
+}
 
 /// What a claim found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +138,8 @@ pub enum Claim {
     Disabled,
     /// The schedule was deleted, or its cron line changed since it was read.
     Changed,
+    /// Claimed, and not enqueued: the previous job has not finished (its `overlap`).
+    Skipped,
 }
 
 /// An error of the schedules API: Redis's, or a schedule's own.
@@ -198,6 +230,7 @@ impl Schedules {
             .key(job_key(namespace, name))
             .key(enqueued_key(namespace, name))
             .key(history_key(namespace, name))
+            .key(running_key(namespace, name))
             .invoke_async(&mut conn)
             .await?;
         Ok(removed > 0)
@@ -314,34 +347,59 @@ impl Schedules {
         schedule: &Schedule,
         tick: Option<DateTime<Utc>>,
     ) -> Result<Claim, StoreError> {
-        let now = Utc::now();
-        let (jid, payload) = schedule.payload(now, self.wire);
-        let queue = schedule.push_queue();
         let (ns, name) = (&schedule.namespace, &schedule.name);
+        let running = running_key(ns, name);
         let mut conn = self.conn.clone();
-        let result: i64 = redis::Script::new(CLAIM)
-            .key(job_key(ns, name))
-            .key(enqueued_key(ns, name))
-            .key(history_key(ns, name))
-            .key(keys::queue(&queue))
-            .key(keys::QUEUES)
-            .arg(&schedule.cron)
-            .arg(tick.map(tick_member).unwrap_or_default())
-            .arg(tick.map(|t| t.timestamp()).unwrap_or_default())
-            .arg(payload)
-            .arg(&queue)
-            .arg(last_enqueue_format(now))
-            .arg(history_entry(&jid, now))
-            .arg(HISTORY_SIZE - 1)
-            .arg(now.timestamp() - REMEMBER_SECS)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(match result {
-            1 => Claim::Pushed { jid },
-            0 => Claim::Taken,
-            -2 => Claim::Disabled,
-            _ => Claim::Changed,
-        })
+        // A run marked by a process that died between this read and the script changes
+        // nothing; one marked meanwhile makes the script refuse, and this reads again.
+        for _ in 0..5 {
+            let runs: Vec<String> = if schedule.overlap == Overlap::SkipIfRunning && tick.is_some()
+            {
+                conn.hvals(&running).await?
+            } else {
+                Vec::new()
+            };
+            let mut holders = runs.clone();
+            holders.sort();
+            holders.dedup();
+            let now = Utc::now();
+            let (jid, payload) = schedule.payload(now, self.wire);
+            let queue = schedule.push_queue();
+            let script = redis::Script::new(CLAIM);
+            let mut invocation = script.prepare_invoke();
+            invocation
+                .key(job_key(ns, name))
+                .key(enqueued_key(ns, name))
+                .key(history_key(ns, name))
+                .key(keys::queue(&queue))
+                .key(keys::QUEUES)
+                .key(&running);
+            for holder in &holders {
+                invocation.key(holder);
+            }
+            invocation
+                .arg(&schedule.cron)
+                .arg(tick.map(tick_member).unwrap_or_default())
+                .arg(tick.map(|t| t.timestamp()).unwrap_or_default())
+                .arg(payload)
+                .arg(&queue)
+                .arg(last_enqueue_format(now))
+                .arg(history_entry(&jid, now))
+                .arg(HISTORY_SIZE - 1)
+                .arg(now.timestamp() - REMEMBER_SECS)
+                .arg(schedule.overlap.as_str())
+                .arg(runs.len());
+            let result: i64 = invocation.invoke_async(&mut conn).await?;
+            return Ok(match result {
+                1 => Claim::Pushed { jid },
+                0 => Claim::Taken,
+                -2 => Claim::Disabled,
+                -4 => Claim::Skipped,
+                -5 => continue,
+                _ => Claim::Changed,
+            });
+        }
+        Ok(Claim::Taken)
     }
 
     /// "Enqueue now": pushes the schedule's job at once, enabled or not.

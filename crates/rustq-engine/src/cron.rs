@@ -15,6 +15,7 @@
 //! sidekiq-cron's load does), and schedules made through an API stay.
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,8 +24,11 @@ use rustq_cron::schedule::{GRACE_SECS, ON_TIME_SECS};
 use rustq_cron::store::DEFAULT_NAMESPACE;
 use rustq_cron::{Claim, CronLine, Missed, Schedule, Schedules, Source, Status};
 
+use crate::check_point::{CheckFuture, CheckPoint, Outcome, Verdict};
 use crate::control::Control;
 use crate::service::{BoxFuture, Service};
+use crate::work::Write;
+use redis::AsyncCommands;
 
 /// How often the list of schedules is read again and files reconciled.
 pub const RELOAD: Duration = Duration::from_secs(30);
@@ -36,6 +40,8 @@ pub struct CronCounters {
     pub enqueued: IntCounterVec,
     /// Ticks missed (not enqueued by anyone when due, and left by `missed`).
     pub missed: IntCounterVec,
+    /// Ticks this process claimed and did not enqueue: the previous job had not finished.
+    pub skipped: IntCounterVec,
 }
 
 impl Default for CronCounters {
@@ -52,6 +58,10 @@ impl Default for CronCounters {
                 "rustq_cron_missed_total",
                 "Recurring jobs' ticks found missed (no scheduler ran) and not enqueued, per the schedule's `missed`",
             ),
+            skipped: counter(
+                "rustq_cron_skipped_total",
+                "Recurring jobs' ticks not enqueued because the previous job had not finished (the schedule's `overlap`)",
+            ),
         }
     }
 }
@@ -61,6 +71,7 @@ impl CronCounters {
     pub fn register(&self, registry: &Registry) {
         let _ = registry.register(Box::new(self.enqueued.clone()));
         let _ = registry.register(Box::new(self.missed.clone()));
+        let _ = registry.register(Box::new(self.skipped.clone()));
     }
 }
 
@@ -248,11 +259,58 @@ impl Scheduler {
                     tracing::info!(schedule = %name, tick = %rustq_cron::schedule::tick_member(tick), jid = %jid, class = %schedule.class, "recurring job enqueued");
                 }
                 Claim::Taken => {}
+                Claim::Skipped => {
+                    self.counters.skipped.with_label_values(&[name]).inc();
+                    tracing::info!(schedule = %name, tick = %rustq_cron::schedule::tick_member(tick), overlap = schedule.overlap.as_str(), "tick skipped: the previous job has not finished");
+                }
                 Claim::Disabled => return Ok(true),
                 Claim::Changed => return Ok(false),
             }
         }
         Ok(true)
+    }
+}
+
+/// Marks the runs of schedules that skip ticks while one runs (`overlap: skip_if_running`):
+/// a job carrying [`rustq_cron::schedule::SCHEDULE_FIELD`] is entered in its schedule's running
+/// hash (jid → this process) just before it runs, and removed in the same atomic step that
+/// writes its outcome. A run whose process dies is left for the next claim, which finds the
+/// process's key gone and ignores it: never by elapsed time.
+pub struct CronRuns {
+    /// The connection, once the process has one.
+    pub conn: Arc<OnceLock<rustq_core::Conn>>,
+    /// This process's identity (its heartbeat key).
+    pub identity: String,
+}
+
+fn running_key_of(job: &rustq_core::Job) -> Option<String> {
+    rustq_cron::store::running_key_of(job.get(rustq_cron::schedule::SCHEDULE_FIELD)?.as_str()?)
+}
+
+impl CheckPoint for CronRuns {
+    fn before<'a>(&'a self, job: &'a rustq_core::Job, _queue: &'a str) -> CheckFuture<'a> {
+        let Some(key) = running_key_of(job) else {
+            return Box::pin(std::future::ready(Verdict::Run));
+        };
+        Box::pin(async move {
+            if let (Some(conn), Some(jid)) = (self.conn.get(), job.jid()) {
+                let mut conn = conn.clone();
+                let marked: redis::RedisResult<()> = conn.hset(&key, jid, &self.identity).await;
+                if let Err(e) = marked {
+                    tracing::warn!(error = %e, jid, "could not mark a recurring job's run; its next tick may overlap it");
+                }
+            }
+            Verdict::Run
+        })
+    }
+
+    fn on_outcome(&self, outcome: &Outcome<'_>, writes: &mut Vec<Write>) {
+        if !outcome.passed {
+            return;
+        }
+        if let (Some(key), Some(jid)) = (running_key_of(outcome.job), outcome.job.jid()) {
+            writes.push(Write::new("HDEL").key(key).arg(jid));
+        }
     }
 }
 
@@ -270,6 +328,7 @@ fn same_definition(held: &Schedule, wanted: &Schedule) -> bool {
         && held.queue_name_delimiter == wanted.queue_name_delimiter
         && held.missed == wanted.missed
         && held.missed_cap == wanted.missed_cap
+        && held.overlap == wanted.overlap
         && held.source == wanted.source
 }
 

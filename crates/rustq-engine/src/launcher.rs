@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use crate::ack::Acker;
 use crate::check_point::{CheckPoint, CheckPoints};
 use crate::control::Control;
-use crate::cron::{CronCounters, Scheduler};
+use crate::cron::{CronCounters, CronRuns, Scheduler};
 use crate::fetch::{Fetcher, Waiters};
 use crate::handler::Registry;
 use crate::heartbeat::{self, Beat, Busy, Dump, Heartbeat, Signals};
@@ -122,7 +122,7 @@ impl Worker {
             registry,
             control,
             identity,
-            check_points,
+            mut check_points,
             mut observers,
             services: extra,
             listener,
@@ -136,6 +136,12 @@ impl Worker {
         let redis_cell = Arc::new(OnceLock::new());
         let busy_cell = Arc::new(OnceLock::new());
         let cron_counters = CronCounters::default();
+        if options.cron {
+            check_points.add(CronRuns {
+                conn: redis_cell.clone(),
+                identity: identity.clone(),
+            });
+        }
         if let Some(listener) = listener {
             let metrics = Arc::new(Metrics::new());
             cron_counters.register(metrics.registry());

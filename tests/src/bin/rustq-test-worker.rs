@@ -27,6 +27,13 @@ async fn ledger_conn() -> Result<&'static ConnectionManager, Failure> {
         .map_err(|e| Failure::retry("Redis::CannotConnectError", e.to_string()))
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
 async fn record(ctx: &JobContext) -> JobResult {
     let conn = ledger_conn().await?;
     let entry = json!({
@@ -75,7 +82,15 @@ fn main() -> ExitCode {
         registry.handle(class, |ctx: JobContext| async move { record(&ctx).await });
     }
     registry.handle_args("SlowJob", |ctx: JobContext, (ms,): (u64,)| async move {
+        let started = now_ms();
         tokio::time::sleep(Duration::from_millis(ms)).await;
+        // When it ran, for tests of what may overlap.
+        let run = json!({"jid": ctx.jid(), "start": started, "end": now_ms()});
+        redis::cmd("RPUSH")
+            .arg("slow_runs")
+            .arg(run.to_string())
+            .query_async::<()>(&mut ledger_conn().await?.clone())
+            .await?;
         record(&ctx).await
     });
     registry.handle("FailJob", |ctx: JobContext| async move {
