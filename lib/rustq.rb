@@ -28,6 +28,7 @@ require_relative "rustq/trace_context"
 require_relative "rustq/instrumentation"
 require_relative "rustq/client_middleware"
 require_relative "rustq/client"
+require_relative "rustq/cron"
 require_relative "rustq/job"
 require_relative "rustq/processor"
 

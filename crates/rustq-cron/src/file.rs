@@ -77,7 +77,8 @@ fn flag(v: &Yaml) -> Option<bool> {
     }
 }
 
-fn schedule(name: &str, spec: &Yaml) -> Result<Schedule, FileError> {
+/// One schedule declared as `spec` (a hash of the keys above) under `name`.
+pub fn schedule(name: &str, spec: &Yaml) -> Result<Schedule, FileError> {
     let bad =
         |key: &str, what: &str| FileError(format!("schedule {name:?}: `{key}` must be {what}"));
     let Yaml::Mapping(_) = spec else {

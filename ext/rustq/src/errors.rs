@@ -10,6 +10,10 @@
 //!     ├── Rustq::ConnectionError      Redis unreachable, dropped or too slow
 //!     ├── Rustq::CommandError         Redis answered with an error (READONLY, OOM, …)
 //!     └── Rustq::UsageError           `rustq-worker` flags or config file (`status`: exit code)
+//! ::ArgumentError
+//! └── Rustq::Cron::InvalidSchedule    a schedule that cannot run; nothing was written
+//! Rustq::Error
+//! └── Rustq::Cron::ScheduleNotFound   no schedule of that name
 //! ```
 
 use magnus::{prelude::*, Error, ExceptionClass, RModule, Ruby, Value};
@@ -36,6 +40,20 @@ pub fn invalid_job_message(ruby: &Ruby, message: String) -> Error {
 
 pub fn configuration(ruby: &Ruby, message: String) -> Error {
     Error::new(class(ruby, "ConfigurationError"), message)
+}
+
+/// `Rustq::<name>` (or `Rustq::Cron::<name>` for the recurring jobs' own) with `message`.
+pub fn named(ruby: &Ruby, name: &str, message: String) -> Error {
+    let class = match name {
+        "InvalidSchedule" | "ScheduleNotFound" => ruby
+            .class_object()
+            .const_get::<_, RModule>("Rustq")
+            .and_then(|rustq| rustq.const_get::<_, RModule>("Cron"))
+            .and_then(|cron| cron.const_get::<_, ExceptionClass>(name))
+            .unwrap_or_else(|_| ruby.exception_arg_error()),
+        other => class(ruby, other),
+    };
+    Error::new(class, message)
 }
 
 /// A bug in rustq (a caught panic, a runtime that cannot start): never a crash.

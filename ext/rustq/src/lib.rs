@@ -12,6 +12,7 @@
 //! | `prepare(item, bulk)` | validates and normalises without Redis, returns payload JSON (testing) |
 //! | `runtime_pid` | the pid that built the current runtime, or nil |
 //! | `spin_wait` | seconds a single push spins for its reply, as configured or defaulted |
+//! | `cron_save`, `cron_find`, `cron_all`, `cron_destroy`, `cron_status`, `cron_enqueue`, `cron_history` | recurring jobs, for `Rustq::Cron` |
 //!
 //! and `Rustq::Native::Worker` (with `Rustq::Native::Running`) runs the worker engine for
 //! `rustq-worker` (see [`worker`]).
@@ -24,6 +25,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod answers;
 mod client;
 mod convert;
+mod cron;
 mod errors;
 mod failure;
 mod gvl;
@@ -47,6 +49,13 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     native.define_singleton_method("capsules_refused", function!(worker::capsules_refused, 1))?;
     native.define_singleton_method("failed_payload", function!(failure::failed_payload, 6))?;
     native.define_singleton_method("signals", function!(worker::signals, 0))?;
+    native.define_singleton_method("cron_save", function!(cron::save, 2))?;
+    native.define_singleton_method("cron_find", function!(cron::find, 2))?;
+    native.define_singleton_method("cron_all", function!(cron::all, 1))?;
+    native.define_singleton_method("cron_destroy", function!(cron::destroy, 2))?;
+    native.define_singleton_method("cron_status", function!(cron::set_status, 3))?;
+    native.define_singleton_method("cron_enqueue", function!(cron::enqueue, 2))?;
+    native.define_singleton_method("cron_history", function!(cron::history, 2))?;
 
     let worker = native.define_class("Worker", ruby.class_object())?;
     worker.define_singleton_method("new", function!(worker::Worker::new, 3))?;
