@@ -616,3 +616,68 @@ fn overlap_skips_ticks_while_the_previous_job_runs_or_waits_and_a_dead_run_block
     second.signal("TERM");
     second.wait(Duration::from_secs(10));
 }
+
+#[test]
+fn solid_queues_recurring_yml_runs_its_tasks_as_active_jobs() {
+    let redis = RedisServer::start();
+    let config = redis.dir().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("recurring.yml"),
+        "production:\n  heartbeat:\n    class: HeartbeatJob\n    queue: background\n    args: [1, { batch_size: 500 }]\n    schedule: every second\n    priority: 2\n\
+         development:\n  only_in_development:\n    class: DevJob\n    schedule: every minute\n",
+    )
+    .unwrap();
+    let mut worker = TestWorker::start_with_env(
+        WORKER,
+        &redis,
+        &["-q", "other"],
+        &[("RAILS_ENV", "production")],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || llen(&redis, "queue:background")
+            >= 1),
+        "{}",
+        worker.log_text()
+    );
+    worker.signal("TERM");
+    worker.wait(Duration::from_secs(10));
+    let payload: serde_json::Value =
+        serde_json::from_str(&redis.cli(&["LINDEX", "queue:background", "0"])).unwrap();
+    assert_eq!(
+        payload["class"],
+        "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper"
+    );
+    assert_eq!(payload["wrapped"], "HeartbeatJob");
+    assert_eq!(
+        payload["args"][0]["arguments"],
+        serde_json::json!([1, {"batch_size": 500}])
+    );
+    assert_eq!(
+        redis.cli(&["HGET", "cron_job:default:heartbeat", "cron"]),
+        "every second"
+    );
+    assert_eq!(
+        redis.cli(&["EXISTS", "cron_job:default:only_in_development"]),
+        "0"
+    );
+
+    // Solid Queue's `command:` tasks are refused at boot, naming the file and the task.
+    std::fs::write(
+        config.join("recurring.yml"),
+        "production:\n  purge:\n    command: \"Thing.purge\"\n    schedule: every day\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(WORKER)
+        .env("REDIS_URL", redis.url())
+        .env("RAILS_ENV", "production")
+        .current_dir(redis.dir())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("config/recurring.yml: task \"purge\": `command:` tasks are not run by rustq"),
+        "{err}"
+    );
+}

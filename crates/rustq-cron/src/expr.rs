@@ -1,6 +1,7 @@
 //! A cron line as sidekiq-cron reads it (through fugit): 5 fields, or 6 with seconds first;
 //! `@hourly`-style names; ranges, steps, lists, month and day names, `L` and `#`; an optional
-//! time-zone suffix (`0 9 * * 1-5 Europe/Berlin`, `+09:00`). The fields are parsed by `croner`.
+//! time-zone suffix (`0 9 * * 1-5 Europe/Berlin`, `+09:00`); the common natural-language phrases
+//! ([`crate::nat`]). The fields are parsed by `croner`.
 //!
 //! Daylight saving time follows croner's rule (the Open Cron Pattern Specification's): a job
 //! at a fixed time (second, minute and hour each one value) that falls in the hour skipped at
@@ -98,7 +99,10 @@ impl CronLine {
             return Err(refuse("is empty".into()));
         }
         let mut zone = default_zone;
-        let zone_allowed = if tokens[0].starts_with('@') { 2 } else { 6 };
+        // A zone follows 5 or 6 fields, an @name, or natural language.
+        let words =
+            tokens[0].starts_with('@') || tokens[0].chars().next().is_some_and(char::is_alphabetic);
+        let zone_allowed = if words { 2 } else { 6 };
         if tokens.len() >= zone_allowed {
             let last = tokens[tokens.len() - 1];
             match Zone::parse(last) {
@@ -128,12 +132,10 @@ impl CronLine {
                         tokens[0]
                     ))
                 })?
+        } else if tokens[0].chars().next().is_some_and(char::is_alphabetic) {
+            // fugit's natural language: `every day at 5pm` and the like.
+            crate::nat::to_cron(&tokens).map_err(refuse)?
         } else {
-            if tokens[0].chars().next().is_some_and(char::is_alphabetic) {
-                return Err(refuse(
-                    "is not a cron line: natural-language schedules (fugit's \"every day at 5pm\") are not supported; write its cron line (\"0 17 * * *\")".into(),
-                ));
-            }
             if tokens.len() != 5 && tokens.len() != 6 {
                 return Err(refuse(format!(
                     "has {} fields: 5 (minute hour day month weekday) or 6 (seconds first) are read",
@@ -293,7 +295,9 @@ mod tests {
             err("61 * * * *")
         );
         assert!(err("0 9 * * * Mars/Olympus").contains("unknown time zone \"Mars/Olympus\""));
-        assert!(err("every day at 5pm").contains("natural-language"));
+        assert!(
+            err("every month on the 1st").contains("not a natural-language schedule rustq reads")
+        );
         assert!(err("@reboot").contains("unknown name"));
         assert!(err("* * * *").contains("has 4 fields"));
     }

@@ -56,6 +56,68 @@ pub fn schedules(doc: &Yaml) -> Result<Vec<Schedule>, FileError> {
     Ok(found)
 }
 
+/// Reads Solid Queue's `config/recurring.yml`: its `environment` section (or the whole file when
+/// it has none), each entry `key: {class, args, schedule, queue}`; the classes are ActiveJob
+/// classes (Solid Queue runs only those), so they are enqueued as ActiveJob payloads. `priority`
+/// is ignored; a `command:` entry is refused (Solid Queue runs its Ruby code in a job of its own).
+pub fn recurring(doc: &Yaml, environment: Option<&str>) -> Result<Vec<Schedule>, FileError> {
+    let Yaml::Mapping(root) = doc else {
+        return match doc {
+            Yaml::Null => Ok(Vec::new()),
+            _ => Err(FileError(
+                "recurring tasks must be a hash of name: {class: …, schedule: …}".into(),
+            )),
+        };
+    };
+    let is_task = |v: &Yaml| {
+        v.get("schedule").is_some() || v.get("class").is_some() || v.get("command").is_some()
+    };
+    let tasks = match environment.and_then(|env| doc.get(env)) {
+        Some(section) => section,
+        None if root.values().all(is_task) => doc,
+        // Sections for other environments only.
+        None => return Ok(Vec::new()),
+    };
+    let Yaml::Mapping(tasks) = tasks else {
+        return Ok(Vec::new());
+    };
+    let mut found = Vec::new();
+    for (name, spec) in tasks {
+        let name = scalar(name).ok_or_else(|| FileError("a task's name is not a string".into()))?;
+        let bad =
+            |key: &str, what: &str| FileError(format!("task {name:?}: `{key}` must be {what}"));
+        if spec.get("command").is_some() {
+            return Err(FileError(format!(
+                "task {name:?}: `command:` tasks are not run by rustq: put the code in a job class and name it with `class:`"
+            )));
+        }
+        let schedule_text = spec
+            .get("schedule")
+            .and_then(scalar)
+            .ok_or_else(|| bad("schedule", "a schedule (\"every hour\", \"0 3 * * *\")"))?;
+        let class = spec
+            .get("class")
+            .and_then(scalar)
+            .ok_or_else(|| bad("class", "a job class name"))?;
+        let mut s = Schedule::new(&name, &schedule_text, &class);
+        s.source = Source::File;
+        s.active_job = true;
+        if let Some(args) = spec.get("args") {
+            s.args =
+                match serde_json::to_value(args).map_err(|_| bad("args", "JSON-like values"))? {
+                    Value::Array(a) => a,
+                    Value::Null => Vec::new(),
+                    one => vec![one],
+                };
+        }
+        if let Some(q) = spec.get("queue") {
+            s.queue = scalar(q).ok_or_else(|| bad("queue", "a queue name"))?;
+        }
+        found.push(s);
+    }
+    Ok(found)
+}
+
 fn scalar(v: &Yaml) -> Option<String> {
     match v {
         Yaml::String(s) => Some(s.trim_start_matches(':').to_string()),
@@ -198,6 +260,44 @@ mod tests {
         assert_eq!(array[0].name, "one");
         assert_eq!(array[0].args, vec![serde_json::json!({"a": 1})]);
         assert_eq!(array[0].source, Source::File);
+    }
+
+    #[test]
+    fn reads_solid_queues_recurring_yml() {
+        let doc = serde_norway::from_str(
+            "production:\n  periodic_cleanup:\n    class: CleanSoftDeletedRecordsJob\n    queue: background\n    args: [ 1000, { batch_size: 500 } ]\n    schedule: every hour\n\
+             development:\n  other:\n    class: OtherJob\n    schedule: every minute\n",
+        )
+        .unwrap();
+        let tasks = recurring(&doc, Some("production")).unwrap();
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks[0].name, "periodic_cleanup");
+        assert_eq!(tasks[0].cron, "every hour");
+        assert!(tasks[0].active_job);
+        assert_eq!(tasks[0].queue, "background");
+        assert_eq!(
+            tasks[0].args,
+            vec![
+                serde_json::json!(1000),
+                serde_json::json!({"batch_size": 500})
+            ]
+        );
+        assert!(recurring(&doc, Some("test")).unwrap().is_empty());
+        let flat =
+            serde_norway::from_str("nightly:\n  class: NightlyJob\n  schedule: at 5am every day\n")
+                .unwrap();
+        assert_eq!(
+            recurring(&flat, Some("production")).unwrap()[0].class,
+            "NightlyJob"
+        );
+        let command = serde_norway::from_str(
+            "production:\n  purge:\n    command: \"Thing.purge\"\n    schedule: every day\n",
+        )
+        .unwrap();
+        assert!(recurring(&command, Some("production"))
+            .unwrap_err()
+            .to_string()
+            .contains("`command:` tasks are not run by rustq"));
     }
 
     #[test]

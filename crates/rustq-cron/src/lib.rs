@@ -19,6 +19,7 @@
 
 pub mod expr;
 pub mod file;
+pub mod nat;
 pub mod schedule;
 pub mod store;
 

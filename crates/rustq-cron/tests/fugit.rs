@@ -33,6 +33,32 @@ const LINES: &[&str] = &[
     "30 8 * * * Asia/Kolkata",
     "0 9 * * * +09:00",
     "@daily Europe/Berlin",
+    "every second",
+    "every minute",
+    "every hour",
+    "every day",
+    "every week",
+    "every month",
+    "every year",
+    "every 5 seconds",
+    "every 15 minutes",
+    "every 45 minutes",
+    "every 2 hours",
+    "every 3 days",
+    "every day at 5pm",
+    "every day at 5:30pm",
+    "every day at 17:30",
+    "at 5am every day",
+    "at 5am",
+    "every monday",
+    "every monday at 9am",
+    "every weekday",
+    "every weekday at noon",
+    "every sunday at midnight",
+    "every tuesday and friday at 8:00",
+    "every hour at minute 15",
+    "every 2 days at 3am",
+    "every day at 8am Europe/Berlin",
 ];
 
 /// Start times away from DST changes in the zones above (rustq and fugit differ on purpose there).
@@ -51,7 +77,7 @@ fn ticks_match_fugit() {
     let mut ruby = String::from("require 'fugit'\nrequire 'json'\nout = {}\n");
     ruby.push_str("lines = JSON.parse(ARGV[0]); starts = JSON.parse(ARGV[1])\n");
     ruby.push_str(
-        "lines.each { |l| c = Fugit.parse_cron(l) or raise \"fugit refused #{l}\"; out[l] = starts.map { |s| t = EtOrbi::EoTime.new(s, 'UTC'); (1..6).map { t = c.next_time(t); t.to_i } } }\nputs JSON.generate(out)\n",
+        "lines.each { |l| c = Fugit.parse_cronish(l) or raise \"fugit refused #{l}\"; out[l] = starts.map { |s| t = EtOrbi::EoTime.new(s, 'UTC'); (1..6).map { t = c.next_time(t); t.to_i } } }\nputs JSON.generate(out)\n",
     );
     let mut cmd = std::process::Command::new("ruby");
     for lib in ["fugit-1.13.0", "et-orbi-1.4.1", "raabro-1.5.0"] {

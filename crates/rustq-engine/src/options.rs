@@ -153,6 +153,9 @@ pub struct WorkerOptions {
     pub schedule: Option<Vec<rustq_cron::Schedule>>,
     /// `schedule_file`: sidekiq-cron's schedule file to read.
     pub schedule_file: Option<String>,
+    /// `recurring_file`: Solid Queue's recurring tasks to read (default `config/recurring.yml`
+    /// when it exists).
+    pub recurring_file: Option<String>,
 }
 
 impl Default for WorkerOptions {
@@ -193,6 +196,7 @@ impl Default for WorkerOptions {
             cron_timezone: rustq_cron::Zone::from_env(),
             schedule: None,
             schedule_file: None,
+            recurring_file: None,
         }
     }
 }
@@ -319,6 +323,29 @@ impl WorkerOptions {
         path: &Path,
         render: &dyn Fn(&str) -> Result<String, String>,
     ) -> Result<(), ConfigError> {
+        self.add_schedules(path, render, rustq_cron::file::schedules)
+    }
+
+    /// Reads Solid Queue's `config/recurring.yml` (its `environment` section), adding its tasks
+    /// as schedules of ActiveJob classes.
+    pub fn apply_recurring_file(
+        &mut self,
+        path: &Path,
+        environment: Option<&str>,
+        render: &dyn Fn(&str) -> Result<String, String>,
+    ) -> Result<(), ConfigError> {
+        let environment = environment.unwrap_or("development");
+        self.add_schedules(path, render, |doc| {
+            rustq_cron::file::recurring(doc, Some(environment))
+        })
+    }
+
+    fn add_schedules(
+        &mut self,
+        path: &Path,
+        render: &dyn Fn(&str) -> Result<String, String>,
+        read: impl Fn(&Yaml) -> Result<Vec<rustq_cron::Schedule>, rustq_cron::file::FileError>,
+    ) -> Result<(), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.display().to_string(),
             reason: e.to_string(),
@@ -331,17 +358,14 @@ impl WorkerOptions {
         };
         let doc: Yaml =
             serde_norway::from_str(&text).map_err(|e| at(format!("not valid YAML: {e}")))?;
-        let found = rustq_cron::file::schedules(&doc).map_err(|e| at(e.to_string()))?;
+        let found = read(&doc).map_err(|e| at(e.to_string()))?;
         let all = self.schedule.get_or_insert_with(Vec::new);
         for s in found {
             if all
                 .iter()
                 .any(|held| held.name == s.name && held.namespace == s.namespace)
             {
-                return Err(at(format!(
-                    "schedule {:?} is also in the config's `schedule:`",
-                    s.name
-                )));
+                return Err(at(format!("schedule {:?} is declared twice", s.name)));
             }
             all.push(s);
         }
@@ -492,6 +516,10 @@ impl WorkerOptions {
                 rustq_cron::file::schedules(section)
                     .map_err(|e| ConfigError::Invalid(format!("`schedule`: {e}")))?,
             );
+        }
+        if let Some(path) = map.get("recurring_file") {
+            self.recurring_file =
+                Some(yaml_scalar(path).ok_or_else(|| invalid("recurring_file", "a file path"))?);
         }
         if let Some(path) = map.get("schedule_file") {
             self.schedule_file =
@@ -676,6 +704,16 @@ pub fn apply_config(
     if let Some(path) = schedule_file {
         options
             .apply_schedule_file(&path, render)
+            .map_err(|e| e.to_string())?;
+    }
+    let recurring_file = options
+        .recurring_file
+        .clone()
+        .map(PathBuf::from)
+        .or_else(|| first(&["config/recurring.yml"]));
+    if let Some(path) = recurring_file {
+        options
+            .apply_recurring_file(&path, environment, render)
             .map_err(|e| e.to_string())?;
     }
     Ok(())
