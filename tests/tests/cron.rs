@@ -332,7 +332,7 @@ fn a_bad_schedule_stops_the_worker_at_boot_naming_file_schedule_and_key() {
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains(&config) && err.contains(expected), "{err}");
     }
-    // A schedule in Redis that rustq cannot read (fugit's natural language) stops only itself.
+    // A schedule in Redis that rustq cannot read (natural language beyond what it reads) stops only itself.
     redis.cli(&[
         "SADD",
         "cron_jobs:default",
@@ -347,7 +347,7 @@ fn a_bad_schedule_stops_the_worker_at_boot_naming_file_schedule_and_key() {
         "klass",
         "TickJob",
         "cron",
-        "every day at 5pm",
+        "every month on the 1st at 9am",
         "status",
         "enabled",
     ]);
@@ -379,7 +379,7 @@ fn a_bad_schedule_stops_the_worker_at_boot_naming_file_schedule_and_key() {
     );
     assert!(
         worker.log_text().contains(
-            "schedule \"natural\": `cron`: cron line \"every day at 5pm\" is not a cron line"
+            "schedule \"natural\": `cron`: cron line \"every month on the 1st at 9am\" is not a natural-language schedule rustq reads"
         ),
         "{}",
         worker.log_text()
