@@ -78,7 +78,7 @@ const CLAIM: &str = r#"
 -- KEYS: hash, enqueued, history, queue list, queues set, running hash, then the process keys
 --       of the runs the running hash held when read
 -- ARGV: cron line, tick member ('' = enqueue now: no claim), tick score, payload, queue name,
---       last_enqueue_time, history entry, history last index, forget before (score), overlap,
+--       last_enqueue_time, history entry, history last index, forget before ('(score'), overlap,
 --       runs read
 local status, cron = unpack(redis.call('HMGET', KEYS[1], 'status', 'cron'))
 if not cron then return -1 end
@@ -108,7 +108,7 @@ redis.call('HSET', KEYS[1], 'last_enqueue_time', ARGV[6])
 if ARGV[10] ~= 'allow' then redis.call('HSET', KEYS[1], 'rustq_last_payload', ARGV[4]) end
 redis.call('LPUSH', KEYS[3], ARGV[7])
 redis.call('LTRIM', KEYS[3], 0, ARGV[8])
-if ARGV[2] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[2], 0, '(' .. ARGV[9]) end
+if ARGV[2] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[2], 0, ARGV[9]) end
 return 1
 "#;
 
@@ -386,7 +386,7 @@ impl Schedules {
                 .arg(last_enqueue_format(now))
                 .arg(history_entry(&jid, now))
                 .arg(HISTORY_SIZE - 1)
-                .arg(now.timestamp() - REMEMBER_SECS)
+                .arg(format!("({}", now.timestamp() - REMEMBER_SECS))
                 .arg(schedule.overlap.as_str())
                 .arg(runs.len());
             let result: i64 = invocation.invoke_async(&mut conn).await?;

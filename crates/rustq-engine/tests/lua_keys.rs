@@ -1,4 +1,4 @@
-//! Every Lua script of the engine takes every key it touches in `KEYS`: none names a key itself
+//! Every Lua script of the engine (and of rustq-cron, the recurring jobs it runs) takes every key it touches in `KEYS`: none names a key itself
 //! (`redis.call('SADD', 'queues', ...)`) or builds one (`'queue:' .. name`). Redis Cluster
 //! routes a script by its `KEYS`, so a script that makes up keys cannot run there. This reads
 //! the scripts in `src/` and fails, naming the script and line, when one does.
@@ -56,10 +56,16 @@ fn offences(script: &str) -> Vec<String> {
 
 #[test]
 fn no_engine_script_names_or_builds_a_key() {
-    let src = std::env::var_os("RUSTQ_LUA_SRC")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
-    let scripts = scripts(&src);
+    let scripts = match std::env::var_os("RUSTQ_LUA_SRC") {
+        Some(src) => scripts(Path::new(&src)),
+        // The engine's and the recurring jobs' (rustq-cron's).
+        None => {
+            let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let mut all = scripts(&here.join("src"));
+            all.extend(scripts(&here.join("../rustq-cron/src")));
+            all
+        }
+    };
     assert!(
         scripts.len() >= 5,
         "found too few scripts: {}",
