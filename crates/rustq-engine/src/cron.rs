@@ -9,10 +9,14 @@
 //! script. Whichever process (rustq's or sidekiq-cron's) claims a tick first enqueues it; a
 //! process killed at any instant leaves the tick claimed and pushed, or neither.
 //!
-//! The list of schedules is read again every [`RELOAD`], when schedule files are reconciled
-//! too: a file's schedule missing from Redis (a flushed Redis) is saved again, one changed in
-//! the file is updated; at boot, a file's schedule removed from the file is removed (as
-//! sidekiq-cron's load does), and schedules made through an API stay.
+//! The list of schedules is read again when its size changes (one `SCARD` a second sees a
+//! schedule created or deleted anywhere, or a flushed Redis), when a due schedule's cron line
+//! turns out changed, and every [`RELOAD`] (a line changed to fire sooner); schedule files are
+//! reconciled then too: a file's schedule missing from Redis is saved again, one changed in the
+//! file is updated; at boot, a file's schedule removed from the file is removed (as
+//! sidekiq-cron's load does), and schedules made through an API stay. An idle fleet with
+//! thousands of schedules thus reads each once per [`RELOAD`], where sidekiq-cron's poller reads
+//! every one at each poll (every 15-45 s).
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -30,8 +34,8 @@ use crate::service::{BoxFuture, Service};
 use crate::work::Write;
 use redis::AsyncCommands;
 
-/// How often the list of schedules is read again and files reconciled.
-pub const RELOAD: Duration = Duration::from_secs(30);
+/// How often the list of schedules is read again and files reconciled, at the latest.
+pub const RELOAD: Duration = Duration::from_secs(300);
 
 /// Ticks counted per schedule, for `/metrics`.
 #[derive(Clone)]
