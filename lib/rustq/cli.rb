@@ -22,6 +22,9 @@ module Rustq
 
     # Runs a worker until it is stopped; returns the exit code.
     def self.start(argv = ARGV)
+      # `rustq-worker cron list|enqueue|enable|disable NAME`: the standalone binary's command.
+      return Native.cron_command(["cron", *argv.drop(1)], new.method(:render_erb).to_proc) if argv.first == "cron"
+
       new.run(argv)
     end
 

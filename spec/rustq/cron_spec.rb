@@ -73,4 +73,19 @@ RSpec.describe Rustq::Cron do
     expect { described_class.disable("nothing") }.to raise_error(Rustq::Cron::ScheduleNotFound, /no schedule named "nothing"/)
     expect { described_class.enqueue("nothing") }.to raise_error(Rustq::Cron::ScheduleNotFound)
   end
+
+  it "is managed with `bundle exec rustq-worker cron` as with the standalone binary's command" do
+    described_class.create("digest", cron: "@daily", class: "DigestJob")
+    run = lambda do |*args|
+      out = IO.popen({"REDIS_URL" => REDIS_SERVER.url}, ["ruby", "-I", "lib", "exe/rustq-worker", "cron", *args],
+        chdir: File.expand_path("../..", __dir__), err: [:child, :out], &:read)
+      [$?.exitstatus, out]
+    end
+    status, out = run.call("list")
+    expect([status, out]).to match([0, a_string_including("digest", "@daily", "DigestJob", "enabled")])
+    expect(run.call("disable", "digest")).to eq([0, "disabled digest\n"])
+    expect(redis.hget("cron_job:default:digest", "status")).to eq("disabled")
+    status, out = run.call("enable", "nothing")
+    expect([status, out]).to match([1, a_string_including("no schedule named \"nothing\"")])
+  end
 end

@@ -56,11 +56,19 @@ pub fn main(
     args: impl IntoIterator<Item = OsString>,
     render: &dyn Fn(&str) -> Result<String, String>,
 ) -> ExitCode {
+    ExitCode::from(status(args, render))
+}
+
+/// [`main`]'s exit code as a number (the gem's `bundle exec rustq-worker cron` exits with it).
+pub fn status(
+    args: impl IntoIterator<Item = OsString>,
+    render: &dyn Fn(&str) -> Result<String, String>,
+) -> u8 {
     let cli = match CronCli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.exit_code() == 0 { 0 } else { 2 });
+            return if e.exit_code() == 0 { 0 } else { 2 };
         }
     };
     let options = match crate::options::config_options(
@@ -72,7 +80,7 @@ pub fn main(
         Ok(o) => o,
         Err(e) => {
             eprintln!("rustq-worker cron: {e}");
-            return ExitCode::from(2);
+            return 2;
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -82,7 +90,7 @@ pub fn main(
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rustq-worker cron: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return 1;
         }
     };
     runtime.block_on(async move {
@@ -90,15 +98,15 @@ pub fn main(
             Ok(c) => c,
             Err(e) => {
                 eprintln!("rustq-worker cron: {e}");
-                return ExitCode::FAILURE;
+                return 1;
             }
         };
         let schedules = Schedules::new(conn, options.wire, options.cron_timezone);
         match run(&schedules, &cli).await {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(()) => 0,
             Err(e) => {
                 eprintln!("rustq-worker cron: {e}");
-                ExitCode::FAILURE
+                1
             }
         }
     })

@@ -2,7 +2,7 @@
 //! cross as JSON text both ways; `rustq-cron` checks and stores them (sidekiq-cron's keys).
 
 use chrono::Utc;
-use magnus::{Error, Ruby};
+use magnus::{block::Proc, Error, Ruby};
 use rustq_cron::{Schedule, Schedules, Source, Status, StoreError, Zone};
 use serde_json::{json, Value};
 
@@ -130,4 +130,16 @@ pub fn history(ruby: &Ruby, namespace: String, name: String) -> Result<String, E
         let entries = schedules.history(&namespace, &name).await?;
         Ok(json!(entries).to_string())
     })
+}
+
+/// `cron_command(argv, erb) → exit code`: `bundle exec rustq-worker cron …`, the standalone
+/// binary's own command (`argv[0]` is `cron`), with Ruby's ERB for the config file.
+pub fn command(argv: Vec<String>, erb: Proc) -> u8 {
+    let render = |text: &str| -> Result<String, String> {
+        erb.call::<_, String>((text,)).map_err(|e| e.to_string())
+    };
+    use std::io::Write;
+    let status = rustq_engine::cron_command::status(argv.into_iter().map(Into::into), &render);
+    let _ = std::io::stdout().flush();
+    status
 }

@@ -56,6 +56,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     native.define_singleton_method("cron_status", function!(cron::set_status, 3))?;
     native.define_singleton_method("cron_enqueue", function!(cron::enqueue, 2))?;
     native.define_singleton_method("cron_history", function!(cron::history, 2))?;
+    native.define_singleton_method("cron_command", function!(cron::command, 2))?;
 
     let worker = native.define_class("Worker", ruby.class_object())?;
     worker.define_singleton_method("new", function!(worker::Worker::new, 3))?;
