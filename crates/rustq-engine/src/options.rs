@@ -279,15 +279,7 @@ impl WorkerOptions {
         environment: Option<&str>,
         render: &dyn Fn(&str) -> Result<String, String>,
     ) -> Result<(), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let text = if text.contains("<%") {
-            render(&text).map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?
-        } else {
-            text
-        };
+        let text = read_rendered(path, render)?;
         // The file's name leads every complaint about what is in it, so a bad key says where.
         self.apply_yaml(&text, environment).map_err(|e| match e {
             ConfigError::Invalid(why) => ConfigError::Invalid(format!("{}: {why}", path.display())),
@@ -346,16 +338,8 @@ impl WorkerOptions {
         render: &dyn Fn(&str) -> Result<String, String>,
         read: impl Fn(&Yaml) -> Result<Vec<rustq_cron::Schedule>, rustq_cron::file::FileError>,
     ) -> Result<(), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let text = read_rendered(path, render)?;
         let at = |why: String| ConfigError::Invalid(format!("{}: {why}", path.display()));
-        let text = if text.contains("<%") {
-            render(&text).map_err(at)?
-        } else {
-            text
-        };
         let doc: Yaml =
             serde_norway::from_str(&text).map_err(|e| at(format!("not valid YAML: {e}")))?;
         let found = read(&doc).map_err(|e| at(e.to_string()))?;
@@ -639,6 +623,21 @@ fn parse_handler(class: &str, spec: &Yaml) -> Result<HandlerConfig, ConfigError>
         timeout,
         retry,
     })
+}
+
+/// A config or schedule file's text, its ERB (`<%`) rendered by `render`; complaints name the file.
+fn read_rendered(
+    path: &Path,
+    render: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    if !text.contains("<%") {
+        return Ok(text);
+    }
+    render(&text).map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))
 }
 
 fn yaml_scalar(v: &Yaml) -> Option<String> {
