@@ -358,8 +358,9 @@ fn a_bad_schedule_stops_the_worker_at_boot_naming_file_schedule_and_key() {
         "ok",
         "klass",
         "TickJob",
+        // Spaces around the line, as fugit (and so sidekiq-cron's API) takes it.
         "cron",
-        "* * * * * *",
+        " * * * * * * ",
         "status",
         "enabled",
         "message",

@@ -156,7 +156,7 @@ impl CronLine {
             .parse(&fields)
             .map_err(|e| refuse(format!("is not valid: {e}")))?;
         Ok(CronLine {
-            text: text.trim().to_string(),
+            text: text.to_string(),
             cron,
             zone,
         })

@@ -403,7 +403,7 @@ impl Service for Scheduler {
                     entry.next = entry.line.next_after(now);
                 }
                 if reload {
-                    entries.clear();
+                    // Read again at once; unchanged schedules keep their next tick.
                     reload_at = tokio::time::Instant::now();
                     continue;
                 }
