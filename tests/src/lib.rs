@@ -57,6 +57,15 @@ impl Sidekiq {
         self.child.pid()
     }
 
+    /// Stops it as a deploy would (TERM: running jobs finish, the rest go back to their queue)
+    /// and waits for it to exit, at most `timeout`.
+    pub fn stop(&mut self, timeout: Duration) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        wait_until(timeout, || self.child.0.try_wait().ok().flatten().is_some())
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
