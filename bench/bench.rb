@@ -169,6 +169,7 @@ module Bench
       scenario(9) { scaling_scenario }
       scenario(10) { metrics_scenario }
       scenario(11) { cron_scenario }
+      scenario(12) { limits_scenario }
       seconds = Bench.now - started
       log format("done in %.0f s", seconds)
       report(seconds)
@@ -276,13 +277,13 @@ module Bench
     # --- processing ------------------------------------------------------------------------
 
     # Loads `count` jobs with rustq's bulk push (what they are pushed with does not matter).
-    def load_jobs(count, active_job: false)
+    def load_jobs(count, active_job: false, fields: {})
       if active_job
         load_active_job
         count.times.each_slice(10_000) { |s| Rustq.perform_all_later(s.map { NoopActiveJob.new }) }
       else
         count.times.each_slice(10_000) do |s|
-          Rustq::Client.push_bulk("class" => "NoopJob", "queue" => "default", "args" => Array.new(s.size) { [] })
+          Rustq::Client.push_bulk({"class" => "NoopJob", "queue" => "default", "args" => Array.new(s.size) { [] }}.merge(fields))
         end
       end
       raise "loaded #{queue_length} jobs, not #{count}" unless queue_length == count
@@ -349,9 +350,9 @@ module Bench
     # Pre-loads `count` jobs, starts `processes` workers, and times from the first job taken to
     # the last one acknowledged (queue empty, no in-progress list). Worker boot is not timed.
     # Returns jobs/s; records the workers' peak RSS under `rss_key`.
-    def drain(argv, count, processes: 1, active_job: false, rss_key: nil, env: {})
+    def drain(argv, count, processes: 1, active_job: false, rss_key: nil, env: {}, fields: {})
       @redis.flush
-      load_jobs(count, active_job: active_job)
+      load_jobs(count, active_job: active_job, fields: fields)
       workers = Array.new(processes) do |i|
         WorkerProcess.new(argv, env: { "REDIS_URL" => @redis.url }.merge(env), log: File.join(@dir, "worker-#{rss_key}-#{i}.log"))
       end
@@ -418,6 +419,29 @@ module Bench
       row("10", "no-op jobs with the metrics endpoint on (scraped every 0.1 s) vs off, `rustq-worker` both (#{number(count, "jobs")})",
           "jobs/s", Stat.of(on), Stat.of(off), target: target("≥ 0.95×") { |_, _, r| r && r >= 0.95 },
           note: "columns: on (rustq), off (Sidekiq column)")
+    end
+
+    # 12: what limits cost. (a) A unique job's push (its lock taken in the push's own Lua step)
+    # against a plain push, both rustq's `perform_async`. (b) No-op jobs that each pass a
+    # concurrency check (one key, a limit of 1,000 that never binds: the cost of the slot taken and
+    # given back, not of waiting) against the same jobs without, `rustq-worker` both, interleaved.
+    def limits_scenario
+      count = @quick ? 5_000 : 20_000
+      unique = repeat("12a rustq unique single") { timed_script("push.rb", %w[rustq single], count, "BENCH_UNIQUE" => "1") }
+      plain = repeat("12a rustq plain single") { push_once("rustq", "single", count) }
+      row("12a", "single push of a unique job (`unique_for: 600`) vs a plain one, rustq `perform_async` both",
+          "jobs/s", unique, plain, note: "columns: unique (rustq), plain (Sidekiq column)")
+      jobs = @quick ? 50_000 : 100_000
+      limited = []
+      free = []
+      argv = rust_worker_argv(RUST_WORKER, ["--noop", "NoopJob"])
+      @runs.times do |i|
+        free << drain(argv, jobs)
+        limited << drain(argv, jobs, fields: { "concurrency" => { "key" => "bench", "limit" => 1000 } })
+        log format("12b run %d: without %.0f, with a concurrency limit %.0f jobs/s", i + 1, free.last, limited.last)
+      end
+      row("12b", "no-op jobs each taking and giving back a concurrency slot (one key, limit 1,000) vs no limit, `rustq-worker` both (#{number(jobs, "jobs")})",
+          "jobs/s", Stat.of(limited), Stat.of(free), note: "columns: limited (rustq), unlimited (Sidekiq column)")
     end
 
     PEERS = File.expand_path("../shared/peers", ROOT)

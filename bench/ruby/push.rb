@@ -4,7 +4,8 @@
 #   LIBRARY: rustq | sidekiq
 #   KIND:    single (perform_async) | bulk (Client.push_bulk) |
 #            perform_later (ActiveJob) | perform_all_later (rustq's enqueue_all)
-# BENCH_CLIENT_MIDDLEWARE=1 adds one Sidekiq client middleware to the app.
+# BENCH_CLIENT_MIDDLEWARE=1 adds one Sidekiq client middleware to the app; BENCH_UNIQUE=1 makes
+# the job unique (rustq only).
 # Prints {"jobs": N, "seconds": S} on stdout. REDIS_URL names the Redis to push to.
 require "json"
 require "redis"
@@ -51,6 +52,8 @@ end
 job_class = Class.new { define_method(:perform) { |*| } }
 Object.const_set(:NoopJob, job_class)
 job_class.include(job_module)
+# BENCH_UNIQUE=1: a unique job (rustq only): each push takes its lock in the same step.
+job_class.rustq_options(unique_for: 600) if ENV["BENCH_UNIQUE"] && library == "rustq"
 
 push = case kind
        when "single"

@@ -42,6 +42,8 @@ module Rustq
       @sidekiq&.fire(:startup)
       @cron = SidekiqCron.start(@sidekiq&.sidekiq_config)
       @worker.start
+      # Limiters' slots taken in this process are its own: freed should it die, never by time.
+      Limiter.identity = @worker.identity
       start_watchdog
       @beats = 0
       logger.info { "rustq-worker #{VERSION} running #{@worker.concurrency} Ruby threads as #{@worker.identity}" }

@@ -11,20 +11,30 @@ module Rustq
   # bad push raises Rustq::InvalidJob (an ArgumentError) with Sidekiq's message and writes nothing.
   module Client
     class << self
-      # Pushes one job and returns its jid (nil when a client middleware stopped it).
+      # Pushes one job and returns its jid (nil when a client middleware stopped it, or when it is
+      # a unique job whose lock another job holds: Rustq::NotUnique if its class says
+      # `unique_conflict: :raise`).
       def push(item)
         item = normalize(item)
+        conflict = item["unique_conflict"]
+        item = Limits.resolve(item)
         chain = ClientMiddleware.chain
-        return raw_push(item, false).first unless chain
-
-        payload = ClientMiddleware.call(chain, item["class"], JSON.parse(Native.prepare(item, false).first))
-        payload && raw_push(payload, false).first
+        if chain
+          item = ClientMiddleware.call(chain, item["class"], JSON.parse(Native.prepare(item, false).first))
+          return unless item
+        end
+        jid = raw_push(item, false).first
+        not_unique(item) if jid.nil? && conflict.to_s == "raise"
+        jid
       end
 
       # Pushes many jobs of one class: "args" is an Array of Arrays, "at" (optional) one time or
       # one per job. Returns the jids in order (nil for a job a client middleware stopped).
       def push_bulk(items)
         item = normalize(items)
+        return push_each(item) if Limits.per_job?(item)
+
+        item = Limits.resolve(item)
         chain = ClientMiddleware.chain
         return raw_push(item, true) unless chain
 
@@ -37,6 +47,33 @@ module Rustq
       end
 
       private
+
+      # A bulk push whose limit keys (or unique_by) depend on each job's arguments: each job
+      # resolved alone, all written in one round trip.
+      def push_each(item)
+        args = item["args"]
+        raise InvalidJob, "Bulk arguments must be an Array of Arrays: [[1], [2]]" unless args.is_a?(Array) && args.all?(Array)
+
+        at = item["at"]
+        raise InvalidJob, "Job 'at' Array must have same size as 'args' Array" if at.is_a?(Array) && at.size != args.size
+        # As the native client says for a bulk push of unique jobs with one 'at' each.
+        raise InvalidJob, "Unique jobs cannot be bulk pushed with one 'at' per job: push them one by one, or with one 'at' for all" if at.is_a?(Array) && item["unique_for"]
+
+        chain = ClientMiddleware.chain
+        payloads = args.each_with_index.map do |job_args, index|
+          job = item.merge("args" => job_args)
+          job["at"] = at[index] if at.is_a?(Array)
+          job = Limits.resolve(job)
+          chain ? ClientMiddleware.call(chain, item["class"], JSON.parse(Native.prepare(job, false).first)) : job
+        end
+        kept = payloads.compact
+        jids = kept.empty? ? [] : raw_push(kept, :payloads).each
+        payloads.map { |payload| payload && jids.next }
+      end
+
+      def not_unique(item)
+        raise NotUnique, "#{item["class"]} not pushed: a job with the same class, queue and arguments holds its unique lock (unique_for #{item["unique_for"]} s)"
+      end
 
       # The one place a push leaves Ruby; Rustq::Testing replaces it with in-memory queues.
       # `bulk`: false (one job), true (a bulk item) or :payloads (an Array of jobs, each

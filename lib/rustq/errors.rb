@@ -35,3 +35,10 @@ module Rustq
   # An ArgumentError, as Sidekiq raises, so existing `rescue ArgumentError` keeps working.
   class InvalidJob < ::ArgumentError; end
 end
+
+module Rustq
+  # A unique job pushed while a job with the same class, queue and arguments holds its lock, by a
+  # class that asks to be told (`rustq_options unique_for: 600, unique_conflict: :raise`); by
+  # default such a push returns nil.
+  class NotUnique < Error; end
+end

@@ -218,6 +218,7 @@ module Rustq
     # but for Sidekiq's two ways of saying a job is not over (see #interrupted).
     rescue Exception => e # rubocop:disable Lint/RescueException
       return interrupted(e, payload) if interrupted?(e)
+      return over_limit(e, payload) if e.is_a?(OverLimit)
 
       Thread.handle_interrupt(UNINTERRUPTIBLE) { failure(payload || {}, klass, e, outlook, queue, source) }
     end
@@ -240,7 +241,13 @@ module Rustq
       @logger.info { "#{payload["class"]} JID-#{payload["jid"]} interrupted; back to its queue to resume" }
       {"requeue" => true}
     end
-    private :interrupted?, :interrupted
+    # Rustq::OverLimit (a limiter inside the job was over its limit): the engine schedules the job
+    # again — when the limiter may have room, if it knows — not a failure, not a retry.
+    def over_limit(error, payload)
+      @logger.info { "#{payload["wrapped"] || payload["class"]} JID-#{payload["jid"]} #{error.message}; scheduled again" }
+      {"over_limit" => true, "message" => error.message, "retry_in" => error.retry_in}
+    end
+    private :interrupted?, :interrupted, :over_limit
 
     # #process for an ActiveJob wrapper's payload, given its parts (what rustq-worker hands over
     # when it can): `data` is the payload's args[0], `source.payload` makes the whole payload,
@@ -261,6 +268,8 @@ module Rustq
       nil
     # As in #process.
     rescue Exception => e # rubocop:disable Lint/RescueException
+      return over_limit(e, source.payload || {}) if e.is_a?(OverLimit)
+
       Thread.handle_interrupt(UNINTERRUPTIBLE) { failure(source.payload || {}, :active_job, e, outlook, queue, source) }
     end
 

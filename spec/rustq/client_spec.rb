@@ -16,10 +16,10 @@ RSpec.describe Rustq::Client do
     it "takes Symbol keys, a Class, a Symbol queue, and keeps unknown options in order" do
       klass = Class.new { def self.name = "Billing::ChargeJob" }
       stub_const("Billing::ChargeJob", klass)
-      described_class.push(class: klass, args: [], queue: :billing, retry: 3, bid: "B-1", tags: [:vip], unique_for: 60)
+      described_class.push(class: klass, args: [], queue: :billing, retry: 3, bid: "B-1", tags: [:vip], lock: "acct-1")
 
       raw = redis.lrange("queue:billing", 0, -1).first
-      expect(raw).to start_with('{"retry":3,"queue":"billing","class":"Billing::ChargeJob","args":[],"bid":"B-1","tags":["vip"],"unique_for":60,"jid":')
+      expect(raw).to start_with('{"retry":3,"queue":"billing","class":"Billing::ChargeJob","args":[],"bid":"B-1","tags":["vip"],"lock":"acct-1","jid":')
     end
 
     it "writes numbers and strings exactly as Ruby's JSON does" do

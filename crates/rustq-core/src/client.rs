@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::error::{Error, JobError, Result};
 use crate::job::{generate_jid, segment, Fields, Jids, Job};
+use crate::limits::{self, Unique};
 use crate::wire::{self, keys, WireVersion};
 
 /// Where the current time comes from (tests pin it; everything else uses the system clock).
@@ -78,7 +79,49 @@ pub struct PreparedPush {
     args: BulkArgs,
     /// One per job: when it is scheduled.
     entries: Vec<Entry>,
+    /// The jobs' unique lock, when they ask for one: then each is written by [`UNIQUE_PUSH`].
+    unique: Option<Unique>,
 }
+
+/// Which jobs of a push were written: all of them, but unique jobs whose lock another job holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pushed {
+    duplicates: Vec<usize>,
+}
+
+impl Pushed {
+    /// True when job `index` (in push order) was written.
+    pub fn is_written(&self, index: usize) -> bool {
+        !self.duplicates.contains(&index)
+    }
+
+    /// The jobs not written because their lock was held, in push order.
+    pub fn duplicates(&self) -> &[usize] {
+        &self.duplicates
+    }
+}
+
+static UNIQUE_PUSH_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(UNIQUE_PUSH));
+
+/// A unique job's push: its lock and its push in one step. A lock already held by this very
+/// job (a push sent again after a lost reply) counts as written.
+const UNIQUE_PUSH: &str = r#"
+-- KEYS[1] the lock, KEYS[2] `queues`, KEYS[3] the queue (or `schedule`).
+-- ARGV: jid, the lock's lifetime in ms, the payload, the queue's name, `at` ('' to enqueue now),
+-- the time of the push.
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 1 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if ARGV[5] == '' then
+  redis.call('SADD', KEYS[2], ARGV[4])
+  redis.call('LPUSH', KEYS[3], ARGV[3])
+else
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[3])
+end
+return 1
+"#;
 
 struct Entry {
     at: Option<f64>,
@@ -413,22 +456,104 @@ impl Client {
     /// let jid = client.push(item.as_object().unwrap().clone()).await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// A unique job (`unique_for`, see [`crate::limits`]) whose lock another job holds is not
+    /// written: [`Error::NotUnique`].
     pub async fn push(&self, item: Fields) -> Result<String> {
         let prepared = self.prepare_push(item)?;
-        self.write(&prepared).await?;
+        let pushed = self.write(&prepared).await?;
+        if !pushed.is_written(0) {
+            return Err(Error::NotUnique {
+                lock: limits::unique_lock(&prepared.unique.map(|u| u.digest).unwrap_or_default()),
+            });
+        }
         Ok(prepared.jids.get(0).to_string())
     }
 
     /// Pushes many jobs of one class: `args` is an Array of Arrays (one per job) and `at`, if
-    /// given, is one timestamp or one per job. Returns the jids in order.
+    /// given, is one timestamp or one per job. Returns the jids in order (of unique jobs, those
+    /// written: a job whose lock another holds is left out).
     pub async fn push_bulk(&self, items: Fields) -> Result<Vec<String>> {
         let prepared = self.prepare_bulk(items)?;
-        self.write(&prepared).await?;
-        Ok(prepared.jids.to_vec())
+        let pushed = self.write(&prepared).await?;
+        Ok(prepared
+            .jids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| pushed.is_written(*i))
+            .map(|(_, jid)| jid.to_string())
+            .collect())
     }
 
-    /// Writes prepared jobs.
-    pub async fn write(&self, prepared: &PreparedPush) -> Result<()> {
+    /// Writes prepared jobs; says which were written (unique jobs whose lock is held are not).
+    pub async fn write(&self, prepared: &PreparedPush) -> Result<Pushed> {
+        if prepared.unique.is_some() {
+            return self.write_unique(prepared).await;
+        }
+        self.write_plain(prepared).await?;
+        Ok(Pushed::default())
+    }
+
+    /// Unique jobs: each job's lock and push in one step ([`UNIQUE_PUSH`]), all in one round trip.
+    async fn write_unique(&self, prepared: &PreparedPush) -> Result<Pushed> {
+        let now = self.options.clock.now();
+        let script = &*UNIQUE_PUSH_SCRIPT;
+        let mut pipe = redis::pipe();
+        for entry in prepared.jobs() {
+            let mut job = entry.job;
+            let unique = limits::stamp_digest(&mut job)?.expect("a unique push's jobs are unique");
+            let queue = job.queue().unwrap_or_default().to_string();
+            let lifetime = unique.for_secs + entry.at.map_or(0.0, |at| (at - now).max(0.0));
+            let mut invocation = script.prepare_invoke();
+            invocation
+                .key(limits::unique_lock(&unique.digest))
+                .key(keys::QUEUES);
+            let at = match entry.at {
+                Some(at) => {
+                    invocation.key(keys::SCHEDULE);
+                    wire::format_float(at)
+                }
+                None => {
+                    invocation.key(keys::queue(&queue));
+                    job.set_time("enqueued_at", now, self.options.wire);
+                    String::new()
+                }
+            };
+            invocation
+                .arg(job.jid().unwrap_or_default())
+                .arg(((lifetime * 1000.0).ceil() as u64).max(1))
+                .arg(job.to_json())
+                .arg(&queue)
+                .arg(at)
+                .arg(wire::format_float(now));
+            pipe.invoke_script(&invocation);
+        }
+        let mut conn = self.conn.clone();
+        let written: Vec<i64> = match pipe.query_async(&mut conn).await {
+            // Redis lost its scripts (a restart): none ran; load it and send them again.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                script
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(self.redis_error("push"))?;
+                pipe.query_async(&mut conn)
+                    .await
+                    .map_err(self.redis_error("push"))?
+            }
+            other => other.map_err(self.redis_error("push"))?,
+        };
+        Ok(Pushed {
+            duplicates: written
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| **w == 0)
+                .map(|(i, _)| i)
+                .collect(),
+        })
+    }
+
+    async fn write_plain(&self, prepared: &PreparedPush) -> Result<()> {
         let mut renderer = prepared.renderer(self.options.clock.now(), self.options.wire);
         if prepared.entries.len() <= SLICES_PER_ROUND_TRIP * wire::BULK_SLICE {
             let Some(pipe) = renderer.next_pipeline() else {
@@ -464,7 +589,15 @@ impl Client {
     /// Writes several prepared pushes in one round trip, in order (each job written exactly as
     /// its own push would write it): for jobs that no longer share one template, such as those a
     /// client middleware has changed one by one.
-    pub async fn write_all(&self, prepared: &[PreparedPush]) -> Result<()> {
+    /// Unique jobs among them are written one push at a time. Says which were written, per push.
+    pub async fn write_all(&self, prepared: &[PreparedPush]) -> Result<Vec<Pushed>> {
+        if prepared.iter().any(|p| p.unique.is_some()) {
+            let mut all = Vec::with_capacity(prepared.len());
+            for push in prepared {
+                all.push(self.write(push).await?);
+            }
+            return Ok(all);
+        }
         let now = self.options.clock.now();
         let mut pipe = redis::pipe();
         for push in prepared {
@@ -475,13 +608,15 @@ impl Client {
                 }
             }
         }
+        let all = vec![Pushed::default(); prepared.len()];
         if pipe.is_empty() {
-            return Ok(());
+            return Ok(all);
         }
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn)
             .await
-            .map_err(self.redis_error("push"))
+            .map_err(self.redis_error("push"))?;
+        Ok(all)
     }
 
     async fn join_write(
@@ -516,6 +651,8 @@ impl ClientOptions {
     pub fn prepare_push(&self, item: Fields) -> Result<PreparedPush, JobError> {
         validate(&item)?;
         let mut job = self.normalize(item)?;
+        limits::check(job.fields())?;
+        let unique = limits::stamp_digest(&mut job)?;
         let jid = job.jid().unwrap_or_default().to_string();
         let queue = job.queue().unwrap_or_default().to_string();
         let at = match job.remove("at") {
@@ -528,6 +665,7 @@ impl ClientOptions {
             template: job,
             args: BulkArgs::default(),
             entries: vec![Entry { at }],
+            unique,
         })
     }
 
@@ -564,10 +702,12 @@ impl ClientOptions {
                 template: Job::from_fields(Fields::new()),
                 args,
                 entries: Vec::new(),
+                unique: None,
             });
         }
         let count = args.len();
         let at = items.shift_remove("at");
+        let per_job_at = matches!(at, Some(Value::Array(_)));
         let at: Option<Vec<f64>> = match at {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => Some(vec![n.as_f64().ok_or(JobError::BulkAt)?; count]),
@@ -587,6 +727,12 @@ impl ClientOptions {
         };
         validate(&items)?;
         let template = self.normalize(items)?;
+        limits::check(template.fields())?;
+        // Each job's digest depends on its own arguments: stamped as it is written.
+        let unique = limits::unique(template.fields())?;
+        if unique.is_some() && per_job_at {
+            return Err(JobError::UniqueBulkAt);
+        }
         let queue = template.queue().unwrap_or_default().to_string();
         let jids = Jids::generate(count);
         let entries = match at {
@@ -599,6 +745,7 @@ impl ClientOptions {
             template,
             args,
             entries,
+            unique,
         })
     }
 

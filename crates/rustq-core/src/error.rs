@@ -48,6 +48,18 @@ pub enum JobError {
     /// `push_bulk`'s `at` Array does not have one timestamp per job.
     #[error("Job 'at' Array must have same size as 'args' Array")]
     BulkAtSize,
+    /// A uniqueness, concurrency or rate-limit field that cannot hold; names the field.
+    #[error("Job '{field}' {message}")]
+    BadLimit {
+        /// The payload field (`concurrency`, `throttle`, `unique_for`, `unique_until`).
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A bulk push of unique jobs with one `at` per job: each job's lock would last a different
+    /// time, which one bulk write cannot promise.
+    #[error("Unique jobs cannot be bulk pushed with one 'at' per job: push them one by one, or with one 'at' for all")]
+    UniqueBulkAt,
 }
 
 /// A stored payload that a server cannot run.
@@ -94,6 +106,12 @@ pub enum Error {
         /// Why the connection failed.
         #[source]
         source: RedisError,
+    },
+    /// A unique job was pushed while its lock is held: nothing was written.
+    #[error("not unique: a job with the same class, queue and arguments holds lock {lock}")]
+    NotUnique {
+        /// The lock's key.
+        lock: String,
     },
     /// A Redis command failed.
     #[error("Redis {op} failed on {url}: {source}")]

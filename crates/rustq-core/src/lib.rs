@@ -3,6 +3,8 @@
 //! - [`Job`]: the payload, every field kept in order.
 //! - [`Client`]: `push`/`push_bulk`, exactly as `Sidekiq::Client` writes.
 //! - [`api`]: read queues, scheduled/retry/dead sets and stats, like `Sidekiq::Stats` & co.
+//! - [`limiter`]: concurrent, bucket and window limiters for code inside a job.
+//! - [`limits`]: the payload's unique, concurrency and throttle fields and their keys.
 //! - [`wire`]: key names, timestamps, backoff, backtrace encoding.
 //! - [`spin`]: when a client spins for a reply rather than sleeping.
 //!
@@ -16,6 +18,8 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod job;
+pub mod limiter;
+pub mod limits;
 pub mod sentinel;
 pub mod spin;
 pub mod wire;

@@ -14,7 +14,7 @@ use rustq_core::Job;
 use rustq_core::Retry;
 use rustq_engine::{
     Action, Backoff, CheckFuture, CheckPoint, Deferral, Failure, JobContext, Outcome, Registry,
-    Verdict, Write,
+    UnitOfWork, Verdict, Write,
 };
 use serde::Deserialize;
 use tokio::sync::OnceCell;
@@ -44,7 +44,7 @@ struct Charge(u64, i64);
 struct Books;
 
 impl CheckPoint for Books {
-    fn before<'a>(&'a self, job: &'a Job, _queue: &'a str) -> CheckFuture<'a> {
+    fn before<'a>(&'a self, job: &'a Job, _unit: &'a UnitOfWork) -> CheckFuture<'a> {
         let verdict = match job.class() {
             Some("Billing::MonthlyReportJob") => {
                 Verdict::Defer(Deferral::Into("billing:reports:held".into()))

@@ -11,13 +11,13 @@
 //!
 //! ```
 //! use rustq_core::Job;
-//! use rustq_engine::{Action, CheckFuture, CheckPoint, Deferral, Outcome, Verdict, Write};
+//! use rustq_engine::{Action, CheckFuture, CheckPoint, Deferral, Outcome, UnitOfWork, Verdict, Write};
 //!
 //! /// Parks reports while a maintenance flag is up; counts finished invoices.
 //! struct Gate;
 //!
 //! impl CheckPoint for Gate {
-//!     fn before<'a>(&'a self, job: &'a Job, _queue: &'a str) -> CheckFuture<'a> {
+//!     fn before<'a>(&'a self, job: &'a Job, _unit: &'a UnitOfWork) -> CheckFuture<'a> {
 //!         let park = job.class() == Some("ReportJob");
 //!         Box::pin(async move {
 //!             if park {
@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use rustq_core::Job;
 
-use crate::work::{Action, Deferral, Write};
+use crate::work::{Action, Deferral, UnitOfWork, Write};
 
 /// What [`CheckPoint::before`] returns.
 pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
@@ -56,6 +56,10 @@ pub enum Verdict {
     /// Do not run it now: it waits where the deferral says, unchanged, and its outcome is
     /// [`Action::Defer`].
     Defer(Deferral),
+    /// The check point has itself moved the job out of this process's in-progress list to where
+    /// the deferral says, in the same atomic step that decided it must wait (so no slot freed in
+    /// between is missed). The outcome, [`Action::Defer`], then finds nothing left to move.
+    Taken(Deferral),
 }
 
 /// A job's outcome as check points see it, before it is written.
@@ -76,8 +80,12 @@ pub struct Outcome<'a> {
 pub trait CheckPoint: Send + Sync + 'static {
     /// Just before the job's handler is given it: [`Verdict::Run`] or [`Verdict::Defer`]. The
     /// first check point to defer a job decides; later ones are not asked.
-    fn before<'a>(&'a self, job: &'a Job, queue: &'a str) -> CheckFuture<'a> {
-        let _ = (job, queue);
+    ///
+    /// `unit` is the job as this process holds it: its queue and its bytes exactly as they sit
+    /// in the process's in-progress list for that queue, so a check point may move the job
+    /// itself in the same atomic step that decides ([`Verdict::Taken`]).
+    fn before<'a>(&'a self, job: &'a Job, unit: &'a UnitOfWork) -> CheckFuture<'a> {
+        let _ = (job, unit);
         Box::pin(std::future::ready(Verdict::Run))
     }
 
@@ -104,9 +112,9 @@ impl CheckPoints {
     }
 
     /// Asks each in turn; returns the verdict and how many let the job run before it.
-    pub async fn before(&self, job: &Job, queue: &str) -> (Verdict, usize) {
+    pub async fn before(&self, job: &Job, unit: &UnitOfWork) -> (Verdict, usize) {
         for (i, check_point) in self.0.iter().enumerate() {
-            let verdict = check_point.before(job, queue).await;
+            let verdict = check_point.before(job, unit).await;
             if verdict != Verdict::Run {
                 return (verdict, i);
             }

@@ -292,7 +292,11 @@ fn running_key_of(job: &rustq_core::Job) -> Option<String> {
 }
 
 impl CheckPoint for CronRuns {
-    fn before<'a>(&'a self, job: &'a rustq_core::Job, _queue: &'a str) -> CheckFuture<'a> {
+    fn before<'a>(
+        &'a self,
+        job: &'a rustq_core::Job,
+        _unit: &'a crate::work::UnitOfWork,
+    ) -> CheckFuture<'a> {
         let Some(key) = running_key_of(job) else {
             return Box::pin(std::future::ready(Verdict::Run));
         };

@@ -11,6 +11,8 @@ pub mod class {
     pub const INVALID_PAYLOAD: &str = "Rustq::InvalidPayload";
     /// The job ran past its time limit (`--job-timeout`, a handler's `timeout`).
     pub const TIMEOUT: &str = "Rustq::TimeoutError";
+    /// A limiter inside the job was over its limit too many times in a row.
+    pub const OVER_LIMIT: &str = "Rustq::OverLimit";
     /// A Rust handler panicked.
     pub const PANIC: &str = "Rustq::Panic";
     /// The thread running the job ended without an answer (a Ruby thread killed inside it).
@@ -45,6 +47,10 @@ pub enum FailureKind {
     /// past its run time): to the back of its queue untouched, as Sidekiq pushes it again; not a
     /// failure.
     Interrupted,
+    /// A limiter inside the job was over its limit (`Rustq::OverLimit`): the job is scheduled
+    /// again later (when the limiter says, else with backoff), not a failure and not a retry —
+    /// up to [`crate::job_retry::MAX_OVERRATED`] times, then a failure like any other.
+    OverLimit,
 }
 
 /// A failed job: Sidekiq's `error_class`/`error_message`, plus what to do next.
@@ -105,6 +111,15 @@ impl Failure {
         Failure {
             kind: FailureKind::Interrupted,
             ..Failure::retry(error_class, message)
+        }
+    }
+
+    /// A limiter was over its limit; `wait` is when it may have room (if it knows).
+    pub fn over_limit(message: impl Into<String>, wait: Option<Duration>) -> Failure {
+        Failure {
+            kind: FailureKind::OverLimit,
+            backoff: wait.map(Backoff::In),
+            ..Failure::retry(class::OVER_LIMIT, message)
         }
     }
 

@@ -76,6 +76,32 @@ fn retries_left(job: &Job, count: u32, first_failed: Option<f64>, max: u32, now:
     count < max && within_retry_for
 }
 
+/// How often in a row a job may run into a limiter over its limit and be scheduled again, before
+/// that counts as a failure (Sidekiq Enterprise's default).
+pub const MAX_OVERRATED: u64 = 20;
+
+/// A job that ran into a limiter over its limit ([`FailureKind::OverLimit`]): scheduled again
+/// when the limiter says it may have room, else after a backoff that grows with each time
+/// (5 s, 10 s, 20 s … at most 5 min, plus up to 5 s of jitter), its payload counting the times in
+/// `overrated`. `None` once it has been [`MAX_OVERRATED`] times: then it fails like any error.
+pub fn reschedule(job: &Job, failure: &Failure, now: f64) -> Option<Action> {
+    let overrated = job.get("overrated").and_then(|v| v.as_u64()).unwrap_or(0);
+    if overrated >= MAX_OVERRATED {
+        return None;
+    }
+    let jitter: f64 = rand::rng().random_range(0.0..5.0);
+    let wait = match failure.backoff {
+        Some(Backoff::In(wait)) => wait.as_secs_f64() + jitter.min(wait.as_secs_f64() * 0.1),
+        _ => (5.0 * 2f64.powi(overrated as i32)).min(300.0) + jitter,
+    };
+    let mut job = job.clone();
+    job.set("overrated", overrated + 1);
+    Some(Action::Reschedule {
+        at: now + wait,
+        payload: job.to_json(),
+    })
+}
+
 /// Decides what happens to `job` (fetched from `queue`) after `failure`.
 pub fn on_failure(
     mut job: Job,

@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::ack::Acker;
 use crate::check_point::{CheckPoint, CheckPoints};
+use crate::concurrency::{ConcurrencyLimit, LimitCounters, Reaper};
 use crate::control::Control;
 use crate::cron::{CronCounters, CronRuns, Scheduler};
 use crate::fetch::{Fetcher, Waiters};
@@ -30,6 +31,8 @@ use crate::scheduled::{Poll, Poller};
 use crate::service::Service;
 use crate::stats::Counters;
 use crate::systemd::{self, Notifier, Watchdog};
+use crate::throttle::ThrottleLimit;
+use crate::unique::UniqueLock;
 
 /// Why a worker could not run.
 #[derive(Debug, thiserror::Error)]
@@ -142,9 +145,25 @@ impl Worker {
                 identity: identity.clone(),
             });
         }
+        // A job's limits, in this order: its rate, then its slot, then (once it is sure to
+        // start) its unique lock.
+        let limit_counters = LimitCounters::default();
+        check_points.add(ThrottleLimit {
+            conn: redis_cell.clone(),
+            counters: limit_counters.clone(),
+        });
+        check_points.add(ConcurrencyLimit {
+            conn: redis_cell.clone(),
+            identity: identity.clone(),
+            counters: limit_counters.clone(),
+        });
+        check_points.add(UniqueLock {
+            conn: redis_cell.clone(),
+        });
         if let Some(listener) = listener {
             let metrics = Arc::new(Metrics::new());
             cron_counters.register(metrics.registry());
+            limit_counters.register(metrics.registry());
             observers.add(metrics.clone());
             let endpoint = Arc::new(Endpoint {
                 metrics,
@@ -252,6 +271,11 @@ impl Worker {
                 control: control.clone(),
                 fixed: options.poll_interval_average,
                 average: options.average_scheduled_poll_interval,
+            }),
+            Box::new(Reaper {
+                conn: conn.clone(),
+                identity: identity.clone(),
+                every: crate::concurrency::REAP_EVERY,
             }),
             Box::new(Dump {
                 busy: busy.clone(),

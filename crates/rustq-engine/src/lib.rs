@@ -2,7 +2,8 @@
 //!
 //! Follow a job through the files in order: [`fetch`] takes it (reliably: into an in-progress
 //! list) as a [`work::UnitOfWork`]; the [`manager`] runs it with the [`processor`], which waits
-//! for its start, passes it through the [`check_point`]s and runs its [`handler`] (a Rust
+//! for its start, passes it through the [`check_point`]s (its rate: [`throttle`]; its slot:
+//! [`concurrency`]; its lock: [`unique`]) and runs its [`handler`] (a Rust
 //! handler, a program, or the Ruby host); [`failure`] says why it failed and [`job_retry`] what
 //! that means; [`ack`] writes its outcome, through the one atomic step of [`outcome`] (a retry,
 //! the [`dead_set`], a requeue, a deferral, a check point's writes). Beside the jobs run the
@@ -35,6 +36,7 @@ pub mod work;
 
 pub mod ack;
 pub mod check_point;
+pub mod concurrency;
 pub mod dead_set;
 pub mod failure;
 pub mod fetch;
@@ -44,6 +46,8 @@ pub mod manager;
 pub mod observer;
 pub mod outcome;
 pub mod processor;
+pub mod throttle;
+pub mod unique;
 
 pub mod cron;
 pub mod heartbeat;

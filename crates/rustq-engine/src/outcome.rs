@@ -162,6 +162,14 @@ impl Batch {
                         .arg(payload),
                 ),
             ),
+            Effect::Action(Action::Reschedule { at, payload }, _) => commands.push(
+                self.parts(
+                    &Write::new("ZADD")
+                        .key(keys::SCHEDULE)
+                        .arg(wire::format_float(*at))
+                        .arg(payload),
+                ),
+            ),
             Effect::Action(Action::Dead { payload }, _) => {
                 self.bury(&mut commands, payload);
             }

@@ -101,7 +101,7 @@ impl Processor {
         } else {
             // A check point that panics fails the job (retried, then dead, its error in the Web
             // UI) rather than its task: a lost task would hold the job until the process stops.
-            match AssertUnwindSafe(self.check_points.before(&job, &unit.queue))
+            match AssertUnwindSafe(self.check_points.before(&job, unit))
                 .catch_unwind()
                 .await
             {
@@ -121,7 +121,7 @@ impl Processor {
                 }
             }
         };
-        if let Verdict::Defer(deferral) = verdict {
+        if let Verdict::Defer(deferral) | Verdict::Taken(deferral) = verdict {
             tracing::debug!(class = %job.display_class(), jid = job.jid().unwrap_or(""), ?deferral, "deferred");
             let deferral = match deferral {
                 // Redis cannot score a time that is not a number: due now instead.
@@ -158,12 +158,29 @@ impl Processor {
         let elapsed = begun.elapsed();
         let ms = elapsed.as_millis() as u64;
         let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
-        let failed = matches!(&result, Err(f) if !matches!(f.kind, FailureKind::Requeue | FailureKind::Interrupted));
+        // A limiter over its limit reschedules the job; once it has too often, it fails.
+        let rescheduled = match &result {
+            Err(f) if f.kind == FailureKind::OverLimit => {
+                job_retry::reschedule(&job, f, wire::now_secs())
+            }
+            _ => None,
+        };
+        let result = match result {
+            Err(f) if f.kind == FailureKind::OverLimit && rescheduled.is_none() => {
+                Err(Failure::retry(f.error_class, f.message))
+            }
+            other => other,
+        };
+        let failed = matches!(&result, Err(f) if !matches!(f.kind, FailureKind::Requeue | FailureKind::Interrupted | FailureKind::OverLimit));
         let action = match result {
             Ok(()) => {
                 self.counters.record(&class, ms, false);
                 tracing::info!(class = %class, jid = %jid, elapsed_ms, "done");
                 Action::Acknowledge
+            }
+            Err(failure) if failure.kind == FailureKind::OverLimit => {
+                tracing::info!(class = %class, jid = %jid, elapsed_ms, error = %failure, "over a limiter's limit; scheduled again");
+                rescheduled.expect("an over-limit failure still here was rescheduled")
             }
             Err(failure) if failure.kind == FailureKind::Requeue => Action::Requeue,
             Err(failure) if failure.kind == FailureKind::Interrupted => {

@@ -50,6 +50,14 @@ pub enum Action {
     Requeue,
     /// A check point deferred it before it ran: not a failure, not a retry; unchanged.
     Defer(Deferral),
+    /// `ZADD schedule <at> <payload>`: it ran into a limiter over its limit and runs again later,
+    /// not a failure, not a retry (the payload counts how often, in `overrated`).
+    Reschedule {
+        /// When to run it again (epoch seconds).
+        at: f64,
+        /// The payload with its `overrated` count.
+        payload: String,
+    },
 }
 
 /// Where a deferred job waits, unchanged, without counting as a failure or a retry.

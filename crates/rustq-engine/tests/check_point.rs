@@ -11,7 +11,7 @@ use rustq_core::{Client, Job, RedisConfig};
 use rustq_engine::handler::BoxFuture;
 use rustq_engine::{
     Action, CheckFuture, CheckPoint, Deferral, Handler, JobContext, JobResult, Outcome,
-    QueueWeight, Registry, Verdict, Worker, WorkerOptions, Write,
+    QueueWeight, Registry, UnitOfWork, Verdict, Worker, WorkerOptions, Write,
 };
 use rustq_testing::{wait_until, RedisServer};
 use serde_json::json;
@@ -62,7 +62,7 @@ impl Handler for OneThread {
 struct Gate;
 
 impl CheckPoint for Gate {
-    fn before<'a>(&'a self, job: &'a Job, _queue: &'a str) -> CheckFuture<'a> {
+    fn before<'a>(&'a self, job: &'a Job, _unit: &'a UnitOfWork) -> CheckFuture<'a> {
         let verdict = match job.class() {
             Some("Parked") => Verdict::Defer(Deferral::Into("rustq:test:parked".into())),
             Some("Later") => Verdict::Defer(Deferral::Until(rustq_core::wire::now_secs() + 3600.0)),

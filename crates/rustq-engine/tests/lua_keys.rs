@@ -58,11 +58,13 @@ fn offences(script: &str) -> Vec<String> {
 fn no_engine_script_names_or_builds_a_key() {
     let scripts = match std::env::var_os("RUSTQ_LUA_SRC") {
         Some(src) => scripts(Path::new(&src)),
-        // The engine's and the recurring jobs' (rustq-cron's).
+        // The engine's, the recurring jobs' (rustq-cron's) and the core's (unique pushes,
+        // limiters).
         None => {
             let here = Path::new(env!("CARGO_MANIFEST_DIR"));
             let mut all = scripts(&here.join("src"));
             all.extend(scripts(&here.join("../rustq-cron/src")));
+            all.extend(scripts(&here.join("../rustq-core/src")));
             all
         }
     };

@@ -35,7 +35,8 @@ pub fn unreportable(ruby: &Ruby, error: &Error) -> Failure {
 }
 
 /// A failure Hash from `Processor#process` (`error_class`, `message`, `backtrace`, `retry_in`),
-/// or `{"requeue" => true}`: the job stopped early and goes to the back of its queue unchanged,
+/// `{"over_limit" => true, "message", "retry_in"}` (a limiter was over its limit), or
+/// `{"requeue" => true}`: the job stopped early and goes to the back of its queue unchanged,
 /// no failure (an iterable job interrupted because the process quiets or ran past its time).
 pub fn failure(hash: RHash) -> Result<Failure, Error> {
     if hash.get("requeue").is_some_and(|v| v.to_bool()) {
@@ -43,6 +44,22 @@ pub fn failure(hash: RHash) -> Result<Failure, Error> {
             "Sidekiq::Job::Interrupted",
             "interrupted; back on its queue",
         ));
+    }
+    let text = |key: &str| -> Result<String, Error> {
+        match hash.get(key).filter(|v| !v.is_nil()) {
+            Some(v) => RString::try_convert(v)?.to_string(),
+            None => Ok(String::new()),
+        }
+    };
+    // Rustq::OverLimit: scheduled again (when its limiter has room, if it said), not a failure.
+    if hash.get("over_limit").is_some_and(|v| v.to_bool()) {
+        let wait = match hash.get("retry_in").filter(|v| !v.is_nil()) {
+            Some(v) => Some(f64::try_convert(v)?)
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(std::time::Duration::from_secs_f64),
+            None => None,
+        };
+        return Ok(Failure::over_limit(text("message")?, wait));
     }
     let text = |key: &str| -> Result<String, Error> {
         match hash.get(key).filter(|v| !v.is_nil()) {

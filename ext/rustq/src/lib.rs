@@ -30,6 +30,7 @@ mod errors;
 mod failure;
 mod gvl;
 mod job_queue;
+mod limiter;
 mod push;
 mod ruby_handler;
 mod to_ruby;
@@ -49,6 +50,10 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     native.define_singleton_method("capsules_refused", function!(worker::capsules_refused, 1))?;
     native.define_singleton_method("failed_payload", function!(failure::failed_payload, 6))?;
     native.define_singleton_method("signals", function!(worker::signals, 0))?;
+    native.define_singleton_method("limiter_acquire", function!(limiter::acquire, 5))?;
+    native.define_singleton_method("limiter_release", function!(limiter::release, 3))?;
+    native.define_singleton_method("limiter_bucket", function!(limiter::bucket, 3))?;
+    native.define_singleton_method("limiter_window", function!(limiter::window, 4))?;
     native.define_singleton_method("cron_save", function!(cron::save, 2))?;
     native.define_singleton_method("cron_find", function!(cron::find, 2))?;
     native.define_singleton_method("cron_all", function!(cron::all, 1))?;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use magnus::{prelude::*, Error, RArray, RHash, Ruby};
+use rustq_core::client::Pushed;
 use rustq_core::{wire, Client, PreparedPush};
 
 use crate::client::{self, Session};
@@ -34,7 +35,7 @@ fn prepared(
 /// client, a failover): the shared connection reconnects in the background, and like redis-rb
 /// (which Sidekiq uses) we retry once rather than fail the first push after every reconnect.
 /// Timeouts are not retried: the first write may have landed.
-async fn write(client: Client, prepared: &PreparedPush) -> rustq_core::Result<()> {
+async fn write(client: Client, prepared: &PreparedPush) -> rustq_core::Result<Pushed> {
     match client.write(prepared).await {
         Err(rustq_core::Error::Redis { source, .. })
             if source.is_connection_dropped() || source.is_connection_refusal() =>
@@ -46,7 +47,7 @@ async fn write(client: Client, prepared: &PreparedPush) -> rustq_core::Result<()
 }
 
 /// [`write`] for several pushes in one round trip.
-async fn write_all(client: Client, prepared: &[PreparedPush]) -> rustq_core::Result<()> {
+async fn write_all(client: Client, prepared: &[PreparedPush]) -> rustq_core::Result<Vec<Pushed>> {
     match client.write_all(prepared).await {
         Err(rustq_core::Error::Redis { source, .. })
             if source.is_connection_dropped() || source.is_connection_refusal() =>
@@ -57,15 +58,17 @@ async fn write_all(client: Client, prepared: &[PreparedPush]) -> rustq_core::Res
     }
 }
 
-/// `push(item) → jid`
-pub fn push(ruby: &Ruby, item: RHash) -> Result<String, Error> {
+/// `push(item) → jid`, or nil for a unique job whose lock another job holds.
+pub fn push(ruby: &Ruby, item: RHash) -> Result<Option<String>, Error> {
     let session = client::session(ruby)?;
     let prepared = prepared(ruby, &session, item, false)?;
-    session.run(ruby, |client| write(client, &prepared))?;
-    Ok(prepared.jids.get(0).to_string())
+    let pushed = session.run(ruby, |client| write(client, &prepared))?;
+    Ok(pushed
+        .is_written(0)
+        .then(|| prepared.jids.get(0).to_string()))
 }
 
-/// `push_bulk(items) → [jid, …]`. Redis is written on rustq's runtime while this thread builds
+/// `push_bulk(items) → [jid, …]` (nil for a unique job whose lock another holds). Redis is written on rustq's runtime while this thread builds
 /// the Array of jids (100,000 Ruby Strings take about as long as Redis takes to store the jobs).
 pub fn push_bulk(ruby: &Ruby, items: RHash) -> Result<RArray, Error> {
     let session = client::session(ruby)?;
@@ -81,7 +84,10 @@ pub fn push_bulk(ruby: &Ruby, items: RHash) -> Result<RArray, Error> {
         )?
     };
     let jids = ruby.ary_from_iter(prepared.jids.iter().map(|jid| ruby.str_new(jid)));
-    session.wait(ruby, written)?;
+    let pushed = session.wait(ruby, written)?;
+    for &index in pushed.duplicates() {
+        jids.store(index as isize, ruby.qnil())?;
+    }
     Ok(jids)
 }
 
@@ -93,9 +99,13 @@ pub fn push_payloads(ruby: &Ruby, payloads: RArray) -> Result<RArray, Error> {
         .into_iter()
         .map(|payload| prepared(ruby, &session, RHash::try_convert(payload)?, false))
         .collect::<Result<Vec<_>, Error>>()?;
-    let jids = ruby.ary_from_iter(prepared.iter().map(|push| ruby.str_new(push.jids.get(0))));
-    session.run(ruby, |client| write_all(client, &prepared))?;
-    Ok(jids)
+    let pushed = session.run(ruby, |client| write_all(client, &prepared))?;
+    Ok(ruby.ary_from_iter(
+        prepared
+            .iter()
+            .zip(&pushed)
+            .map(|(push, pushed)| pushed.is_written(0).then(|| ruby.str_new(push.jids.get(0)))),
+    ))
 }
 
 /// `prepare(item, bulk) → [payload_json, …]`: exactly what a push would write, without Redis,

@@ -29,6 +29,8 @@ end
 
 ActiveSupport.on_load(:active_job) do
   include Rustq::EnqueueResult unless method_defined?(:successfully_enqueued?)
+  # Solid Queue's limits_concurrency and activejob-uniqueness' unique, unless those gems are here.
+  extend Rustq::ActiveJobLimits unless respond_to?(:limits_concurrency) || respond_to?(:unique)
 end
 
 module ActiveJob
@@ -39,17 +41,20 @@ module ActiveJob
       JOB_WRAPPER = Rustq::Job::ACTIVE_JOB_WRAPPERS.first
 
       def enqueue(job)
-        job.provider_job_id = Rustq::Client.push(item_for(job))
+        pushed(job, Rustq::Client.push(item_for(job)))
       end
 
       def enqueue_at(job, timestamp)
-        job.provider_job_id = Rustq::Client.push(item_for(job).merge("at" => timestamp.to_f))
+        pushed(job, Rustq::Client.push(item_for(job).merge("at" => timestamp.to_f)))
       end
 
       # One push_bulk per class, queue and kind (now or scheduled). Sets provider_job_id and
       # successfully_enqueued on every job; returns how many were enqueued.
       def enqueue_all(jobs)
-        jobs.group_by { |job| [job.class, job.queue_name, job.scheduled_at.nil?] }.sum do |_, group|
+        # Jobs with limits carry fields of their own: each pushed alone.
+        limited, jobs = jobs.partition { |job| limited?(job) }
+        limited.each { |job| job.scheduled_at ? enqueue_at(job, job.scheduled_at.to_f) : enqueue(job) }
+        limited.count(&:successfully_enqueued?) + jobs.group_by { |job| [job.class, job.queue_name, job.scheduled_at.nil?] }.sum do |_, group|
           item = item_for(group.first).merge("args" => group.map { |job| [job.serialize] })
           item["at"] = group.map { |job| job.scheduled_at.to_f } if group.first.scheduled_at
           jids = Rustq::Client.push_bulk(item)
@@ -76,12 +81,25 @@ module ActiveJob
       private
 
       def item_for(job)
-        {
+        item = {
           "class" => JOB_WRAPPER,
           "wrapped" => job.class,
           "queue" => job.queue_name,
           "args" => [job.serialize]
         }
+        limited?(job) ? item.merge(Rustq::ActiveJobLimits.fields(job)) : item
+      end
+
+      def limited?(job)
+        klass = job.class
+        klass.respond_to?(:rustq_concurrency) && (klass.rustq_concurrency || klass.rustq_unique)
+      end
+
+      # nil from a push that went through: a middleware stopped it, or its unique lock is held.
+      def pushed(job, jid)
+        job.successfully_enqueued = !jid.nil? if job.respond_to?(:successfully_enqueued=)
+        Rustq::ActiveJobLimits.conflict(job) if jid.nil? && job.class.respond_to?(:rustq_unique) && job.class.rustq_unique
+        job.provider_job_id = jid
       end
     end
   end

@@ -9,7 +9,7 @@ use redis::aio::ConnectionManager;
 use rustq_core::Job;
 use rustq_engine::{
     Action, CheckFuture, CheckPoint, Deferral, Failure, JobContext, JobResult, Outcome, Registry,
-    Verdict, Write,
+    UnitOfWork, Verdict, Write,
 };
 use serde_json::json;
 use tokio::sync::OnceCell;
@@ -57,7 +57,7 @@ async fn record(ctx: &JobContext) -> JobResult {
 struct TestGate;
 
 impl CheckPoint for TestGate {
-    fn before<'a>(&'a self, job: &'a Job, _queue: &'a str) -> CheckFuture<'a> {
+    fn before<'a>(&'a self, job: &'a Job, _unit: &'a UnitOfWork) -> CheckFuture<'a> {
         let verdict = match job.class() {
             Some("DeferJob") => Verdict::Defer(Deferral::Into("deferred".into())),
             _ => Verdict::Run,
@@ -93,6 +93,21 @@ fn main() -> ExitCode {
             .await?;
         record(&ctx).await
     });
+    // Runs under a concurrency limit or a rate in tests/tests/limits.rs: when it ran.
+    registry.handle_args(
+        "LimitedJob",
+        |ctx: JobContext, (key, ms): (String, u64)| async move {
+            let started = now_ms();
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let run = json!({"jid": ctx.jid(), "key": key, "start": started, "end": now_ms(), "host": "rust"});
+            redis::cmd("RPUSH")
+                .arg("limited_runs")
+                .arg(run.to_string())
+                .query_async::<()>(&mut ledger_conn().await?.clone())
+                .await?;
+            Ok(())
+        },
+    );
     registry.handle("FailJob", |ctx: JobContext| async move {
         record(&ctx).await?;
         Err(Failure::retry("RuntimeError", "boom"))
