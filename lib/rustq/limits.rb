@@ -17,6 +17,14 @@ module Rustq
     LOCAL = %w[unique_by unique_conflict].freeze
 
     class << self
+      # Every lock and limit in use, for operators:
+      #   {"concurrency" => [{"key", "running" => [{"jid", "process", "alive"}], "waiting"}],
+      #    "throttles" => [{"key", "reserved", "next_admission"}],
+      #    "unique" => [{"digest", "jid", "expires_in"}]}
+      def list
+        JSON.parse(Native.limits_list)
+      end
+
       # True when `item` carries anything that must be computed per job.
       def any?(item)
         item.key?("unique_for") || KEYED.any? { |name| item.key?(name) } || LOCAL.any? { |name| item.key?(name) }

@@ -42,6 +42,9 @@ RSpec.describe "rustq_options unique_for, concurrency and throttle" do
     expect(lock.size).to eq(2)
     expect(redis.ttl(lock.first)).to be_between(590, 600)
     expect(queue_payloads.last).to include("unique_for" => 600.0, "unique_digest" => a_string_matching(/\A\h{40}\z/))
+    listed = Rustq::Limits.list["unique"]
+    expect(listed.map { |l| l["jid"] }).to match_array(queue_payloads.map { |p| p["jid"] })
+    expect(listed.map { |l| l["expires_in"] }).to all(be_between(590, 600))
 
     job_class("StrictJob", unique_for: 60, unique_conflict: :raise)
     StrictJob.perform_async(1)

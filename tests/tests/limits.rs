@@ -148,6 +148,28 @@ fn two_standalone_and_two_ruby_host_workers_never_run_more_than_the_limit_per_ke
         ruby_host(&redis, "10"),
         ruby_host(&redis, "10"),
     ];
+    // While they run, the listing shows each key's holders (alive) and its waiting jobs.
+    let listed = wait_until(Duration::from_secs(30), || {
+        let listing = runtime().block_on(async {
+            let client = Client::connect(&RedisConfig::new(redis.url()))
+                .await
+                .unwrap();
+            rustq_core::limits::list(&mut client.connection())
+                .await
+                .unwrap()
+        });
+        listing.concurrency.len() == keys
+            && listing.concurrency.iter().all(|c| {
+                c.running.len() <= limit as usize
+                    && c.running.iter().all(|h| h.alive)
+                    && c.running.len() + c.waiting as usize > 0
+            })
+            && listing.concurrency.iter().any(|c| c.waiting > 0)
+    });
+    assert!(
+        listed,
+        "the listing did not show every key with its holders and waiting jobs"
+    );
     let all_ran = wait_until(Duration::from_secs(120), || {
         runs_count(&redis) >= jobs.len()
     });
@@ -316,6 +338,46 @@ fn a_sigkilled_workers_slots_come_back_at_its_restart_or_when_its_heartbeat_is_g
         &redis, "k"
     )
     .is_empty()));
+}
+
+#[test]
+fn a_rust_handler_registered_with_a_concurrency_limit_holds_jobs_pushed_without_one() {
+    let redis = RedisServer::start();
+    let client_jobs: Vec<(String, u64)> = (0..12).map(|_| ("r".to_string(), 300)).collect();
+    let jids: Vec<String> = runtime().block_on(async {
+        let client = Client::connect(&RedisConfig::new(redis.url()))
+            .await
+            .unwrap();
+        let mut jids = Vec::new();
+        for (key, ms) in &client_jobs {
+            let item =
+                json!({"class": "RegisteredLimitJob", "queue": "limited", "args": [key, ms]});
+            jids.push(
+                client
+                    .push(item.as_object().unwrap().clone())
+                    .await
+                    .unwrap(),
+            );
+        }
+        jids
+    });
+    let worker = standalone(&redis, "10");
+    let finished = wait_until(Duration::from_secs(30), || runs_count(&redis) >= jids.len());
+    let runs = runs(&redis);
+    assert!(
+        finished,
+        "{} of {} ran\n{}",
+        runs.len(),
+        jids.len(),
+        worker.log_text()
+    );
+    assert_eq!(
+        most_at_once(&runs)["r"],
+        2,
+        "the registered limit (2) held, and was reached"
+    );
+    let ran: HashSet<&str> = runs.iter().map(|r| r.jid.as_str()).collect();
+    assert_eq!(ran, jids.iter().map(String::as_str).collect());
 }
 
 #[test]

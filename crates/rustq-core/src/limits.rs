@@ -70,9 +70,10 @@ pub fn held_slots(identity: &str) -> String {
 /// Set of the identities that hold (or held) slots: where the reaper looks.
 pub const SLOT_HOLDERS: &str = "rustq:limit:holders";
 
-/// A throttle's state: the GCRA's theoretical arrival time, in milliseconds.
-pub fn throttle_tat(key: &str) -> String {
-    format!("rustq:throttle:{{{key}}}:tat")
+/// A throttle's state, a hash: `tat` (the GCRA's theoretical arrival time, ms) and `tolerance`
+/// (its burst, ms: the next job may start at `tat - tolerance`).
+pub fn throttle_state(key: &str) -> String {
+    format!("rustq:throttle:{{{key}}}:state")
 }
 
 /// A throttle's reservations: jid → the millisecond a deferred job may start at.
@@ -320,6 +321,159 @@ impl Limits {
             throttle: throttle(fields).ok().flatten(),
         }
     }
+}
+
+/// Set of every throttle key in use (what the listing reads).
+pub const THROTTLE_KEYS: &str = "rustq:throttles";
+
+/// A job holding a concurrency slot.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SlotHolder {
+    /// The job's jid.
+    pub jid: String,
+    /// The process running it (its identity).
+    pub process: String,
+    /// Whether that process's heartbeat is there (a dead one's slots are about to be freed).
+    pub alive: bool,
+}
+
+/// A concurrency key as it stands.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ConcurrencyView {
+    /// The key.
+    pub key: String,
+    /// The jobs holding its slots.
+    pub running: Vec<SlotHolder>,
+    /// Jobs waiting for a slot, over all their queues.
+    pub waiting: u64,
+}
+
+/// A rate limit as it stands.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ThrottleView {
+    /// The key.
+    pub key: String,
+    /// Jobs waiting for the moment reserved for them.
+    pub reserved: u64,
+    /// When the next job may start (epoch seconds; now or earlier when there is room).
+    pub next_admission: Option<f64>,
+}
+
+/// A unique job's lock.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LockView {
+    /// The lock's digest.
+    pub digest: String,
+    /// The jid holding it.
+    pub jid: String,
+    /// Seconds until it expires.
+    pub expires_in: Option<f64>,
+}
+
+/// Every lock and limit in use: what an operator looks at (`Rustq::Limits.list` in Ruby).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Listing {
+    /// Concurrency keys with running or waiting jobs.
+    pub concurrency: Vec<ConcurrencyView>,
+    /// Rate limits in use.
+    pub throttles: Vec<ThrottleView>,
+    /// Unique jobs' locks.
+    pub unique: Vec<LockView>,
+}
+
+/// Reads every lock and limit (SCANs the unique locks, 1,000 keys a step; reads nothing else
+/// beyond the keys of the limits in use).
+pub async fn list(conn: &mut crate::Conn) -> redis::RedisResult<Listing> {
+    use redis::AsyncCommands;
+    let mut listing = Listing::default();
+    let mut keys: Vec<String> = conn.smembers(CONCURRENCY_KEYS).await?;
+    keys.sort();
+    for key in keys {
+        let running: Vec<(String, String)> = conn.hgetall(concurrency_running(&key)).await?;
+        let queues: Vec<String> = conn.smembers(concurrency_queues(&key)).await?;
+        let mut waiting = 0;
+        for queue in &queues {
+            waiting += conn
+                .llen::<_, u64>(concurrency_waiting(&key, queue))
+                .await?;
+        }
+        if running.is_empty() && waiting == 0 {
+            continue;
+        }
+        let mut holders = Vec::with_capacity(running.len());
+        for (jid, process) in running {
+            let alive: bool = conn.exists(&process).await?;
+            holders.push(SlotHolder {
+                jid,
+                process,
+                alive,
+            });
+        }
+        holders.sort_by(|a, b| a.jid.cmp(&b.jid));
+        listing.concurrency.push(ConcurrencyView {
+            key,
+            running: holders,
+            waiting,
+        });
+    }
+    let mut throttles: Vec<String> = conn.smembers(THROTTLE_KEYS).await?;
+    throttles.sort();
+    for key in throttles {
+        let state: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(throttle_state(&key))
+            .arg("tat")
+            .arg("tolerance")
+            .query_async(conn)
+            .await?;
+        let number = |i: usize| {
+            state
+                .get(i)
+                .cloned()
+                .flatten()
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        let next_admission = match (number(0), number(1)) {
+            (Some(tat), Some(tolerance)) => Some((tat - tolerance) / 1000.0),
+            _ => None,
+        };
+        let reserved: u64 = conn.hlen(throttle_reserved(&key)).await?;
+        if next_admission.is_none() && reserved == 0 {
+            continue;
+        }
+        listing.throttles.push(ThrottleView {
+            key,
+            reserved,
+            next_admission,
+        });
+    }
+    let mut cursor = 0u64;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("rustq:unique:*")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        for lock in found {
+            let jids: Vec<String> = conn.hkeys(&lock).await?;
+            let ttl: i64 = conn.pttl(&lock).await?;
+            for jid in jids {
+                listing.unique.push(LockView {
+                    digest: lock.trim_start_matches("rustq:unique:").to_string(),
+                    jid,
+                    expires_in: (ttl >= 0).then(|| ttl as f64 / 1000.0),
+                });
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    listing.unique.sort_by(|a, b| a.digest.cmp(&b.digest));
+    Ok(listing)
 }
 
 #[cfg(test)]

@@ -257,6 +257,60 @@ pub struct HandlerOptions {
     pub timeout: Option<Duration>,
     /// Backoff for this class's retries, like `sidekiq_retry_in`, when the failure names none.
     pub retry_in: Option<RetryIn>,
+    /// Limits for this class's jobs whose payload carries none (pushed by Sidekiq or by code that
+    /// does not set them): a concurrency limit and a rate, keyed from the job's arguments.
+    pub limits: Vec<LimitRule>,
+}
+
+/// The key of a limit, from a job's arguments.
+pub type KeyFn = Arc<dyn Fn(&[serde_json::Value]) -> String + Send + Sync>;
+
+/// A limit a handler is registered with (see [`Registered::concurrency`], [`Registered::throttle`]).
+#[derive(Clone)]
+pub enum LimitRule {
+    /// At most `limit` at once per key.
+    Concurrency {
+        /// How many at once.
+        limit: u64,
+        /// The key, from the arguments.
+        key: KeyFn,
+    },
+    /// At most `limit` starts per `period` per key.
+    Throttle {
+        /// How many per period.
+        limit: u64,
+        /// The period.
+        period: Duration,
+        /// The key, from the arguments.
+        key: KeyFn,
+    },
+}
+
+impl LimitRule {
+    /// Adds this limit's field to `job` unless the job carries one of its own (what it was pushed
+    /// with wins, as a payload's `retry` wins over the handler's).
+    pub fn apply(&self, job: &mut rustq_core::Job) {
+        let args = job.args().cloned().unwrap_or_default();
+        match self {
+            LimitRule::Concurrency { limit, key }
+                if job.get(rustq_core::limits::CONCURRENCY).is_none() =>
+            {
+                job.set(
+                    rustq_core::limits::CONCURRENCY,
+                    serde_json::json!({"key": key(&args), "limit": limit}),
+                );
+            }
+            LimitRule::Throttle { limit, period, key }
+                if job.get(rustq_core::limits::THROTTLE).is_none() =>
+            {
+                job.set(
+                    rustq_core::limits::THROTTLE,
+                    serde_json::json!({"key": key(&args), "limit": limit, "period": period.as_secs_f64()}),
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 impl fmt::Debug for HandlerOptions {
@@ -265,6 +319,7 @@ impl fmt::Debug for HandlerOptions {
             .field("retry", &self.retry)
             .field("timeout", &self.timeout)
             .field("retry_in", &self.retry_in.is_some())
+            .field("limits", &self.limits.len())
             .finish()
     }
 }
@@ -288,6 +343,43 @@ impl Registered {
     /// Fail the job (and retry it) when it runs longer than this.
     pub fn timeout(&mut self, timeout: Duration) -> &mut Registered {
         self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// At most `limit` of this class's jobs with the same key run at once, fleet-wide (for jobs
+    /// pushed without a `concurrency` field; see `rustq_core::limits`).
+    ///
+    /// ```
+    /// # let mut registry = rustq_engine::Registry::new();
+    /// registry
+    ///     .handle("Billing::ChargeJob", |_ctx| async { Ok(()) })
+    ///     .concurrency(3, |args| format!("acct:{}", args[0]));
+    /// ```
+    pub fn concurrency(
+        &mut self,
+        limit: u64,
+        key: impl Fn(&[serde_json::Value]) -> String + Send + Sync + 'static,
+    ) -> &mut Registered {
+        self.options.limits.push(LimitRule::Concurrency {
+            limit: limit.max(1),
+            key: Arc::new(key),
+        });
+        self
+    }
+
+    /// At most `limit` of this class's jobs with the same key start per `period` (for jobs
+    /// pushed without a `throttle` field).
+    pub fn throttle(
+        &mut self,
+        limit: u64,
+        period: Duration,
+        key: impl Fn(&[serde_json::Value]) -> String + Send + Sync + 'static,
+    ) -> &mut Registered {
+        self.options.limits.push(LimitRule::Throttle {
+            limit: limit.max(1),
+            period,
+            key: Arc::new(key),
+        });
         self
     }
 

@@ -296,6 +296,7 @@ mod tests {
                     Backoff::Kill
                 }
             })),
+            limits: Vec::new(),
         };
         let Action::Retry { at, .. } = on_failure(
             j.clone(),

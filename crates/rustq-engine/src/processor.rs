@@ -49,7 +49,7 @@ pub type Decision = (Action, Vec<Write>);
 impl Processor {
     /// Runs `unit` and returns what to write for it; `started` is claimed when the job begins.
     pub async fn process(&self, unit: &UnitOfWork, started: Started) -> Decision {
-        let job = match unit.parse() {
+        let mut job = match unit.parse() {
             Ok(job) => job,
             Err(e) => {
                 let now = wire::now_secs();
@@ -81,6 +81,13 @@ impl Processor {
         let registered = self
             .registry
             .resolve(job.class().unwrap_or_default(), job.wrapped());
+        // Limits its handler was registered with, for a job pushed without its own.
+        for rule in registered
+            .map(|r| r.options.limits.as_slice())
+            .unwrap_or_default()
+        {
+            rule.apply(&mut job);
+        }
         let own_threads = registered.is_some_and(|r| r.handler.signals_start());
         let mut _permit = None;
         if !own_threads {

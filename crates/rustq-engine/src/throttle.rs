@@ -18,8 +18,9 @@ use crate::concurrency::LimitCounters;
 use crate::work::{Deferral, UnitOfWork};
 
 const ADMIT: &str = r#"
--- KEYS[1] the key's theoretical arrival time (ms), KEYS[2] its reservations (jid -> ms).
--- ARGV: now (ms), emission interval (ms), burst tolerance (ms), jid.
+-- KEYS[1] the key's state (a hash: tat, the theoretical arrival time in ms, and tolerance),
+-- KEYS[2] its reservations (jid -> ms), KEYS[3] the set of throttle keys.
+-- ARGV: now (ms), emission interval (ms), burst tolerance (ms), jid, the key.
 -- Returns 0 (run now) or the millisecond it may start at (reserved for it).
 local now, interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local reserved = redis.call('HGET', KEYS[2], ARGV[4])
@@ -32,11 +33,13 @@ if reserved then
   end
   return reserved
 end
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0')
 if tat < now then tat = now end
 local start = tat - tolerance
 local keep = math.ceil(tat + interval - now + tolerance + 1000)
-redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', keep)
+redis.call('HSET', KEYS[1], 'tat', tostring(tat + interval), 'tolerance', tostring(tolerance))
+redis.call('PEXPIRE', KEYS[1], keep)
+redis.call('SADD', KEYS[3], ARGV[5])
 if start <= now then return 0 end
 redis.call('HSET', KEYS[2], ARGV[4], tostring(start))
 redis.call('PEXPIRE', KEYS[2], keep + 60000)
@@ -69,12 +72,14 @@ impl CheckPoint for ThrottleLimit {
             loop {
                 let now_ms = (wire::now_secs() * 1000.0).floor();
                 let answer: redis::RedisResult<f64> = ADMIT_SCRIPT
-                    .key(limits::throttle_tat(&throttle.key))
+                    .key(limits::throttle_state(&throttle.key))
                     .key(limits::throttle_reserved(&throttle.key))
+                    .key(limits::THROTTLE_KEYS)
                     .arg(now_ms)
                     .arg(interval)
                     .arg(tolerance)
                     .arg(jid)
+                    .arg(&throttle.key)
                     .invoke_async(&mut conn.clone())
                     .await;
                 match answer {

@@ -54,6 +54,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     native.define_singleton_method("limiter_release", function!(limiter::release, 3))?;
     native.define_singleton_method("limiter_bucket", function!(limiter::bucket, 3))?;
     native.define_singleton_method("limiter_window", function!(limiter::window, 4))?;
+    native.define_singleton_method("limits_list", function!(limiter::list, 0))?;
     native.define_singleton_method("cron_save", function!(cron::save, 2))?;
     native.define_singleton_method("cron_find", function!(cron::find, 2))?;
     native.define_singleton_method("cron_all", function!(cron::all, 1))?;

@@ -76,3 +76,14 @@ pub fn window(
             .map_err(client.redis_error("limiter"))
     })
 }
+
+/// `limits_list → JSON`: every lock and limit in use (`rustq_core::limits::list`).
+pub fn list(ruby: &Ruby) -> Result<String, Error> {
+    client::session(ruby)?.run(ruby, |client| async move {
+        let mut conn = client.connection();
+        let listing = rustq_core::limits::list(&mut conn)
+            .await
+            .map_err(client.redis_error("limits"))?;
+        Ok(serde_json::to_string(&listing).expect("a listing serializes"))
+    })
+}

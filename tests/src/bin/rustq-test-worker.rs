@@ -93,21 +93,29 @@ fn main() -> ExitCode {
             .await?;
         record(&ctx).await
     });
-    // Runs under a concurrency limit or a rate in tests/tests/limits.rs: when it ran.
-    registry.handle_args(
-        "LimitedJob",
-        |ctx: JobContext, (key, ms): (String, u64)| async move {
-            let started = now_ms();
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            let run = json!({"jid": ctx.jid(), "key": key, "start": started, "end": now_ms(), "host": "rust"});
-            redis::cmd("RPUSH")
-                .arg("limited_runs")
-                .arg(run.to_string())
-                .query_async::<()>(&mut ledger_conn().await?.clone())
-                .await?;
-            Ok(())
-        },
-    );
+    // Runs under a concurrency limit or a rate in tests/tests/limits.rs: when it ran. The second
+    // class has its limit from its registration, not its payload.
+    for class in ["LimitedJob", "RegisteredLimitJob"] {
+        let registered = registry.handle_args(
+            class,
+            |ctx: JobContext, (key, ms): (String, u64)| async move {
+                let started = now_ms();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                let run = json!({"jid": ctx.jid(), "key": key, "start": started, "end": now_ms(), "host": "rust"});
+                redis::cmd("RPUSH")
+                    .arg("limited_runs")
+                    .arg(run.to_string())
+                    .query_async::<()>(&mut ledger_conn().await?.clone())
+                    .await?;
+                Ok(())
+            },
+        );
+        if class == "RegisteredLimitJob" {
+            registered.concurrency(2, |args| {
+                format!("registered:{}", args[0].as_str().unwrap_or(""))
+            });
+        }
+    }
     registry.handle("FailJob", |ctx: JobContext| async move {
         record(&ctx).await?;
         Err(Failure::retry("RuntimeError", "boom"))
