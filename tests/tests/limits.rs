@@ -420,6 +420,28 @@ fn a_unique_job_is_pushed_once_until_it_succeeds_or_starts_and_a_killed_holder_l
     assert_eq!(refused.into_inner(), 999);
     assert_eq!(redis.cli(&["LLEN", "queue:limited"]), "1");
 
+    // Deleted through rustq's API, its lock goes with it; pushed again, it is locked again.
+    let queued: Value =
+        serde_json::from_str(&redis.cli(&["LINDEX", "queue:limited", "0"])).unwrap();
+    let deleted = rt
+        .block_on(
+            client
+                .queue("limited")
+                .delete_job(queued["jid"].as_str().unwrap()),
+        )
+        .unwrap();
+    assert!(deleted);
+    assert_eq!(
+        redis.cli(&["KEYS", "rustq:unique:*"]),
+        "",
+        "the lock went with the job"
+    );
+    rt.block_on(client.push(fields.clone())).unwrap();
+    assert!(matches!(
+        rt.block_on(client.push(fields.clone())),
+        Err(Error::NotUnique { .. })
+    ));
+
     // It runs and succeeds: the lock is gone, a push enqueues again.
     let worker = standalone(&redis, "1");
     assert!(wait_until(Duration::from_secs(20), || runs_count(&redis) == 1));

@@ -174,6 +174,28 @@ impl Queue<'_> {
             .find(|job| job.jid() == Some(jid)))
     }
 
+    /// Deletes the waiting job with this jid; true if it was there. A unique job's lock goes
+    /// with it, in the same step (only if the job was there to delete).
+    pub async fn delete_job(&self, jid: &str) -> Result<bool> {
+        let raw = self.raw_jobs().await?.into_iter().find(|raw| {
+            Job::from_json(raw)
+                .ok()
+                .and_then(|j| j.jid().map(str::to_string))
+                .as_deref()
+                == Some(jid)
+        });
+        let Some(raw) = raw else {
+            return Ok(false);
+        };
+        delete_with_lock(
+            self.client,
+            &raw,
+            DELETE_FROM_LIST,
+            &keys::queue(&self.name),
+        )
+        .await
+    }
+
     /// Deletes the queue and removes it from `queues`.
     pub async fn clear(&self) -> Result<()> {
         redis::pipe()
@@ -251,6 +273,15 @@ impl<'a> JobSet<'a> {
         }))
     }
 
+    /// Deletes the entry whose job has this jid; true if it was there. A unique job's lock goes
+    /// with it, in the same step (only if the job was there to delete).
+    pub async fn delete_job(&self, jid: &str) -> Result<bool> {
+        let Some((entry, _)) = self.find_job(jid).await? else {
+            return Ok(false);
+        };
+        delete_with_lock(self.client, &entry.raw, DELETE_FROM_SET, self.key).await
+    }
+
     /// Deletes the whole set.
     pub async fn clear(&self) -> Result<()> {
         self.client
@@ -259,4 +290,43 @@ impl<'a> JobSet<'a> {
             .await
             .map_err(self.client.redis_error("DEL"))
     }
+}
+
+const DELETE_FROM_LIST: &str = r#"
+-- KEYS[1] the queue, KEYS[2] the job's unique lock (or the queue again). ARGV: payload, jid.
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+if KEYS[2] ~= KEYS[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
+return 1
+"#;
+
+const DELETE_FROM_SET: &str = r#"
+-- KEYS[1] the set, KEYS[2] the job's unique lock (or the set again). ARGV: payload, jid.
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if KEYS[2] ~= KEYS[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
+return 1
+"#;
+
+/// Deletes `raw` from `key` with `script`, and its unique lock (if it holds one) in the same step.
+async fn delete_with_lock(client: &Client, raw: &str, script: &str, key: &str) -> Result<bool> {
+    let job = Job::from_json(raw).ok();
+    let lock = job
+        .as_ref()
+        .and_then(|j| crate::limits::unique(j.fields()).ok().flatten())
+        .filter(|u| !u.digest.is_empty())
+        .map(|u| crate::limits::unique_lock(&u.digest))
+        .unwrap_or_else(|| key.to_string());
+    let jid = job
+        .as_ref()
+        .and_then(|j| j.jid())
+        .unwrap_or_default()
+        .to_string();
+    let deleted: i64 = redis::Script::new(script)
+        .key(key)
+        .key(lock)
+        .arg(raw)
+        .arg(jid)
+        .invoke_async(&mut client.connection())
+        .await
+        .map_err(client.redis_error("delete job"))?;
+    Ok(deleted == 1)
 }
