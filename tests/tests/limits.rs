@@ -508,7 +508,17 @@ fn a_throttled_key_runs_at_its_rate_without_failures() {
         &jobs,
         json!({"throttle": {"key": "$KEY", "limit": rate, "period": 1}}),
     );
-    let workers = [standalone(&redis, "10"), ruby_host(&redis, "10")];
+    let port = rustq_testing::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = config_file(&redis, FAST);
+    let workers = [
+        TestWorker::start(
+            WORKER,
+            &redis,
+            &["-C", &config, "-c", "10", "-t", "2", "--http", &addr],
+        ),
+        ruby_host(&redis, "10"),
+    ];
     let finished = wait_until(Duration::from_secs(90), || runs_count(&redis) >= n);
     let runs = runs(&redis);
     let logs: String = workers.iter().map(TestWorker::log_text).collect();
@@ -533,6 +543,16 @@ fn a_throttled_key_runs_at_its_rate_without_failures() {
         most_in_a_second as u64 <= 2 * rate,
         "{most_in_a_second} started within one second"
     );
+    // The deferrals are counted for the metrics endpoint.
+    let (_, metrics) = rustq_testing::http_get(&addr, "/metrics", &[]).expect("/metrics answers");
+    let deferred: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("rustq_limit_deferred_total{") && l.contains(r#"kind="throttle""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(deferred > 0.0, "no throttle deferral counted:\n{metrics}");
     let ideal = (n as u64 - rate) as f64 / rate as f64;
     assert!(
         (took - ideal).abs() <= ideal * 0.1 + 1.0,
