@@ -21,9 +21,10 @@ use crate::work::{Action, Deferral, Write};
 const WRITE_OUTCOMES: &str = r#"
 -- KEYS: every key of the batch. ARGV[1] = number of jobs, then per job: the index in KEYS of
 -- the list holding it, the job as held there, how many commands carry it where it goes (its
--- effect), how many a check point adds (its writes), then each command: its number of parts,
--- then per part a kind ('k': a key, by index in KEYS; 'j': the job as held; 'a': the value
--- itself) and a value. Last, the commands run once after every job (the dead set's trim), in
+-- effect), how many a check point adds (its writes), then each command: how many commands after
+-- it it gates (0: none) and the reply it expects for them to run, its number of parts, then per
+-- part a kind ('k': a key, by index in KEYS; 'j': the job as held; 'a': the value itself) and a
+-- value. Last, the commands run once after every job (the dead set's trim), in
 -- the same form.
 -- A job still in its list has its effect run first; only if that succeeds does it leave the
 -- list, and then its writes run. A command Redis refuses (a wrong-typed key) leaves its job where
@@ -31,6 +32,8 @@ const WRITE_OUTCOMES: &str = r#"
 -- Returns {jobs written, then per refused command: the job, the error}.
 local at, applied, refused = 2, 0, {}
 local function command(job)
+  local gates, expects = tonumber(ARGV[at]), ARGV[at + 1]
+  at = at + 2
   local parts = {}
   for p = 1, tonumber(ARGV[at]) do
     local kind, value = ARGV[at + 2 * p - 1], ARGV[at + 2 * p]
@@ -39,16 +42,18 @@ local function command(job)
     else parts[p] = value end
   end
   at = at + 1 + 2 * #parts
-  return parts
+  return parts, gates, expects
 end
+-- Runs a command; returns whether Redis took it, and its reply as text (for gates).
 local function run(parts, job)
   local reply = redis.pcall(unpack(parts))
   if type(reply) == 'table' and reply.err then
     refused[#refused + 1] = job
     refused[#refused + 1] = parts[1] .. ': ' .. reply.err
-    return false
+    return false, ''
   end
-  return true
+  if type(reply) == 'table' and reply.ok then return true, reply.ok end
+  return true, tostring(reply)
 end
 for _ = 1, tonumber(ARGV[1]) do
   local list, job = KEYS[tonumber(ARGV[at])], ARGV[at + 1]
@@ -66,9 +71,15 @@ for _ = 1, tonumber(ARGV[1]) do
     if ok then redis.call('LREM', list, -1, job) end
   end
   if ok then applied = applied + 1 end
+  local skip = 0
   for _ = 1, writes do
-    local parts = command(job)
-    if ok then run(parts, job) end
+    local parts, gates, expects = command(job)
+    if skip > 0 then
+      skip = skip - 1
+    elseif ok then
+      local taken, reply = run(parts, job)
+      if gates > 0 and (not taken or reply ~= expects) then skip = gates end
+    end
   end
 end
 local after = tonumber(ARGV[at])
@@ -202,9 +213,7 @@ impl Batch {
             }
         }
         let effects = commands.len();
-        for write in writes {
-            commands.push(self.parts(write));
-        }
+        let gated: Vec<Parts> = writes.iter().map(|write| self.parts(write)).collect();
         let list = self.key(list.as_bytes());
         self.jobs += 1;
         self.body.push(list);
@@ -212,7 +221,10 @@ impl Batch {
         self.body.push(effects.to_string().into_bytes());
         self.body.push(writes.len().to_string().into_bytes());
         for parts in commands {
-            self.push_command(parts);
+            self.push_command(parts, None);
+        }
+        for (parts, write) in gated.into_iter().zip(writes) {
+            self.push_command(parts, write.gated());
         }
     }
 
@@ -241,7 +253,10 @@ impl Batch {
             .collect()
     }
 
-    fn push_command(&mut self, parts: Parts) {
+    fn push_command(&mut self, parts: Parts, gate: Option<(&str, usize)>) {
+        let (expects, gates) = gate.unwrap_or(("", 0));
+        self.body.push(gates.to_string().into_bytes());
+        self.body.push(expects.as_bytes().to_vec());
         self.body.push(parts.len().to_string().into_bytes());
         for (kind, value) in parts {
             self.body.push(vec![kind]);
@@ -292,6 +307,8 @@ impl Batch {
             }
             invocation.arg(self.tail.len());
             for parts in &self.tail {
+                // Ungated.
+                invocation.arg(0).arg("");
                 invocation.arg(parts.len());
                 for (kind, value) in parts {
                     invocation.arg(&[*kind][..]).arg(value.as_slice());

@@ -79,9 +79,26 @@ pub enum Deferral {
 /// let w = Write::new("HINCRBY").key("rustq:report:done").arg("ReportJob").arg(1);
 /// assert_eq!(w.keys().collect::<Vec<_>>(), vec![b"rustq:report:done".as_slice()]);
 /// ```
+///
+/// A write may gate the ones after it: with [`Write::gate`], the next `n` writes of the same job
+/// run only if this one answers as expected — so a count changes once however often the job runs
+/// (`SREM pending <jid>` answering 1), and a step that sees a total reach zero can enqueue what
+/// follows, exactly once, in the same atomic step:
+///
+/// ```
+/// use rustq_engine::Write;
+/// let writes = vec![
+///     // Counted once: only the run that takes the jid out of `pending` goes on.
+///     Write::new("SREM").key("rustq:report:pending").arg("jid-1").gate(1, 2),
+///     Write::new("SCARD").key("rustq:report:pending").gate(0, 1),
+///     Write::new("LPUSH").key("queue:default").arg(r#"{"class":"ReportDoneJob","args":[]}"#),
+/// ];
+/// assert_eq!(writes[0].gated(), Some(("1", 2)));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Write {
     parts: Vec<(bool, Vec<u8>)>,
+    gate: Option<(String, usize)>,
 }
 
 impl Write {
@@ -89,7 +106,21 @@ impl Write {
     pub fn new(name: &str) -> Write {
         Write {
             parts: vec![(false, name.as_bytes().to_vec())],
+            gate: None,
         }
+    }
+
+    /// The next `following` writes of the same job run only if this one answers `reply` (an
+    /// integer reply as its number, a bulk string as itself, nil as `false`); otherwise they are
+    /// skipped. Gates nest: a skipped gate skips what it gates as well.
+    pub fn gate(mut self, reply: impl ToString, following: usize) -> Write {
+        self.gate = Some((reply.to_string(), following));
+        self
+    }
+
+    /// What this write's gate expects and how many writes it gates.
+    pub fn gated(&self) -> Option<(&str, usize)> {
+        self.gate.as_ref().map(|(reply, n)| (reply.as_str(), *n))
     }
 
     /// Adds a key argument.

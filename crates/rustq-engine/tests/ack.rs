@@ -182,3 +182,49 @@ async fn a_batch_is_written_after_redis_lost_its_scripts() {
     assert_eq!(redis.cli(&["LLEN", &list]), "0");
     assert_eq!(redis.cli(&["ZCARD", "retry"]), "1");
 }
+
+/// Gated writes: a count that changes once per job however often its outcome is written (a job
+/// run twice after a crash), and a step that sees the total reach zero enqueues a follow-up once,
+/// in the same atomic step — what batches' callbacks stand on.
+#[tokio::test]
+async fn gated_writes_count_each_job_once_and_fire_a_follow_up_once() {
+    let redis = RedisServer::start();
+    let list = keys::inprogress(ME, "default");
+    let pending = "rustq:test:pending";
+    redis.cli(&["SADD", pending, "a", "b"]);
+    let mut conn = RedisConfig::new(redis.url())
+        .connection_manager()
+        .await
+        .unwrap();
+    let script = outcome::script();
+    let finish = |jid: &str| {
+        let mut c = completion(jid, Action::Acknowledge);
+        c.writes = vec![
+            Write::new("SREM").key(pending).arg(jid).gate(1, 3),
+            Write::new("INCR").key("rustq:test:counted"),
+            Write::new("SCARD").key(pending).gate(0, 1),
+            Write::new("LPUSH").key("queue:callbacks").arg("all done"),
+            // Not gated: runs whatever the gates said.
+            Write::new("INCR").key("rustq:test:seen"),
+        ];
+        c
+    };
+    // "a" runs twice (its first process died after its outcome was written: it ran again).
+    for jid in ["a", "a", "b", "b"] {
+        redis.cli(&["LPUSH", &list, &job(jid)]);
+        let mut batch = Batch::new(1_900_000_000.0, DeadSetLimits::default());
+        ack::add(&mut batch, ME, &finish(jid));
+        assert_eq!(batch.write(&script, &mut conn).await.unwrap().applied, 1);
+    }
+    assert_eq!(
+        redis.cli(&["GET", "rustq:test:counted"]),
+        "2",
+        "each job counted once"
+    );
+    assert_eq!(
+        redis.cli(&["LRANGE", "queue:callbacks", "0", "-1"]),
+        "all done",
+        "the follow-up once, when the last was counted"
+    );
+    assert_eq!(redis.cli(&["GET", "rustq:test:seen"]), "4");
+}
