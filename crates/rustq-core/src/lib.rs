@@ -3,6 +3,7 @@
 //! - [`Job`]: the payload, every field kept in order.
 //! - [`Client`]: `push`/`push_bulk`, exactly as `Sidekiq::Client` writes.
 //! - [`api`]: read queues, scheduled/retry/dead sets and stats, like `Sidekiq::Stats` & co.
+//! - [`batch`]: batches' keys, adding jobs in one step, their status.
 //! - [`limiter`]: concurrent, bucket and window limiters for code inside a job.
 //! - [`limits`]: the payload's unique, concurrency and throttle fields and their keys.
 //! - [`wire`]: key names, timestamps, backoff, backtrace encoding.
@@ -13,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod batch;
 pub mod client;
 pub mod config;
 pub mod conn;

@@ -74,6 +74,9 @@ pub struct Outcome<'a> {
     /// True when this check point's [`CheckPoint::before`] let the job run (false when the job
     /// was deferred, by this check point or an earlier one, or given back before it got here).
     pub passed: bool,
+    /// True when the job failed (whatever follows: a retry, the dead set, or nothing when it
+    /// has `retry: false`).
+    pub failed: bool,
 }
 
 /// Code that sees each job before it runs and each outcome before it is written.
@@ -123,8 +126,15 @@ impl CheckPoints {
     }
 
     /// Collects the writes of every check point for this outcome; `passed` is how many let the
-    /// job run (the first `passed` of them).
-    pub fn on_outcome(&self, job: &Job, queue: &str, action: &Action, passed: usize) -> Vec<Write> {
+    /// job run (the first `passed` of them), `failed` whether the job failed.
+    pub fn on_outcome(
+        &self,
+        job: &Job,
+        queue: &str,
+        action: &Action,
+        passed: usize,
+        failed: bool,
+    ) -> Vec<Write> {
         let mut writes = Vec::new();
         for (i, check_point) in self.0.iter().enumerate() {
             let outcome = Outcome {
@@ -132,6 +142,7 @@ impl CheckPoints {
                 queue,
                 action,
                 passed: i < passed,
+                failed,
             };
             // A check point that panics adds nothing; the outcome is written all the same.
             let mut own = Vec::new();

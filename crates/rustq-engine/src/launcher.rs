@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::ack::Acker;
+use crate::batch::BatchCounts;
 use crate::check_point::{CheckPoint, CheckPoints};
 use crate::concurrency::{ConcurrencyLimit, LimitCounters, Reaper};
 use crate::control::Control;
@@ -160,6 +161,7 @@ impl Worker {
         check_points.add(UniqueLock {
             conn: redis_cell.clone(),
         });
+        check_points.add(BatchCounts::new(redis_cell.clone(), options.wire));
         if let Some(listener) = listener {
             let metrics = Arc::new(Metrics::new());
             cron_counters.register(metrics.registry());

@@ -3,7 +3,7 @@
 //! Follow a job through the files in order: [`fetch`] takes it (reliably: into an in-progress
 //! list) as a [`work::UnitOfWork`]; the [`manager`] runs it with the [`processor`], which waits
 //! for its start, passes it through the [`check_point`]s (its rate: [`throttle`]; its slot:
-//! [`concurrency`]; its lock: [`unique`]) and runs its [`handler`] (a Rust
+//! [`concurrency`]; its lock: [`unique`]; its batch: [`batch`]) and runs its [`handler`] (a Rust
 //! handler, a program, or the Ruby host); [`failure`] says why it failed and [`job_retry`] what
 //! that means; [`ack`] writes its outcome, through the one atomic step of [`outcome`] (a retry,
 //! the [`dead_set`], a requeue, a deferral, a check point's writes). Beside the jobs run the
@@ -35,6 +35,7 @@
 pub mod work;
 
 pub mod ack;
+pub mod batch;
 pub mod check_point;
 pub mod concurrency;
 pub mod dead_set;

@@ -75,7 +75,7 @@ impl Processor {
             let action = Action::Dead {
                 payload: dead.to_json(),
             };
-            return self.decided(&job, &unit.queue, action, 0);
+            return self.decided(&job, &unit.queue, action, 0, true);
         }
 
         let registered = self
@@ -97,7 +97,7 @@ impl Processor {
                     .start_unless_quiet(permits.clone().acquire_owned())
                     .await
                 {
-                    None => return self.decided(&job, &unit.queue, Action::Requeue, 0),
+                    None => return self.decided(&job, &unit.queue, Action::Requeue, 0, false),
                     Some(permit) => _permit = permit.ok(),
                 }
             }
@@ -124,7 +124,7 @@ impl Processor {
                         self.policy,
                         wire::now_secs(),
                     );
-                    return self.decided(&job, &unit.queue, action, 0);
+                    return self.decided(&job, &unit.queue, action, 0, true);
                 }
             }
         };
@@ -135,7 +135,7 @@ impl Processor {
                 Deferral::Until(at) if !at.is_finite() => Deferral::Until(wire::now_secs()),
                 other => other,
             };
-            return self.decided(&job, &unit.queue, Action::Defer(deferral), passed);
+            return self.decided(&job, &unit.queue, Action::Defer(deferral), passed, false);
         }
 
         let job = Arc::new(job);
@@ -158,7 +158,7 @@ impl Processor {
             {
                 Some(result) => result,
                 None => {
-                    return self.decided(&job, &unit.queue, Action::Requeue, passed);
+                    return self.decided(&job, &unit.queue, Action::Requeue, passed, false);
                 }
             },
         };
@@ -218,7 +218,7 @@ impl Processor {
                 elapsed,
             });
         }
-        self.decided(&job, &unit.queue, action, passed)
+        self.decided(&job, &unit.queue, action, passed, failed)
     }
 
     /// Runs the job with its handler under its time limit, panics caught. `None` when the job
@@ -275,11 +275,20 @@ impl Processor {
     }
 
     /// The decision, with what the check points write with it.
-    fn decided(&self, job: &Job, queue: &str, action: Action, passed: usize) -> Decision {
+    fn decided(
+        &self,
+        job: &Job,
+        queue: &str,
+        action: Action,
+        passed: usize,
+        failed: bool,
+    ) -> Decision {
         if self.check_points.is_empty() {
             return (action, Vec::new());
         }
-        let writes = self.check_points.on_outcome(job, queue, &action, passed);
+        let writes = self
+            .check_points
+            .on_outcome(job, queue, &action, passed, failed);
         (action, writes)
     }
 }

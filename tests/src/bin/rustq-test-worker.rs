@@ -116,6 +116,16 @@ fn main() -> ExitCode {
             });
         }
     }
+    // Batches' callbacks, run by a Rust handler: each recorded in `callbacks`.
+    registry.handle("Rustq::Batch::Callback", |ctx: JobContext| async move {
+        let entry = json!({"jid": ctx.jid(), "args": ctx.args()});
+        redis::cmd("RPUSH")
+            .arg("callbacks")
+            .arg(entry.to_string())
+            .query_async::<()>(&mut ledger_conn().await?.clone())
+            .await?;
+        Ok(())
+    });
     registry.handle("FailJob", |ctx: JobContext| async move {
         record(&ctx).await?;
         Err(Failure::retry("RuntimeError", "boom"))

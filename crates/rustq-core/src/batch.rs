@@ -1,0 +1,325 @@
+//! Batches, in Sidekiq Pro's terms: a set of jobs (each payload carries `"bid"`) and callbacks
+//! for when every job has run (`complete`: succeeded, or failed at least once), when all have
+//! succeeded (`success`), and the first time one dies (`death`).
+//!
+//! The keys of a batch share the hash tag `{bid}`:
+//! - `rustq:batch:{bid}` (hash): `description`, `callback_queue`, `callbacks` (JSON: event →
+//!   `[[target, options], …]`), `created_at`, `parent_bid`, and once they happen `complete_at`,
+//!   `success_at`, `death_at`;
+//! - `…:jids` every job's jid; `…:pending` those not yet run to an outcome; `…:failed` those that
+//!   failed and have not succeeded since; `…:dead` those that died.
+//!
+//! Jobs join a batch in one step with their push ([`add_jobs`]): nothing of a batch is visible to
+//! workers before its jobs are all written, and a batch that is complete takes no more jobs.
+//! The engine's `batch` check point counts each job once, atomically with its outcome, and
+//! enqueues a callback in the step that sees its event happen.
+
+use serde_json::{json, Value};
+
+use crate::conn::Conn;
+use crate::wire::keys;
+
+/// The payload field naming a job's batch.
+pub const BID: &str = "bid";
+
+/// Seconds a batch's keys are kept after its last change (Sidekiq Pro: 30 days).
+pub const EXPIRY_SECS: u64 = 30 * 24 * 60 * 60;
+
+/// The class of a callback job: `args` = `[event, bid, target, options]`.
+pub const CALLBACK_CLASS: &str = "Rustq::Batch::Callback";
+
+/// The batch's hash.
+pub fn batch_key(bid: &str) -> String {
+    format!("rustq:batch:{{{bid}}}")
+}
+
+/// Every jid of the batch.
+pub fn jids_key(bid: &str) -> String {
+    format!("rustq:batch:{{{bid}}}:jids")
+}
+
+/// Jids not yet run to an outcome.
+pub fn pending_key(bid: &str) -> String {
+    format!("rustq:batch:{{{bid}}}:pending")
+}
+
+/// Jids that failed and have not succeeded since.
+pub fn failed_key(bid: &str) -> String {
+    format!("rustq:batch:{{{bid}}}:failed")
+}
+
+/// Jids that died.
+pub fn dead_key(bid: &str) -> String {
+    format!("rustq:batch:{{{bid}}}:dead")
+}
+
+/// Sorted set of every batch by creation time (`Rustq::BatchSet`).
+pub const BATCHES: &str = "rustq:batches";
+
+/// A batch event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Every job has run: succeeded, or failed at least once.
+    Complete,
+    /// Every job has succeeded.
+    Success,
+    /// A job died (the first time).
+    Death,
+}
+
+impl Event {
+    /// Its name, as `on(:complete)` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Complete => "complete",
+            Event::Success => "success",
+            Event::Death => "death",
+        }
+    }
+
+    /// The hash field stamped when it happens.
+    pub fn field(self) -> &'static str {
+        match self {
+            Event::Complete => "complete_at",
+            Event::Success => "success_at",
+            Event::Death => "death_at",
+        }
+    }
+
+    /// An event by name.
+    pub fn parse(name: &str) -> Option<Event> {
+        match name {
+            "complete" => Some(Event::Complete),
+            "success" => Some(Event::Success),
+            "death" => Some(Event::Death),
+            _ => None,
+        }
+    }
+}
+
+/// Why a batch could not take jobs.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// The batch is complete (or was never created): Sidekiq Pro's `Batch::Immutable`.
+    #[error("batch {0} is complete and takes no more jobs")]
+    Immutable(String),
+    /// No such batch.
+    #[error("no batch {0}")]
+    NotFound(String),
+    /// Redis failed.
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
+/// The batch's definition, written when its first jobs are.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Definition {
+    /// Its bid.
+    pub bid: String,
+    /// `description=`.
+    pub description: Option<String>,
+    /// `callback_queue=` (default `default`).
+    pub callback_queue: Option<String>,
+    /// Callbacks by event: `[[target, options], …]` (JSON).
+    pub callbacks: Value,
+    /// The batch it was made in (its `jobs` block ran inside another batch's).
+    pub parent_bid: Option<String>,
+}
+
+const ADD_JOBS: &str = r#"
+-- KEYS[1] the batch, KEYS[2] its jids, KEYS[3] its pending jids, KEYS[4] the set of batches,
+-- KEYS[5] `queues`, KEYS[6] `schedule`, then per queue used: the queue's list.
+-- ARGV: bid, now, expiry (s), create ('1' when this is the batch's first step), its definition
+-- as field/value pairs count then pairs, then per job: jid, queue index in KEYS (or 0 for
+-- `schedule`), queue name, at ('' to enqueue now), payload.
+-- Returns 1, or 0 when the batch is complete (or, not being created, does not exist).
+local bid, now, expiry = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local creating = ARGV[4] == '1'
+if redis.call('HEXISTS', KEYS[1], 'complete_at') == 1 then return 0 end
+if not creating and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local fields = tonumber(ARGV[5])
+local at = 6
+if creating then
+  for i = 0, fields - 1 do
+    redis.call('HSETNX', KEYS[1], ARGV[at + 2 * i], ARGV[at + 2 * i + 1])
+  end
+  redis.call('ZADD', KEYS[4], now, bid)
+end
+at = at + 2 * fields
+while at <= #ARGV do
+  local jid, index, queue, when, payload = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+  redis.call('SADD', KEYS[2], jid)
+  redis.call('SADD', KEYS[3], jid)
+  if when == '' then
+    redis.call('SADD', KEYS[5], queue)
+    redis.call('LPUSH', KEYS[index], payload)
+  else
+    redis.call('ZADD', KEYS[6], when, payload)
+  end
+  at = at + 5
+end
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], expiry) end
+return 1
+"#;
+
+static ADD_JOBS_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(ADD_JOBS));
+
+/// A job to add: its jid, queue, when (None: now), and its payload as it will be stored (with
+/// `"bid"` and, for one enqueued now, `enqueued_at`).
+#[derive(Clone, Debug)]
+pub struct BatchJob {
+    /// Its jid.
+    pub jid: String,
+    /// Its queue.
+    pub queue: String,
+    /// When it is scheduled (epoch seconds), or None to enqueue it now.
+    pub at: Option<f64>,
+    /// The payload.
+    pub payload: String,
+}
+
+/// Writes `jobs` into batch `definition.bid` and pushes them, in one step; `create` for the
+/// batch's first jobs (its definition is written then). [`BatchError::Immutable`] when the
+/// batch is complete: nothing is written.
+pub async fn add_jobs(
+    conn: &mut Conn,
+    definition: &Definition,
+    create: bool,
+    jobs: &[BatchJob],
+    now: f64,
+) -> Result<(), BatchError> {
+    let bid = &definition.bid;
+    let mut invocation = ADD_JOBS_SCRIPT.prepare_invoke();
+    invocation
+        .key(batch_key(bid))
+        .key(jids_key(bid))
+        .key(pending_key(bid))
+        .key(BATCHES)
+        .key(keys::QUEUES)
+        .key(keys::SCHEDULE);
+    let mut queues: Vec<&str> = Vec::new();
+    for job in jobs {
+        if job.at.is_none() && !queues.contains(&job.queue.as_str()) {
+            queues.push(&job.queue);
+            invocation.key(keys::queue(&job.queue));
+        }
+    }
+    let mut fields: Vec<(&str, String)> = vec![
+        ("bid", bid.clone()),
+        ("created_at", crate::wire::format_float(now)),
+        ("callbacks", definition.callbacks.to_string()),
+        (
+            "callback_queue",
+            definition
+                .callback_queue
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+        ),
+    ];
+    if let Some(d) = &definition.description {
+        fields.push(("description", d.clone()));
+    }
+    if let Some(p) = &definition.parent_bid {
+        fields.push(("parent_bid", p.clone()));
+    }
+    invocation
+        .arg(bid)
+        .arg(crate::wire::format_float(now))
+        .arg(EXPIRY_SECS)
+        .arg(if create { "1" } else { "0" })
+        .arg(fields.len());
+    for (k, v) in &fields {
+        invocation.arg(*k).arg(v);
+    }
+    for job in jobs {
+        let index = match job.at {
+            Some(_) => 0,
+            None => 7 + queues.iter().position(|q| *q == job.queue).unwrap_or(0),
+        };
+        invocation
+            .arg(&job.jid)
+            .arg(index)
+            .arg(&job.queue)
+            .arg(job.at.map(crate::wire::format_float).unwrap_or_default())
+            .arg(&job.payload);
+    }
+    let added: i64 = invocation.invoke_async(conn).await?;
+    if added == 1 {
+        Ok(())
+    } else {
+        Err(BatchError::Immutable(bid.clone()))
+    }
+}
+
+/// A batch's status, as `Sidekiq::Batch::Status` reads it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Status {
+    /// Its bid.
+    pub bid: String,
+    /// How many jobs it has had.
+    pub total: u64,
+    /// How many have not run to an outcome.
+    pub pending: u64,
+    /// How many failed and have not succeeded since.
+    pub failures: u64,
+    /// Its hash, as stored (description, callback_queue, created_at, complete_at, …).
+    pub fields: std::collections::HashMap<String, String>,
+}
+
+/// Reads batch `bid`'s status; [`BatchError::NotFound`] when it has no keys (never made, or
+/// expired).
+pub async fn status(conn: &mut Conn, bid: &str) -> Result<Status, BatchError> {
+    let (fields, total, pending, failures): (
+        std::collections::HashMap<String, String>,
+        u64,
+        u64,
+        u64,
+    ) = redis::pipe()
+        .hgetall(batch_key(bid))
+        .scard(jids_key(bid))
+        .scard(pending_key(bid))
+        .scard(failed_key(bid))
+        .query_async(conn)
+        .await?;
+    if fields.is_empty() {
+        return Err(BatchError::NotFound(bid.to_string()));
+    }
+    Ok(Status {
+        bid: bid.to_string(),
+        total,
+        pending,
+        failures,
+        fields,
+    })
+}
+
+/// The members of one of a batch's jid sets (`jids`, `failed`, `dead`).
+pub async fn members(conn: &mut Conn, key: &str) -> Result<Vec<String>, BatchError> {
+    let mut jids: Vec<String> = redis::cmd("SMEMBERS").arg(key).query_async(conn).await?;
+    jids.sort();
+    Ok(jids)
+}
+
+/// The payload of the callback job for `event` of batch `bid` to `target` (a class, or
+/// `"Class#method"`) with `options`.
+pub fn callback_payload(
+    event: Event,
+    bid: &str,
+    target: &str,
+    options: &Value,
+    queue: &str,
+    now: f64,
+    wire: crate::WireVersion,
+) -> String {
+    json!({
+        "class": CALLBACK_CLASS,
+        "args": [event.as_str(), bid, target, options],
+        "queue": queue,
+        "retry": true,
+        "jid": crate::generate_jid(),
+        "created_at": wire.timestamp(now),
+        "enqueued_at": wire.timestamp(now),
+    })
+    .to_string()
+}

@@ -1,0 +1,229 @@
+//! Batches on a real Redis, run by standalone workers SIGKILLed mid-run: each job counted once,
+//! each callback enqueued once (callbacks run by a Rust handler, recorded in `callbacks`).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use rustq_core::batch::{self, BatchJob, Definition};
+use rustq_core::{generate_jid, Client, RedisConfig};
+use rustq_interop::{config_file, wait_until, RedisServer, TestWorker};
+use serde_json::{json, Value};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_rustq-test-worker");
+const FAST: &str = "heartbeat_interval: 1\npoll_interval_average: 0.2\n";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn worker(redis: &RedisServer) -> TestWorker {
+    let config = config_file(redis, FAST);
+    TestWorker::start(WORKER, redis, &["-C", &config, "-c", "10", "-t", "2"])
+}
+
+/// Creates batch `bid` with one job per `(class, args, retry)` and the given callbacks.
+fn create(redis: &RedisServer, bid: &str, jobs: &[(&str, Value, Value)], callbacks: Value) {
+    runtime().block_on(async {
+        let client = Client::connect(&RedisConfig::new(redis.url()))
+            .await
+            .unwrap();
+        let now = rustq_core::wire::now_secs();
+        let jobs: Vec<BatchJob> = jobs
+            .iter()
+            .map(|(class, args, retry)| {
+                let jid = generate_jid();
+                let payload = json!({"class": class, "args": args, "queue": "default", "retry": retry,
+                    "jid": jid, "bid": bid, "created_at": now, "enqueued_at": now});
+                BatchJob {
+                    jid,
+                    queue: "default".into(),
+                    at: None,
+                    payload: payload.to_string(),
+                }
+            })
+            .collect();
+        let definition = Definition {
+            bid: bid.into(),
+            callbacks,
+            ..Definition::default()
+        };
+        batch::add_jobs(&mut client.connection(), &definition, true, &jobs, now)
+            .await
+            .unwrap();
+    })
+}
+
+fn callbacks(redis: &RedisServer) -> Vec<Value> {
+    redis
+        .cli(&["LRANGE", "callbacks", "0", "-1"])
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["args"].clone())
+        .collect()
+}
+
+fn events(redis: &RedisServer, bid: &str) -> Vec<String> {
+    let mut events: Vec<String> = callbacks(redis)
+        .iter()
+        .filter(|args| args[1] == bid)
+        .map(|args| args[0].as_str().unwrap().to_string())
+        .collect();
+    events.sort();
+    events
+}
+
+/// Retries are due at once (Sidekiq's backoff would make the test wait 20 s and more).
+fn retries_due_now(redis: &RedisServer) {
+    let members = redis.cli(&["ZRANGE", "retry", "0", "-1"]);
+    for member in members.lines().filter(|l| !l.is_empty()) {
+        redis.cli(&["ZADD", "retry", "XX", "0", member]);
+    }
+}
+
+#[test]
+fn callbacks_fire_once_and_counts_are_exact_while_workers_are_sigkilled() {
+    let redis = RedisServer::start();
+    // "good": 1 % fail once and succeed on retry. "doomed": 0.1 % die (`retry: 0`: straight to
+    // the dead set), and one more fails with `retry: false` (discarded: a failure, not a death).
+    let good: Vec<(&str, Value, Value)> = (0..2000)
+        .map(|i| {
+            if i % 100 == 0 {
+                ("FailOnceJob", json!([i]), json!(true))
+            } else {
+                ("SlowJob", json!([2]), json!(true))
+            }
+        })
+        .collect();
+    let doomed: Vec<(&str, Value, Value)> = (0..2000)
+        .map(|i| {
+            if i % 1000 == 0 {
+                ("FailJob", json!([i]), json!(0))
+            } else if i == 1 {
+                ("FailJob", json!([i]), json!(false))
+            } else {
+                ("SlowJob", json!([2]), json!(true))
+            }
+        })
+        .collect();
+    let all = json!({"complete": [["Report", {"n": 1}]], "success": [["Report#done", {}]], "death": [["Report#dead", {}]]});
+    create(&redis, "good", &good, all.clone());
+    create(&redis, "doomed", &doomed, all);
+    let status = runtime().block_on(async {
+        let client = Client::connect(&RedisConfig::new(redis.url()))
+            .await
+            .unwrap();
+        batch::status(&mut client.connection(), "good")
+            .await
+            .unwrap()
+    });
+    assert_eq!(
+        (status.total, status.pending, status.failures),
+        (2000, 2000, 0)
+    );
+
+    let steady = worker(&redis);
+    let mut victim = worker(&redis);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(700));
+        victim.signal("KILL");
+        assert!(victim.wait(Duration::from_secs(5)).is_some());
+        victim = worker(&redis);
+    }
+    let done = wait_until(Duration::from_secs(120), || {
+        retries_due_now(&redis);
+        events(&redis, "good") == ["complete", "success"]
+            && events(&redis, "doomed") == ["complete", "death"]
+    });
+    assert!(
+        done,
+        "callbacks: {:?}\n{}",
+        callbacks(&redis),
+        steady.log_text()
+    );
+    // Nothing more fires later.
+    std::thread::sleep(Duration::from_secs(2));
+    retries_due_now(&redis);
+    assert_eq!(events(&redis, "good"), ["complete", "success"]);
+    assert_eq!(
+        events(&redis, "doomed"),
+        ["complete", "death"],
+        "never success"
+    );
+
+    let (good, doomed) = runtime().block_on(async {
+        let client = Client::connect(&RedisConfig::new(redis.url()))
+            .await
+            .unwrap();
+        let mut conn = client.connection();
+        (
+            batch::status(&mut conn, "good").await.unwrap(),
+            batch::status(&mut conn, "doomed").await.unwrap(),
+        )
+    });
+    assert_eq!((good.total, good.pending, good.failures), (2000, 0, 0));
+    assert_eq!(
+        (doomed.total, doomed.pending, doomed.failures),
+        (2000, 0, 3),
+        "two died, one failed with retry: false"
+    );
+    assert_eq!(redis.cli(&["SCARD", "rustq:batch:{doomed}:dead"]), "2");
+    for field in ["complete_at", "success_at"] {
+        assert!(good.fields.contains_key(field), "{field}");
+    }
+    assert!(!doomed.fields.contains_key("success_at"));
+    assert!(doomed.fields.contains_key("death_at"));
+    let targets: HashSet<String> = callbacks(&redis)
+        .iter()
+        .map(|args| {
+            format!(
+                "{}:{}",
+                args[1].as_str().unwrap(),
+                args[2].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(targets.contains("good:Report#done") && targets.contains("doomed:Report#dead"));
+}
+
+#[test]
+fn a_complete_batch_takes_no_more_jobs() {
+    let redis = RedisServer::start();
+    create(
+        &redis,
+        "small",
+        &[("SlowJob", json!([1]), json!(true))],
+        json!({}),
+    );
+    let _worker = worker(&redis);
+    assert!(wait_until(Duration::from_secs(20), || !redis
+        .cli(&["HGET", "rustq:batch:{small}", "complete_at"])
+        .is_empty()));
+    let refused = runtime().block_on(async {
+        let client = Client::connect(&RedisConfig::new(redis.url()))
+            .await
+            .unwrap();
+        let job = BatchJob {
+            jid: generate_jid(),
+            queue: "default".into(),
+            at: None,
+            payload: json!({"class": "SlowJob", "args": [1], "bid": "small"}).to_string(),
+        };
+        let definition = Definition {
+            bid: "small".into(),
+            ..Definition::default()
+        };
+        batch::add_jobs(&mut client.connection(), &definition, false, &[job], 0.0).await
+    });
+    assert!(
+        matches!(refused, Err(batch::BatchError::Immutable(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        redis.cli(&["SCARD", "rustq:batch:{small}:jids"]),
+        "1",
+        "nothing written"
+    );
+}
