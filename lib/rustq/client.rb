@@ -79,6 +79,9 @@ module Rustq
       # `bulk`: false (one job), true (a bulk item) or :payloads (an Array of jobs, each
       # written as its own push, all in one round trip).
       def raw_push(item, bulk)
+        # Inside a batch's `jobs` block: kept for the batch, written with it when the block ends.
+        return Batch.collect(item, bulk) if Batch.collecting?
+
         jids = case bulk
                when :payloads then Native.push_payloads(item)
                when true then Native.push_bulk(item)

@@ -29,6 +29,18 @@ module Rustq
     ].freeze
 
     attr_accessor :jid
+    # The batch this job belongs to (Sidekiq Pro's `bid`), nil outside one.
+    attr_accessor :bid
+
+    # This job's batch, to add jobs to it (`batch.jobs { … }`), nil outside one.
+    def batch
+      bid && Rustq::Batch.new(bid)
+    end
+
+    # Sidekiq Pro's check for jobs of an invalidated batch: false once `invalidate_all` ran.
+    def valid_within_batch?
+      batch.nil? || batch.valid?
+    end
 
     def self.included(base)
       if base.ancestors.any? { |c| c.name == "ActiveJob::Base" }

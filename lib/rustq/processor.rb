@@ -49,6 +49,7 @@ module Rustq
         job = klass.new
       end
       job.jid = payload["jid"] if job.respond_to?(:jid=)
+      job.bid = payload["bid"] if job.respond_to?(:bid=)
       # Sidekiq 7.3+ jobs ask their processor `_context.stopping?` (`interrupted?`, which
       # Sidekiq::IterableJob checks between iterations).
       job._context = STOPPING if job.respond_to?(:_context=)

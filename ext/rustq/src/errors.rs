@@ -51,6 +51,12 @@ pub fn named(ruby: &Ruby, name: &str, message: String) -> Error {
             .and_then(|rustq| rustq.const_get::<_, RModule>("Cron"))
             .and_then(|cron| cron.const_get::<_, ExceptionClass>(name))
             .unwrap_or_else(|_| ruby.exception_arg_error()),
+        "Immutable" | "NoSuchBatch" => ruby
+            .class_object()
+            .const_get::<_, RModule>("Rustq")
+            .and_then(|rustq| rustq.const_get::<_, magnus::RClass>("Batch"))
+            .and_then(|batch| batch.const_get::<_, ExceptionClass>(name))
+            .unwrap_or_else(|_| ruby.exception_runtime_error()),
         other => class(ruby, other),
     };
     Error::new(class, message)

@@ -23,6 +23,7 @@ use magnus::{function, method, prelude::*, Error, Ruby};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod answers;
+mod batch;
 mod client;
 mod convert;
 mod cron;
@@ -55,6 +56,12 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     native.define_singleton_method("limiter_bucket", function!(limiter::bucket, 3))?;
     native.define_singleton_method("limiter_window", function!(limiter::window, 4))?;
     native.define_singleton_method("limits_list", function!(limiter::list, 0))?;
+    native.define_singleton_method("batch_add", function!(batch::add, 3))?;
+    native.define_singleton_method("batch_status", function!(batch::status, 1))?;
+    native.define_singleton_method("batch_members", function!(batch::members, 2))?;
+    native.define_singleton_method("batch_all", function!(batch::all, 0))?;
+    native.define_singleton_method("batch_invalidate", function!(batch::invalidate, 1))?;
+    native.define_singleton_method("batch_invalidated?", function!(batch::invalidated, 1))?;
     native.define_singleton_method("cron_save", function!(cron::save, 2))?;
     native.define_singleton_method("cron_find", function!(cron::find, 2))?;
     native.define_singleton_method("cron_all", function!(cron::all, 1))?;

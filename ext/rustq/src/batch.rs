@@ -1,0 +1,106 @@
+//! `Rustq::Native.batch_*`: the Redis steps of `Rustq::Batch` (lib/rustq/batch.rb), each through
+//! `rustq_core::batch`, run with the GVL released. Definitions and jobs cross as JSON text.
+
+use magnus::{Error, Ruby};
+use redis::AsyncCommands;
+use rustq_core::batch::{self, BatchError, BatchJob, Definition};
+use serde_json::Value;
+
+use crate::{client, errors};
+
+fn batch_error(ruby: &Ruby, error: BatchError) -> Error {
+    match error {
+        BatchError::Immutable(bid) => errors::named(
+            ruby,
+            "Immutable",
+            format!("batch {bid} is complete: it takes no more jobs"),
+        ),
+        BatchError::NotFound(bid) => errors::named(ruby, "NoSuchBatch", format!("no batch {bid}")),
+        BatchError::Redis(e) => errors::named(ruby, "CommandError", e.to_string()),
+    }
+}
+
+fn run<T, F, Fut>(ruby: &Ruby, work: F) -> Result<T, Error>
+where
+    F: FnOnce(rustq_core::Conn) -> Fut,
+    Fut: std::future::Future<Output = Result<T, BatchError>>,
+{
+    let outcome =
+        client::session(ruby)?.run(
+            ruby,
+            |client| async move { Ok(work(client.connection()).await) },
+        )?;
+    outcome.map_err(|e| batch_error(ruby, e))
+}
+
+/// `batch_add(definition_json, create, jobs_json)`: the batch (when `create`) and its jobs, in
+/// one step; Rustq::Batch::Immutable when it is complete.
+pub fn add(ruby: &Ruby, definition: String, create: bool, jobs: String) -> Result<(), Error> {
+    let bad = |e: serde_json::Error| errors::internal(ruby, &format!("batch_add: {e}"));
+    let d: Value = serde_json::from_str(&definition).map_err(bad)?;
+    let text = |key: &str| d.get(key).and_then(Value::as_str).map(str::to_string);
+    let definition = Definition {
+        bid: text("bid").unwrap_or_default(),
+        description: text("description"),
+        callback_queue: text("callback_queue"),
+        callbacks: d.get("callbacks").cloned().unwrap_or(Value::Null),
+        parent_bid: text("parent_bid"),
+    };
+    let jobs: Vec<Value> = serde_json::from_str(&jobs).map_err(bad)?;
+    let jobs: Vec<BatchJob> = jobs
+        .iter()
+        .map(|job| BatchJob {
+            jid: job["jid"].as_str().unwrap_or_default().to_string(),
+            queue: job["queue"].as_str().unwrap_or("default").to_string(),
+            at: job["at"].as_f64(),
+            payload: job["payload"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect();
+    let now = rustq_core::wire::now_secs();
+    run(ruby, |mut conn| async move {
+        batch::add_jobs(&mut conn, &definition, create, &jobs, now).await
+    })
+}
+
+/// `batch_status(bid) → JSON` (`rustq_core::batch::Status`).
+pub fn status(ruby: &Ruby, bid: String) -> Result<String, Error> {
+    let status = run(ruby, |mut conn| async move {
+        batch::status(&mut conn, &bid).await
+    })?;
+    Ok(serde_json::to_string(&status).expect("a status serializes"))
+}
+
+/// `batch_members(bid, "jids" | "failed" | "dead") → [jid, …]`
+pub fn members(ruby: &Ruby, bid: String, which: String) -> Result<Vec<String>, Error> {
+    let key = match which.as_str() {
+        "failed" => batch::failed_key(&bid),
+        "dead" => batch::dead_key(&bid),
+        _ => batch::jids_key(&bid),
+    };
+    run(ruby, |mut conn| async move {
+        batch::members(&mut conn, &key).await
+    })
+}
+
+/// `batch_all → [bid, …]`, newest first.
+pub fn all(ruby: &Ruby) -> Result<Vec<String>, Error> {
+    run(ruby, |mut conn| async move {
+        Ok(conn.zrevrange(batch::BATCHES, 0, -1).await?)
+    })
+}
+
+/// `batch_invalidate(bid)`: jobs of the batch that have not started are to be skipped.
+pub fn invalidate(ruby: &Ruby, bid: String) -> Result<(), Error> {
+    run(ruby, |mut conn| async move {
+        Ok(conn
+            .hset(batch::batch_key(&bid), "invalidated", "1")
+            .await?)
+    })
+}
+
+/// `batch_invalidated?(bid)`
+pub fn invalidated(ruby: &Ruby, bid: String) -> Result<bool, Error> {
+    run(ruby, |mut conn| async move {
+        Ok(conn.hexists(batch::batch_key(&bid), "invalidated").await?)
+    })
+}
