@@ -227,3 +227,34 @@ fn a_complete_batch_takes_no_more_jobs() {
         "nothing written"
     );
 }
+
+#[test]
+fn a_job_that_kills_its_process_counts_when_it_is_buried_and_its_batch_completes() {
+    let redis = RedisServer::start();
+    let mut jobs = vec![("AbortJob", json!([]), json!(true))];
+    jobs.extend((0..5).map(|i| ("SlowJob", json!([i]), json!(true))));
+    create(
+        &redis,
+        "fatal",
+        &jobs,
+        json!({"complete": [["Report", {}]], "death": [["Report", {}]]}),
+    );
+    let config = config_file(&redis, FAST);
+    for _ in 0..8 {
+        let mut w = TestWorker::start(WORKER, &redis, &["-C", &config, "-c", "1", "-t", "2"]);
+        match w.wait(Duration::from_secs(8)) {
+            Some(status) if !status.success() => continue,
+            _ => break,
+        }
+    }
+    let _final = worker(&redis);
+    assert!(
+        wait_until(Duration::from_secs(30), || events(&redis, "fatal")
+            == ["complete", "death"]),
+        "callbacks: {:?}; dead set: {}",
+        callbacks(&redis),
+        redis.cli(&["ZRANGE", "dead", "0", "-1"])
+    );
+    assert_eq!(redis.cli(&["SCARD", "rustq:batch:{fatal}:pending"]), "0");
+    assert_eq!(redis.cli(&["SCARD", "rustq:batch:{fatal}:dead"]), "1");
+}

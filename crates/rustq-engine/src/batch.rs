@@ -170,6 +170,17 @@ impl CheckPoint for BatchCounts {
         })
     }
 
+    fn prepare<'a>(
+        &'a self,
+        job: &'a Job,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            if let Some(bid) = bid_of(job) {
+                let _ = self.read(bid).await;
+            }
+        })
+    }
+
     fn on_outcome(&self, outcome: &Outcome<'_>, writes: &mut Vec<Write>) {
         let (Some(bid), Some(jid)) = (bid_of(outcome.job), outcome.job.jid()) else {
             return;

@@ -92,6 +92,14 @@ pub trait CheckPoint: Send + Sync + 'static {
         Box::pin(std::future::ready(Verdict::Run))
     }
 
+    /// Before the outcome of a job that did not pass [`CheckPoint::before`] in this process is
+    /// decided — a job buried after the processes running it kept dying — read what
+    /// [`CheckPoint::on_outcome`] will need for it.
+    fn prepare<'a>(&'a self, job: &'a Job) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        let _ = job;
+        Box::pin(std::future::ready(()))
+    }
+
     /// When the job's outcome is decided (every job that could be read, whatever its outcome):
     /// commands to write with it, atomically, only if the job is still this process's to write.
     fn on_outcome(&self, outcome: &Outcome<'_>, writes: &mut Vec<Write>) {
@@ -123,6 +131,14 @@ impl CheckPoints {
             }
         }
         (Verdict::Run, self.0.len())
+    }
+
+    /// Lets each prepare for an outcome decided without [`CheckPoint::before`] (see
+    /// [`CheckPoint::prepare`]).
+    pub async fn prepare(&self, job: &Job) {
+        for check_point in &self.0 {
+            check_point.prepare(job).await;
+        }
     }
 
     /// Collects the writes of every check point for this outcome; `passed` is how many let the

@@ -202,6 +202,7 @@ impl Worker {
                 options.wire,
             )
             .with_dead_set(options.dead_set)
+            .with_check_points(check_points.clone())
             .serving_metrics(options.http.is_some()),
         );
         let queue_names: Vec<String> = options.queues.iter().map(|q| q.name.clone()).collect();

@@ -17,12 +17,13 @@ use rustq_core::wire::{self, keys};
 use rustq_core::Conn;
 use rustq_core::WireVersion;
 
+use crate::check_point::CheckPoints;
 use crate::dead_set::{self, DeadSetLimits};
 use crate::failure::class;
 use crate::keys as rkeys;
 use crate::outcome::{self, Batch, Effect};
 use crate::service::{BoxFuture, Service};
-use crate::work;
+use crate::work::{self, Action};
 
 const RECOVER: &str = r#"
 -- KEYS[1] = rustq:processes, KEYS[2] = rustq:recoveries, KEYS[3] = rustq:poison,
@@ -96,6 +97,7 @@ pub struct Recovery {
     script: redis::Script,
     dead: DeadSetLimits,
     serves_metrics: bool,
+    check_points: CheckPoints,
 }
 
 impl Recovery {
@@ -109,7 +111,15 @@ impl Recovery {
             script: redis::Script::new(RECOVER),
             dead: DeadSetLimits::default(),
             serves_metrics: false,
+            check_points: CheckPoints::default(),
         }
+    }
+
+    /// The check points whose writes go with a buried job's burial (its batch counts it, its
+    /// unique lock goes), as they go with any job's death.
+    pub fn with_check_points(mut self, check_points: CheckPoints) -> Recovery {
+        self.check_points = check_points;
+        self
     }
 
     /// Says in this process's entry that it serves `/metrics`, so it may report the fleet
@@ -257,12 +267,22 @@ impl Recovery {
                 self.max_recoveries + 1
             );
             for raw in &tail {
+                let mut writes = Vec::new();
                 let payload = match work::parse(raw) {
                     Ok(mut job) => {
                         job.set("error_message", message.as_str());
                         job.set("error_class", class::PROCESS_DIED);
                         job.set_time("failed_at", now, self.wire);
-                        job.to_json()
+                        let payload = job.to_json();
+                        if !self.check_points.is_empty() {
+                            self.check_points.prepare(&job).await;
+                            let dead = Action::Dead {
+                                payload: payload.clone(),
+                            };
+                            let queue = job.queue().unwrap_or("default").to_string();
+                            writes = self.check_points.on_outcome(&job, &queue, &dead, 0, true);
+                        }
+                        payload
                     }
                     Err(_) => dead_set::unreadable_entry(
                         raw,
@@ -272,7 +292,7 @@ impl Recovery {
                         now,
                     ),
                 };
-                batch.add(rkeys::POISON, raw, Effect::Bury(&payload), &[]);
+                batch.add(rkeys::POISON, raw, Effect::Bury(&payload), &writes);
             }
             let written = batch.write(&write, &mut conn).await?;
             written.log_refused("bury poison");
