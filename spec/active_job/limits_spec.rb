@@ -25,9 +25,10 @@ RSpec.describe "ActiveJob limits_concurrency and unique" do
     active_job("ImportJob") { unique :until_executed, lock_ttl: 3600, on_conflict: :log }
     first = ImportJob.perform_later("file.csv")
     expect(first.successfully_enqueued?).to be(true)
+    # ActiveJob 7.1+ answers false for a job not enqueued; 6.1 the job, not enqueued.
     second = ImportJob.perform_later("file.csv")
-    expect(second.successfully_enqueued?).to be(false)
-    expect(second.provider_job_id).to be_nil
+    expect(second == false || !second.successfully_enqueued?).to be(true)
+    expect(second.provider_job_id).to be_nil if second
     expect(queue_payloads.size).to eq(1)
     expect(queue_payloads.first).to include("unique_for" => 3600.0, "unique_until" => "success", "unique_args" => ["file.csv"])
 
@@ -49,8 +50,8 @@ RSpec.describe "ActiveJob limits_concurrency and unique" do
   it "two ActiveJob classes with the same arguments have their own locks" do
     active_job("AJob") { unique :until_executed }
     active_job("BJob") { unique :until_executed }
-    expect(AJob.perform_later(1).successfully_enqueued?).to be(true)
-    expect(BJob.perform_later(1).successfully_enqueued?).to be(true)
+    expect(AJob.perform_later(1)).to be_successfully_enqueued
+    expect(BJob.perform_later(1)).to be_successfully_enqueued
   end
 
   it "refuses an unknown strategy or on_conflict, and pushes limited jobs of perform_all_later one by one" do

@@ -53,7 +53,11 @@ module ActiveJob
       def enqueue_all(jobs)
         # Jobs with limits carry fields of their own: each pushed alone.
         limited, jobs = jobs.partition { |job| limited?(job) }
-        limited.each { |job| job.scheduled_at ? enqueue_at(job, job.scheduled_at.to_f) : enqueue(job) }
+        limited.each do |job|
+          item = item_for(job)
+          item["at"] = job.scheduled_at.to_f if job.scheduled_at
+          pushed(job, Rustq::Client.push(item), bulk: true)
+        end
         limited.count(&:successfully_enqueued?) + jobs.group_by { |job| [job.class, job.queue_name, job.scheduled_at.nil?] }.sum do |_, group|
           item = item_for(group.first).merge("args" => group.map { |job| [job.serialize] })
           item["at"] = group.map { |job| job.scheduled_at.to_f } if group.first.scheduled_at
@@ -96,10 +100,18 @@ module ActiveJob
       end
 
       # nil from a push that went through: a middleware stopped it, or its unique lock is held.
-      def pushed(job, jid)
+      # A unique conflict does what the class's on_conflict says; then, on ActiveJob 7.1+, an
+      # ActiveJob::EnqueueError, so perform_later returns false as for any job not enqueued
+      # (ActiveJob sets successfully_enqueued itself once the adapter returns).
+      def pushed(job, jid, bulk: false)
         job.successfully_enqueued = !jid.nil? if job.respond_to?(:successfully_enqueued=)
-        Rustq::ActiveJobLimits.conflict(job) if jid.nil? && job.class.respond_to?(:rustq_unique) && job.class.rustq_unique
         job.provider_job_id = jid
+        return jid unless jid.nil? && job.class.respond_to?(:rustq_unique) && job.class.rustq_unique
+
+        Rustq::ActiveJobLimits.conflict(job)
+        raise ::ActiveJob::EnqueueError, "#{job.class.name} not enqueued: a job with the same arguments holds its unique lock" if !bulk && defined?(::ActiveJob::EnqueueError)
+
+        jid
       end
     end
   end
