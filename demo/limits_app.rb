@@ -18,6 +18,13 @@ class ChargeJob
   end
 end
 
+# The batch's success callback (Sidekiq Pro's shape): runs once, when every charge succeeded.
+class ChargesDone
+  def on_success(status, options)
+    Redis.new(url: ENV.fetch("REDIS_URL")).set("demo:batch", JSON.generate("bid" => status.bid, "total" => status.total, "failures" => status.failures, "options" => options))
+  end
+end
+
 # One sync per account queued at a time.
 class SyncAccountJob
   include Rustq::Job
