@@ -24,25 +24,20 @@ fn worker(redis: &RedisServer) -> TestWorker {
     TestWorker::start(WORKER, redis, &["-C", &config, "-c", "10", "-t", "2"])
 }
 
-/// Creates batch `bid` with one job per `(class, args, retry)` and the given callbacks.
+/// Creates batch `bid` with one job per `(class, args, retry)` and the given callbacks, through
+/// the Rust client's `push_batch`.
 fn create(redis: &RedisServer, bid: &str, jobs: &[(&str, Value, Value)], callbacks: Value) {
     runtime().block_on(async {
         let client = Client::connect(&RedisConfig::new(redis.url()))
             .await
             .unwrap();
-        let now = rustq_core::wire::now_secs();
-        let jobs: Vec<BatchJob> = jobs
+        let items = jobs
             .iter()
             .map(|(class, args, retry)| {
-                let jid = generate_jid();
-                let payload = json!({"class": class, "args": args, "queue": "default", "retry": retry,
-                    "jid": jid, "bid": bid, "created_at": now, "enqueued_at": now});
-                BatchJob {
-                    jid,
-                    queue: "default".into(),
-                    at: None,
-                    payload: payload.to_string(),
-                }
+                json!({"class": class, "args": args, "retry": retry})
+                    .as_object()
+                    .unwrap()
+                    .clone()
             })
             .collect();
         let definition = Definition {
@@ -50,9 +45,8 @@ fn create(redis: &RedisServer, bid: &str, jobs: &[(&str, Value, Value)], callbac
             callbacks,
             ..Definition::default()
         };
-        batch::add_jobs(&mut client.connection(), &definition, true, &jobs, now)
-            .await
-            .unwrap();
+        let jids = client.push_batch(&definition, true, items).await.unwrap();
+        assert_eq!(jids.len(), jobs.len());
     })
 }
 

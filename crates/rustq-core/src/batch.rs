@@ -106,6 +106,9 @@ pub enum BatchError {
     /// No such batch.
     #[error("no batch {0}")]
     NotFound(String),
+    /// A job Sidekiq would refuse: nothing was written.
+    #[error(transparent)]
+    InvalidJob(#[from] crate::JobError),
     /// Redis failed.
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
@@ -249,6 +252,50 @@ pub async fn add_jobs(
         Ok(())
     } else {
         Err(BatchError::Immutable(bid.clone()))
+    }
+}
+
+impl crate::Client {
+    /// Pushes `items` (Sidekiq's hash shape, as [`crate::Client::push`] takes them) as jobs of
+    /// batch `definition.bid` — `create` for its first jobs — all in one step; returns their jids.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: rustq_core::Client) -> Result<(), rustq_core::batch::BatchError> {
+    /// use rustq_core::batch::Definition;
+    /// let definition = Definition {
+    ///     bid: "import-42".into(),
+    ///     callbacks: serde_json::json!({"success": [["ImportDone", {"file": "a.csv"}]]}),
+    ///     ..Definition::default()
+    /// };
+    /// let rows = (0..3).map(|n| serde_json::json!({"class": "RowJob", "args": [n]}).as_object().unwrap().clone());
+    /// let jids = client.push_batch(&definition, true, rows.collect()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn push_batch(
+        &self,
+        definition: &Definition,
+        create: bool,
+        items: Vec<crate::Fields>,
+    ) -> Result<Vec<String>, BatchError> {
+        let now = self.options().clock.now();
+        let mut jobs = Vec::with_capacity(items.len());
+        for item in items {
+            for entry in self.prepare_push(item)?.jobs() {
+                let mut job = entry.job;
+                job.set(BID, definition.bid.as_str());
+                if entry.at.is_none() {
+                    job.set_time("enqueued_at", now, self.options().wire);
+                }
+                jobs.push(BatchJob {
+                    jid: job.jid().unwrap_or_default().to_string(),
+                    queue: job.queue().unwrap_or("default").to_string(),
+                    at: entry.at,
+                    payload: job.to_json(),
+                });
+            }
+        }
+        add_jobs(&mut self.connection(), definition, create, &jobs, now).await?;
+        Ok(jobs.into_iter().map(|job| job.jid).collect())
     }
 }
 

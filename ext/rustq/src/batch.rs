@@ -16,6 +16,7 @@ fn batch_error(ruby: &Ruby, error: BatchError) -> Error {
             format!("batch {bid} is complete: it takes no more jobs"),
         ),
         BatchError::NotFound(bid) => errors::named(ruby, "NoSuchBatch", format!("no batch {bid}")),
+        BatchError::InvalidJob(e) => errors::invalid_job(ruby, &e),
         BatchError::Redis(e) => errors::named(ruby, "CommandError", e.to_string()),
     }
 }
