@@ -56,9 +56,18 @@ module Rustq
 
     # Pushes made in the block join this batch; all are written, with the batch, when it ends.
     # Returns the jids.
+    # A new batch is written (held open) before the block runs, so child batches made in it
+    # count in it; it can complete only once the block's jobs are written.
     def jobs
       stack = (Thread.current[:rustq_batches] ||= [])
-      parent = stack.last
+      parent = stack.last&.first
+      definition = JSON.generate(
+        "bid" => bid, "description" => description, "callback_queue" => callback_queue,
+        "callbacks" => @callbacks, "parent_bid" => parent&.bid
+      )
+      opened = !@existing
+      Native.batch_add(definition, "open", "[]") if opened
+      @existing = true
       stack.push([self, []])
       begin
         yield
@@ -66,14 +75,8 @@ module Rustq
       ensure
         stack.pop
       end
-      jids = collected.map { |job| job["jid"] }
-      definition = {
-        "bid" => bid, "description" => description, "callback_queue" => callback_queue,
-        "callbacks" => @callbacks, "parent_bid" => parent&.first&.bid
-      }
-      Native.batch_add(JSON.generate(definition), !@existing, JSON.generate(collected))
-      @existing = true
-      jids
+      Native.batch_add(definition, opened ? "close" : "add", JSON.generate(collected))
+      collected.map { |job| job["jid"] }
     end
 
     def status = Status.new(bid)

@@ -14,7 +14,7 @@ RSpec.describe Rustq::Batch do
 
   def ledger = redis.lrange("ledger", 0, -1).map { |json| JSON.parse(json) }
 
-  it "writes nothing until the jobs block ends, then every job with its bid, bulk pushes and ActiveJob included" do
+  it "makes no job visible until the jobs block ends, then every job with its bid, bulk pushes and ActiveJob included" do
     stub_const("AjJob", Class.new(ActiveJob::Base) { self.queue_adapter = :rustq; def perform(*) = nil }) # rubocop:disable Style/Semicolon
     batch = described_class.new
     batch.description = "Import"
@@ -25,7 +25,8 @@ RSpec.describe Rustq::Batch do
       PlainJob.perform_in(600, 4)
       AjJob.perform_later(5)
       expect(redis.llen("queue:default")).to eq(0)
-      expect(redis.keys("rustq:batch:*")).to be_empty
+      expect(redis.zcard("schedule")).to eq(0)
+      expect(Rustq::Batch::Status.new(batch.bid).total).to eq(0) # written, held open, no job yet
     end
     expect(jids.size).to eq(5)
     expect(queue_payloads.map { |p| p["bid"] }.uniq).to eq([batch.bid])
@@ -37,6 +38,19 @@ RSpec.describe Rustq::Batch do
     expect(status.complete?).to be(false)
     expect(status.jids).to match_array(jids)
     expect(Rustq::BatchSet.new.map(&:bid)).to eq([batch.bid])
+  end
+
+  it "makes a batch made inside another's jobs block its child, pending in the parent until it completes" do
+    parent = described_class.new
+    child = nil
+    parent.jobs do
+      PlainJob.perform_async(1)
+      child = described_class.new
+      child.jobs { 2.times { |n| PlainJob.perform_async(n) } }
+    end
+    expect(child.status.parent_bid).to eq(parent.bid)
+    expect([parent.status.total, parent.status.pending]).to eq([1, 2]) # its job, and the child
+    expect([child.status.total, child.status.pending]).to eq([2, 2])
   end
 
   it "refuses an unknown event, options that are not a Hash, an unknown bid" do

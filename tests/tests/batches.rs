@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use rustq_core::batch::{self, BatchJob, Definition};
+use rustq_core::batch::{self, BatchJob, Definition, Stage};
 use rustq_core::{generate_jid, Client, RedisConfig};
 use rustq_interop::{config_file, wait_until, RedisServer, TestWorker};
 use serde_json::{json, Value};
@@ -45,7 +45,10 @@ fn create(redis: &RedisServer, bid: &str, jobs: &[(&str, Value, Value)], callbac
             callbacks,
             ..Definition::default()
         };
-        let jids = client.push_batch(&definition, true, items).await.unwrap();
+        let jids = client
+            .push_batch(&definition, Stage::Create, items)
+            .await
+            .unwrap();
         assert_eq!(jids.len(), jobs.len());
     })
 }
@@ -209,7 +212,14 @@ fn a_complete_batch_takes_no_more_jobs() {
             bid: "small".into(),
             ..Definition::default()
         };
-        batch::add_jobs(&mut client.connection(), &definition, false, &[job], 0.0).await
+        batch::add_jobs(
+            &mut client.connection(),
+            &definition,
+            Stage::Add,
+            &[job],
+            0.0,
+        )
+        .await
     });
     assert!(
         matches!(refused, Err(batch::BatchError::Immutable(_))),
@@ -251,4 +261,80 @@ fn a_job_that_kills_its_process_counts_when_it_is_buried_and_its_batch_completes
     );
     assert_eq!(redis.cli(&["SCARD", "rustq:batch:{fatal}:pending"]), "0");
     assert_eq!(redis.cli(&["SCARD", "rustq:batch:{fatal}:dead"]), "1");
+}
+
+#[test]
+fn a_parent_batch_succeeds_after_its_childs_callbacks_ran() {
+    let redis = RedisServer::start();
+    let rt = runtime();
+    let client = rt
+        .block_on(Client::connect(&RedisConfig::new(redis.url())))
+        .unwrap();
+    let items = |n: usize| -> Vec<rustq_core::Fields> {
+        (0..n)
+            .map(|i| {
+                json!({"class": "SlowJob", "args": [i]})
+                    .as_object()
+                    .unwrap()
+                    .clone()
+            })
+            .collect()
+    };
+    let mom = Definition {
+        bid: "mom".into(),
+        callbacks: json!({"success": [["Report#mom", {}]], "complete": [["Report#mom", {}]]}),
+        ..Definition::default()
+    };
+    let kid = Definition {
+        bid: "kid".into(),
+        callbacks: json!({"success": [["Report#kid", {}]], "complete": [["Report#kid", {}]]}),
+        parent_bid: Some("mom".into()),
+        ..Definition::default()
+    };
+    // As `jobs { }` blocks nest: the parent opened, the child made (and run!) inside it, the
+    // parent's own jobs written last.
+    rt.block_on(client.push_batch(&mom, Stage::Open, Vec::new()))
+        .unwrap();
+    rt.block_on(client.push_batch(&kid, Stage::Create, items(5)))
+        .unwrap();
+    let _worker = worker(&redis);
+    assert!(wait_until(Duration::from_secs(20), || events(
+        &redis, "kid"
+    ) == [
+        "complete", "success"
+    ]));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(events(&redis, "mom").is_empty(), "the parent is still open");
+    rt.block_on(client.push_batch(&mom, Stage::Close, items(5)))
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || events(&redis, "mom")
+            == ["complete", "success"]),
+        "callbacks: {:?}",
+        callbacks(&redis)
+    );
+    let order: Vec<String> = callbacks(&redis)
+        .iter()
+        .map(|args| {
+            format!(
+                "{}:{}",
+                args[1].as_str().unwrap(),
+                args[0].as_str().unwrap()
+            )
+        })
+        .collect();
+    let last_kid = order.iter().rposition(|e| e.starts_with("kid:")).unwrap();
+    let first_mom = order.iter().position(|e| e.starts_with("mom:")).unwrap();
+    assert!(
+        last_kid < first_mom,
+        "the child's callbacks ran first: {order:?}"
+    );
+    let status = rt
+        .block_on(batch::status(&mut client.connection(), "mom"))
+        .unwrap();
+    assert_eq!(
+        (status.total, status.pending, status.failures),
+        (7, 0, 0),
+        "its 5 jobs and the child's 2 callbacks"
+    );
 }

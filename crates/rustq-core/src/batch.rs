@@ -131,13 +131,18 @@ pub struct Definition {
 
 const ADD_JOBS: &str = r#"
 -- KEYS[1] the batch, KEYS[2] its jids, KEYS[3] its pending jids, KEYS[4] the set of batches,
--- KEYS[5] `queues`, KEYS[6] `schedule`, then per queue used: the queue's list.
--- ARGV: bid, now, expiry (s), create ('1' when this is the batch's first step), its definition
+-- KEYS[5] `queues`, KEYS[6] `schedule`, KEYS[7] its parent's pending jids (its own when it has
+-- no parent), then per queue used: the queue's list.
+-- A child batch is pending in its parent (as `bid:<bid>`) from its creation until it completes.
+-- ARGV: bid, now, expiry (s), the stage ('create': a new batch with its jobs; 'open': a new
+-- batch whose jobs come later, held open meanwhile by the member 'open' in its pending set;
+-- 'add': more jobs for an existing batch; 'close': its last jobs, the 'open' member removed), its definition
 -- as field/value pairs count then pairs, then per job: jid, queue index in KEYS (or 0 for
 -- `schedule`), queue name, at ('' to enqueue now), payload.
 -- Returns 1, or 0 when the batch is complete (or, not being created, does not exist).
 local bid, now, expiry = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local creating = ARGV[4] == '1'
+local stage = ARGV[4]
+local creating = stage == 'create' or stage == 'open'
 if redis.call('HEXISTS', KEYS[1], 'complete_at') == 1 then return 0 end
 if not creating and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local fields = tonumber(ARGV[5])
@@ -147,8 +152,13 @@ if creating then
     redis.call('HSETNX', KEYS[1], ARGV[at + 2 * i], ARGV[at + 2 * i + 1])
   end
   redis.call('ZADD', KEYS[4], now, bid)
+  if KEYS[7] ~= KEYS[3] then
+    redis.call('SADD', KEYS[7], 'bid:' .. bid)
+    redis.call('EXPIRE', KEYS[7], expiry)
+  end
 end
 at = at + 2 * fields
+if stage == 'open' then redis.call('SADD', KEYS[3], 'open') end
 while at <= #ARGV do
   local jid, index, queue, when, payload = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
   redis.call('SADD', KEYS[2], jid)
@@ -161,6 +171,7 @@ while at <= #ARGV do
   end
   at = at + 5
 end
+if stage == 'close' then redis.call('SREM', KEYS[3], 'open') end
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], expiry) end
 return 1
 "#;
@@ -182,13 +193,38 @@ pub struct BatchJob {
     pub payload: String,
 }
 
-/// Writes `jobs` into batch `definition.bid` and pushes them, in one step; `create` for the
-/// batch's first jobs (its definition is written then). [`BatchError::Immutable`] when the
-/// batch is complete: nothing is written.
+/// How a step of [`add_jobs`] stands to the batch's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// A new batch and all its jobs, in one step.
+    Create,
+    /// A new batch whose jobs come later (child batches may be made meanwhile): held open, so
+    /// it cannot complete before [`Stage::Close`].
+    Open,
+    /// More jobs for an existing batch (from one of its jobs, say).
+    Add,
+    /// The last jobs of a batch opened with [`Stage::Open`]; it may complete from now on.
+    Close,
+}
+
+impl Stage {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stage::Create => "create",
+            Stage::Open => "open",
+            Stage::Add => "add",
+            Stage::Close => "close",
+        }
+    }
+}
+
+/// Writes `jobs` into batch `definition.bid` and pushes them, in one step, at `stage` of the
+/// batch's life (a new batch's definition is written with its first step).
+/// [`BatchError::Immutable`] when the batch is complete: nothing is written.
 pub async fn add_jobs(
     conn: &mut Conn,
     definition: &Definition,
-    create: bool,
+    stage: Stage,
     jobs: &[BatchJob],
     now: f64,
 ) -> Result<(), BatchError> {
@@ -200,7 +236,11 @@ pub async fn add_jobs(
         .key(pending_key(bid))
         .key(BATCHES)
         .key(keys::QUEUES)
-        .key(keys::SCHEDULE);
+        .key(keys::SCHEDULE)
+        .key(match &definition.parent_bid {
+            Some(parent) => pending_key(parent),
+            None => pending_key(bid),
+        });
     let mut queues: Vec<&str> = Vec::new();
     for job in jobs {
         if job.at.is_none() && !queues.contains(&job.queue.as_str()) {
@@ -230,7 +270,7 @@ pub async fn add_jobs(
         .arg(bid)
         .arg(crate::wire::format_float(now))
         .arg(EXPIRY_SECS)
-        .arg(if create { "1" } else { "0" })
+        .arg(stage.as_str())
         .arg(fields.len());
     for (k, v) in &fields {
         invocation.arg(*k).arg(v);
@@ -238,7 +278,7 @@ pub async fn add_jobs(
     for job in jobs {
         let index = match job.at {
             Some(_) => 0,
-            None => 7 + queues.iter().position(|q| *q == job.queue).unwrap_or(0),
+            None => 8 + queues.iter().position(|q| *q == job.queue).unwrap_or(0),
         };
         invocation
             .arg(&job.jid)
@@ -257,24 +297,24 @@ pub async fn add_jobs(
 
 impl crate::Client {
     /// Pushes `items` (Sidekiq's hash shape, as [`crate::Client::push`] takes them) as jobs of
-    /// batch `definition.bid` — `create` for its first jobs — all in one step; returns their jids.
+    /// batch `definition.bid` — at `stage` of its life — all in one step; returns their jids.
     ///
     /// ```no_run
     /// # async fn demo(client: rustq_core::Client) -> Result<(), rustq_core::batch::BatchError> {
-    /// use rustq_core::batch::Definition;
+    /// use rustq_core::batch::{Definition, Stage};
     /// let definition = Definition {
     ///     bid: "import-42".into(),
     ///     callbacks: serde_json::json!({"success": [["ImportDone", {"file": "a.csv"}]]}),
     ///     ..Definition::default()
     /// };
     /// let rows = (0..3).map(|n| serde_json::json!({"class": "RowJob", "args": [n]}).as_object().unwrap().clone());
-    /// let jids = client.push_batch(&definition, true, rows.collect()).await?;
+    /// let jids = client.push_batch(&definition, Stage::Create, rows.collect()).await?;
     /// # Ok(()) }
     /// ```
     pub async fn push_batch(
         &self,
         definition: &Definition,
-        create: bool,
+        stage: Stage,
         items: Vec<crate::Fields>,
     ) -> Result<Vec<String>, BatchError> {
         let now = self.options().clock.now();
@@ -294,7 +334,7 @@ impl crate::Client {
                 });
             }
         }
-        add_jobs(&mut self.connection(), definition, create, &jobs, now).await?;
+        add_jobs(&mut self.connection(), definition, stage, &jobs, now).await?;
         Ok(jobs.into_iter().map(|job| job.jid).collect())
     }
 }
@@ -348,25 +388,43 @@ pub async fn members(conn: &mut Conn, key: &str) -> Result<Vec<String>, BatchErr
     Ok(jids)
 }
 
-/// The payload of the callback job for `event` of batch `bid` to `target` (a class, or
-/// `"Class#method"`) with `options`.
-pub fn callback_payload(
-    event: Event,
-    bid: &str,
-    target: &str,
-    options: &Value,
-    queue: &str,
-    now: f64,
-    wire: crate::WireVersion,
-) -> String {
-    json!({
-        "class": CALLBACK_CLASS,
-        "args": [event.as_str(), bid, target, options],
-        "queue": queue,
-        "retry": true,
-        "jid": crate::generate_jid(),
-        "created_at": wire.timestamp(now),
-        "enqueued_at": wire.timestamp(now),
-    })
-    .to_string()
+/// A child batch's member in its parent's pending set, until the child completes.
+pub fn child_member(bid: &str) -> String {
+    format!("bid:{bid}")
+}
+
+/// A callback job for `event` of batch `bid`.
+pub struct Callback<'a> {
+    /// The event.
+    pub event: Event,
+    /// The batch whose event it is.
+    pub bid: &'a str,
+    /// A class, or `"Class#method"`.
+    pub target: &'a str,
+    /// What `on` was given.
+    pub options: &'a Value,
+    /// The callback queue.
+    pub queue: &'a str,
+    /// The batch the callback job itself belongs to: the parent of a child batch, whose
+    /// callbacks so run before the parent's.
+    pub in_batch: Option<&'a str>,
+}
+
+impl Callback<'_> {
+    /// The job's payload, with `jid`.
+    pub fn payload(&self, jid: &str, now: f64, wire: crate::WireVersion) -> String {
+        let mut job = json!({
+            "class": CALLBACK_CLASS,
+            "args": [self.event.as_str(), self.bid, self.target, self.options],
+            "queue": self.queue,
+            "retry": true,
+            "jid": jid,
+            "created_at": wire.timestamp(now),
+            "enqueued_at": wire.timestamp(now),
+        });
+        if let Some(parent) = self.in_batch {
+            job[BID] = Value::from(parent);
+        }
+        job.to_string()
+    }
 }

@@ -21,7 +21,12 @@ use crate::work::{Action, UnitOfWork, Write};
 struct Callbacks {
     queue: String,
     by_event: HashMap<&'static str, Vec<(String, Value)>>,
+    /// The batch it was made in, if any.
+    parent: Option<String>,
 }
+
+/// How many generations of parents an outcome's step walks up (a batch in a batch in a batch…).
+const MAX_DEPTH: usize = 8;
 
 /// The check point that counts batches' jobs.
 pub struct BatchCounts {
@@ -51,13 +56,15 @@ impl BatchCounts {
             return Some(known);
         }
         let mut conn = self.conn.get()?.clone();
-        let (queue, callbacks): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(batch::batch_key(bid))
-            .arg("callback_queue")
-            .arg("callbacks")
-            .query_async(&mut conn)
-            .await
-            .ok()?;
+        let (queue, callbacks, parent): (Option<String>, Option<String>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(batch::batch_key(bid))
+                .arg("callback_queue")
+                .arg("callbacks")
+                .arg("parent_bid")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
         let parsed: Value = serde_json::from_str(callbacks.as_deref().unwrap_or("{}")).ok()?;
         let mut by_event = HashMap::new();
         for event in [Event::Complete, Event::Success, Event::Death] {
@@ -78,6 +85,7 @@ impl BatchCounts {
         let known = Callbacks {
             queue: queue.unwrap_or_else(|| "default".into()),
             by_event,
+            parent: parent.filter(|p| !p.is_empty()),
         };
         if let Ok(mut map) = self.known.lock() {
             // Bounded: a long-lived process sees many batches.
@@ -89,32 +97,101 @@ impl BatchCounts {
         Some(known)
     }
 
-    /// The writes of one event: stamp it once, and enqueue its callbacks only then.
-    fn event(&self, bid: &str, event: Event, callbacks: &Callbacks, now: f64) -> Vec<Write> {
-        let pushes = callbacks
+    /// Reads `bid`'s callbacks and those of its parents (boxed: it recurses).
+    fn read_line<'a>(
+        &'a self,
+        bid: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Callbacks>> + Send + 'a>> {
+        Box::pin(async move {
+            let mine = self.read(bid).await?;
+            let mut parent = mine.parent.clone();
+            for _ in 0..MAX_DEPTH {
+                let Some(p) = parent else { break };
+                parent = self.read(&p).await?.parent;
+            }
+            Some(mine)
+        })
+    }
+
+    /// The writes of one event: stamp it once, and only then enqueue its callbacks (as jobs of
+    /// the parent batch, if there is one, so the parent's callbacks come after them) and tell the
+    /// parent that this child is complete or has succeeded.
+    fn event(
+        &self,
+        bid: &str,
+        event: Event,
+        cbs: &Callbacks,
+        now: f64,
+        depth: usize,
+    ) -> Vec<Write> {
+        let pushes = cbs
             .by_event
             .get(event.as_str())
             .cloned()
             .unwrap_or_default();
+        let mut gated = Vec::new();
+        let parent = cbs.parent.as_deref().filter(|_| depth < MAX_DEPTH);
+        for (target, options) in &pushes {
+            let jid = rustq_core::generate_jid();
+            let callback = batch::Callback {
+                event,
+                bid,
+                target,
+                options,
+                queue: &cbs.queue,
+                in_batch: parent,
+            };
+            gated.push(Write::new("SADD").key(keys::QUEUES).arg(&cbs.queue));
+            gated.push(
+                Write::new("LPUSH")
+                    .key(keys::queue(&cbs.queue))
+                    .arg(callback.payload(&jid, now, self.wire)),
+            );
+            if let Some(parent) = parent {
+                gated.push(Write::new("SADD").key(batch::pending_key(parent)).arg(&jid));
+                gated.push(Write::new("SADD").key(batch::jids_key(parent)).arg(&jid));
+            }
+        }
+        if let (Some(parent), Some(parent_cbs)) = (parent, parent.and_then(|p| self.callbacks(p))) {
+            let member = batch::child_member(bid);
+            match event {
+                Event::Complete => {
+                    // Complete in the parent; failed there too until it succeeds.
+                    gated.push(
+                        Write::new("SREM")
+                            .key(batch::pending_key(parent))
+                            .arg(&member),
+                    );
+                    gated.push(
+                        Write::new("SADD")
+                            .key(batch::failed_key(parent))
+                            .arg(&member),
+                    );
+                    gated.push(Write::new("SCARD").key(batch::failed_key(bid)).gate(0, 1));
+                    gated.push(
+                        Write::new("SREM")
+                            .key(batch::failed_key(parent))
+                            .arg(&member),
+                    );
+                    gated.extend(self.when_done(parent, &parent_cbs, now, true, depth + 1));
+                }
+                Event::Success => {
+                    gated.push(
+                        Write::new("SREM")
+                            .key(batch::failed_key(parent))
+                            .arg(&member),
+                    );
+                    gated.extend(self.when_done(parent, &parent_cbs, now, true, depth + 1));
+                }
+                Event::Death => {}
+            }
+        }
         let mut writes = vec![Write::new("HSETNX")
             .key(batch::batch_key(bid))
             .arg(event.field())
             .arg(wire::format_float(now))
-            .gate(1, 2 * pushes.len())];
-        for (target, options) in pushes {
-            writes.push(Write::new("SADD").key(keys::QUEUES).arg(&callbacks.queue));
-            writes.push(Write::new("LPUSH").key(keys::queue(&callbacks.queue)).arg(
-                batch::callback_payload(
-                    event,
-                    bid,
-                    &target,
-                    &options,
-                    &callbacks.queue,
-                    now,
-                    self.wire,
-                ),
-            ));
-        }
+            .gate(1, gated.len())];
+        writes.extend(gated);
         writes
     }
 
@@ -123,13 +200,14 @@ impl BatchCounts {
     fn when_done(
         &self,
         bid: &str,
-        callbacks: &Callbacks,
+        cbs: &Callbacks,
         now: f64,
         with_success: bool,
+        depth: usize,
     ) -> Vec<Write> {
-        let complete = self.event(bid, Event::Complete, callbacks, now);
+        let complete = self.event(bid, Event::Complete, cbs, now, depth);
         let success = if with_success {
-            let block = self.event(bid, Event::Success, callbacks, now);
+            let block = self.event(bid, Event::Success, cbs, now, depth);
             let mut gated = vec![Write::new("SCARD")
                 .key(batch::failed_key(bid))
                 .gate(0, block.len())];
@@ -138,6 +216,8 @@ impl BatchCounts {
         } else {
             Vec::new()
         };
+        // Complete (stamped once) gates nothing of success: success may come later, when a
+        // failed job succeeds on retry after the batch was complete.
         let mut writes = vec![Write::new("SCARD")
             .key(batch::pending_key(bid))
             .gate(0, complete.len() + success.len())];
@@ -161,7 +241,7 @@ impl CheckPoint for BatchCounts {
             // away: keep asking (an outcome counted without its callbacks could leave the batch's
             // last event unfired).
             let mut backoff = std::time::Duration::from_millis(50);
-            while self.conn.get().is_some() && self.read(bid).await.is_none() {
+            while self.conn.get().is_some() && self.read_line(bid).await.is_none() {
                 tracing::warn!(bid, "cannot read a batch's callbacks; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
@@ -176,7 +256,7 @@ impl CheckPoint for BatchCounts {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
             if let Some(bid) = bid_of(job) {
-                let _ = self.read(bid).await;
+                let _ = self.read_line(bid).await;
             }
         })
     }
@@ -204,24 +284,24 @@ impl CheckPoint for BatchCounts {
             Action::Acknowledge if outcome.failed => {
                 writes.push(Write::new("SADD").key(&failed).arg(jid));
                 writes.push(Write::new("SREM").key(&pending).arg(jid));
-                writes.extend(self.when_done(bid, &callbacks, now, false));
+                writes.extend(self.when_done(bid, &callbacks, now, false, 0));
             }
             Action::Acknowledge => {
                 writes.push(Write::new("SREM").key(&pending).arg(jid));
                 writes.push(Write::new("SREM").key(&failed).arg(jid));
-                writes.extend(self.when_done(bid, &callbacks, now, true));
+                writes.extend(self.when_done(bid, &callbacks, now, true, 0));
             }
             Action::Retry { .. } => {
                 writes.push(Write::new("SADD").key(&failed).arg(jid));
                 writes.push(Write::new("SREM").key(&pending).arg(jid));
-                writes.extend(self.when_done(bid, &callbacks, now, false));
+                writes.extend(self.when_done(bid, &callbacks, now, false, 0));
             }
             _ => {
                 writes.push(Write::new("SADD").key(&failed).arg(jid));
                 writes.push(Write::new("SADD").key(batch::dead_key(bid)).arg(jid));
                 writes.push(Write::new("SREM").key(&pending).arg(jid));
-                writes.extend(self.event(bid, Event::Death, &callbacks, now));
-                writes.extend(self.when_done(bid, &callbacks, now, false));
+                writes.extend(self.event(bid, Event::Death, &callbacks, now, 0));
+                writes.extend(self.when_done(bid, &callbacks, now, false, 0));
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use magnus::{Error, Ruby};
 use redis::AsyncCommands;
-use rustq_core::batch::{self, BatchError, BatchJob, Definition};
+use rustq_core::batch::{self, BatchError, BatchJob, Definition, Stage};
 use serde_json::Value;
 
 use crate::{client, errors};
@@ -34,9 +34,22 @@ where
     outcome.map_err(|e| batch_error(ruby, e))
 }
 
-/// `batch_add(definition_json, create, jobs_json)`: the batch (when `create`) and its jobs, in
-/// one step; Rustq::Batch::Immutable when it is complete.
-pub fn add(ruby: &Ruby, definition: String, create: bool, jobs: String) -> Result<(), Error> {
+/// `batch_add(definition_json, stage, jobs_json)`: jobs of the batch at `stage` ("create",
+/// "open", "add" or "close"; see `rustq_core::batch::Stage`), in one step;
+/// Rustq::Batch::Immutable when it is complete.
+pub fn add(ruby: &Ruby, definition: String, stage: String, jobs: String) -> Result<(), Error> {
+    let stage = match stage.as_str() {
+        "create" => Stage::Create,
+        "open" => Stage::Open,
+        "add" => Stage::Add,
+        "close" => Stage::Close,
+        other => {
+            return Err(errors::internal(
+                ruby,
+                &format!("batch_add: stage {other:?}"),
+            ))
+        }
+    };
     let bad = |e: serde_json::Error| errors::internal(ruby, &format!("batch_add: {e}"));
     let d: Value = serde_json::from_str(&definition).map_err(bad)?;
     let text = |key: &str| d.get(key).and_then(Value::as_str).map(str::to_string);
@@ -59,7 +72,7 @@ pub fn add(ruby: &Ruby, definition: String, create: bool, jobs: String) -> Resul
         .collect();
     let now = rustq_core::wire::now_secs();
     run(ruby, |mut conn| async move {
-        batch::add_jobs(&mut conn, &definition, create, &jobs, now).await
+        batch::add_jobs(&mut conn, &definition, stage, &jobs, now).await
     })
 }
 
