@@ -136,7 +136,8 @@ const ADD_JOBS: &str = r#"
 -- A child batch is pending in its parent (as `bid:<bid>`) from its creation until it completes.
 -- ARGV: bid, now, expiry (s), the stage ('create': a new batch with its jobs; 'open': a new
 -- batch whose jobs come later, held open meanwhile by the member 'open' in its pending set;
--- 'add': more jobs for an existing batch; 'close': its last jobs, the 'open' member removed), its definition
+-- 'add': more jobs for an existing batch; 'close': its last jobs, the 'open' member removed), its
+-- member in its parent's pending set, its definition
 -- as field/value pairs count then pairs, then per job: jid, queue index in KEYS (or 0 for
 -- `schedule`), queue name, at ('' to enqueue now), payload.
 -- Returns 1, or 0 when the batch is complete (or, not being created, does not exist).
@@ -145,15 +146,15 @@ local stage = ARGV[4]
 local creating = stage == 'create' or stage == 'open'
 if redis.call('HEXISTS', KEYS[1], 'complete_at') == 1 then return 0 end
 if not creating and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local fields = tonumber(ARGV[5])
-local at = 6
+local fields = tonumber(ARGV[6])
+local at = 7
 if creating then
   for i = 0, fields - 1 do
     redis.call('HSETNX', KEYS[1], ARGV[at + 2 * i], ARGV[at + 2 * i + 1])
   end
   redis.call('ZADD', KEYS[4], now, bid)
   if KEYS[7] ~= KEYS[3] then
-    redis.call('SADD', KEYS[7], 'bid:' .. bid)
+    redis.call('SADD', KEYS[7], ARGV[5])
     redis.call('EXPIRE', KEYS[7], expiry)
   end
 end
@@ -271,6 +272,7 @@ pub async fn add_jobs(
         .arg(crate::wire::format_float(now))
         .arg(EXPIRY_SECS)
         .arg(stage.as_str())
+        .arg(child_member(bid))
         .arg(fields.len());
     for (k, v) in &fields {
         invocation.arg(*k).arg(v);
