@@ -170,6 +170,7 @@ module Bench
       scenario(10) { metrics_scenario }
       scenario(11) { cron_scenario }
       scenario(12) { limits_scenario }
+      scenario(13) { batches_scenario }
       seconds = Bench.now - started
       log format("done in %.0f s", seconds)
       report(seconds)
@@ -277,16 +278,23 @@ module Bench
     # --- processing ------------------------------------------------------------------------
 
     # Loads `count` jobs with rustq's bulk push (what they are pushed with does not matter).
-    def load_jobs(count, active_job: false, fields: {})
+    def load_jobs(count, active_job: false, fields: {}, batch: false)
       if active_job
         load_active_job
         count.times.each_slice(10_000) { |s| Rustq.perform_all_later(s.map { NoopActiveJob.new }) }
+      elsif batch
+        # One batch: its jobs are written when the block ends.
+        Rustq::Batch.new.jobs { push_noop(count, fields) }
       else
-        count.times.each_slice(10_000) do |s|
-          Rustq::Client.push_bulk({"class" => "NoopJob", "queue" => "default", "args" => Array.new(s.size) { [] }}.merge(fields))
-        end
+        push_noop(count, fields)
       end
       raise "loaded #{queue_length} jobs, not #{count}" unless queue_length == count
+    end
+
+    def push_noop(count, fields)
+      count.times.each_slice(10_000) do |s|
+        Rustq::Client.push_bulk({"class" => "NoopJob", "queue" => "default", "args" => Array.new(s.size) { [] }}.merge(fields))
+      end
     end
 
     def load_active_job
@@ -350,9 +358,9 @@ module Bench
     # Pre-loads `count` jobs, starts `processes` workers, and times from the first job taken to
     # the last one acknowledged (queue empty, no in-progress list). Worker boot is not timed.
     # Returns jobs/s; records the workers' peak RSS under `rss_key`.
-    def drain(argv, count, processes: 1, active_job: false, rss_key: nil, env: {}, fields: {})
+    def drain(argv, count, processes: 1, active_job: false, rss_key: nil, env: {}, fields: {}, batch: false)
       @redis.flush
-      load_jobs(count, active_job: active_job, fields: fields)
+      load_jobs(count, active_job: active_job, fields: fields, batch: batch)
       workers = Array.new(processes) do |i|
         WorkerProcess.new(argv, env: { "REDIS_URL" => @redis.url }.merge(env), log: File.join(@dir, "worker-#{rss_key}-#{i}.log"))
       end
@@ -442,6 +450,29 @@ module Bench
       end
       row("12b", "no-op jobs each taking and giving back a concurrency slot (one key, limit 1,000) vs no limit, `rustq-worker` both (#{number(jobs, "jobs")})",
           "jobs/s", Stat.of(limited), Stat.of(free), note: "columns: limited (rustq), unlimited (Sidekiq column)")
+    end
+
+    # 13: what batches cost. (a) 100,000 no-op jobs of one batch (each counted in the batch in
+    # its outcome's step) against the same jobs without, `rustq-worker` both, interleaved per run.
+    # (b) A batch's `jobs { }` around a 100,000-job push_bulk against the bare push_bulk.
+    def batches_scenario
+      jobs = @quick ? 50_000 : 100_000
+      batched = []
+      free = []
+      argv = rust_worker_argv(RUST_WORKER, ["--noop", "NoopJob"])
+      @runs.times do |i|
+        free << drain(argv, jobs)
+        batched << drain(argv, jobs, batch: true)
+        log format("13a run %d: without %.0f, in one batch %.0f jobs/s", i + 1, free.last, batched.last)
+      end
+      row("13a", "no-op jobs of one batch vs the same jobs without, `rustq-worker` both (#{number(jobs, "jobs")})",
+          "jobs/s", Stat.of(batched), Stat.of(free), target: target("≥ 0.5×") { |_, _, r| r && r >= 0.5 },
+          note: "columns: in a batch (rustq), without (Sidekiq column)")
+      count = 100_000
+      batch = repeat("13b rustq batch jobs{} + push_bulk") { timed_script("push.rb", %w[rustq batch], count) }
+      bulk = repeat("13b rustq push_bulk") { push_once("rustq", "bulk", count) }
+      row("13b", "`Rustq::Batch#jobs { push_bulk }` with 100,000 jobs vs the bare `push_bulk`, rustq both",
+          "jobs/s", batch, bulk, note: "columns: in a batch (rustq), bare (Sidekiq column)")
     end
 
     PEERS = File.expand_path("../shared/peers", ROOT)

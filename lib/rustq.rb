@@ -34,6 +34,7 @@ require_relative "rustq/client"
 require_relative "rustq/cron"
 require_relative "rustq/job"
 require_relative "rustq/batch"
+require_relative "rustq/batch_sidekiq"
 require_relative "rustq/processor"
 
 # The ActiveJob adapter must exist before `queue_adapter = :rustq` is looked up: now if ActiveJob

@@ -3,7 +3,8 @@
 # One push measurement in a fresh process: `ruby bench/ruby/push.rb LIBRARY KIND N`.
 #   LIBRARY: rustq | sidekiq
 #   KIND:    single (perform_async) | bulk (Client.push_bulk) |
-#            perform_later (ActiveJob) | perform_all_later (rustq's enqueue_all)
+#            perform_later (ActiveJob) | perform_all_later (rustq's enqueue_all) |
+#            batch (rustq: the same push_bulk inside a Rustq::Batch's jobs block)
 # BENCH_CLIENT_MIDDLEWARE=1 adds one Sidekiq client middleware to the app; BENCH_UNIQUE=1 makes
 # the job unique (rustq only).
 # Prints {"jobs": N, "seconds": S} on stdout. REDIS_URL names the Redis to push to.
@@ -61,6 +62,9 @@ push = case kind
        when "bulk"
          # The arguments are built before the clock starts (see `prepared` below).
          ->(args) { client.push_bulk("class" => NoopJob, "args" => args) }
+       when "batch"
+         abort "batch is rustq's" unless library == "rustq"
+         ->(args) { Rustq::Batch.new.jobs { client.push_bulk("class" => NoopJob, "args" => args) } }
        when "perform_later"
          ->(n) { n.times { |i| NoopActiveJob.perform_later(i, "bench") } }
        when "perform_all_later"
@@ -71,7 +75,7 @@ push = case kind
        end
 
 # What one call takes: a count, or for a bulk push the jobs' arguments, built untimed.
-prepared = ->(n) { kind == "bulk" ? Array.new(n) { |i| [i, "bench"] } : n }
+prepared = ->(n) { %w[bulk batch].include?(kind) ? Array.new(n) { |i| [i, "bench"] } : n }
 
 push.call(prepared.call(WARMUP)) # connections, method caches
 input = prepared.call(count)

@@ -65,6 +65,7 @@ module Rustq
         "bid" => bid, "description" => description, "callback_queue" => callback_queue,
         "callbacks" => @callbacks, "parent_bid" => parent&.bid
       )
+      SidekiqPushes.hook
       opened = !@existing
       Native.batch_add(definition, "open", "[]") if opened
       @existing = true

@@ -29,6 +29,9 @@ module Rustq
     ].freeze
 
     attr_accessor :jid
+    # Set by Sidekiq 7+'s processor on every job it runs (its `interrupted?` asks it): a Sidekiq
+    # process in the fleet runs Rustq::Job classes too.
+    attr_accessor :_context
     # The batch this job belongs to (Sidekiq Pro's `bid`), nil outside one.
     attr_accessor :bid
 

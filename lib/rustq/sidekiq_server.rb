@@ -193,14 +193,18 @@ module Rustq
     end
 
     # What Sidekiq 7+'s CLI registers for itself should something load it (execution metrics,
-    # which the engine writes already; iterable-job interrupts, which need Sidekiq's processor).
+    # which the engine writes already; iterable-job interrupts, which need Sidekiq's processor),
+    # and the gem's own Sidekiq-side batch counting.
     def drop_sidekiqs_own
-      %w[Sidekiq::Metrics::Middleware Sidekiq::Job::InterruptHandler].each do |name|
+      %w[Sidekiq::Metrics::Middleware Sidekiq::Job::InterruptHandler Rustq::Batch::SidekiqMiddleware].each do |name|
         klass = Object.const_get(name) if Object.const_defined?(name)
         middleware.remove(klass) if klass
       rescue NameError
         nil
       end
+      # The gem's batch middleware (above) is for Sidekiq processes: here the engine counts batch
+      # jobs itself, atomically with their outcome.
+      @settings[:death_handlers].reject! { |handler| handler.class.name == "Rustq::Batch::SidekiqMiddleware::Death" }
       @settings[:lifecycle_events].each_value do |blocks|
         blocks.reject! { |block| block.source_location&.first.to_s.include?("/sidekiq/metrics/") }
       end

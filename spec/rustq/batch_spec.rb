@@ -53,6 +53,21 @@ RSpec.describe Rustq::Batch do
     expect([child.status.total, child.status.pending]).to eq([2, 2])
   end
 
+  it "completes a batch whose jobs block pushed nothing, enqueuing its complete and success callbacks once" do
+    batch = described_class.new
+    batch.on(:complete, "ImportDone#finished")
+    batch.on(:success, "ImportDone", "file" => "none.csv")
+    expect(batch.jobs {}).to eq([])
+    status = batch.status
+    expect([status.total, status.pending, status.complete?, status.success?]).to eq([0, 0, true, true])
+    callbacks = queue_payloads.map { |p| [p["class"], p["args"]] }
+    expect(callbacks).to contain_exactly(
+      ["Rustq::Batch::Callback", ["complete", batch.bid, "ImportDone#finished", {}]],
+      ["Rustq::Batch::Callback", ["success", batch.bid, "ImportDone", {"file" => "none.csv"}]]
+    )
+    expect { batch.jobs { PlainJob.perform_async(1) } }.to raise_error(Rustq::Batch::Immutable)
+  end
+
   it "refuses an unknown event, options that are not a Hash, an unknown bid" do
     batch = described_class.new
     expect { batch.on(:finished, "X") }.to raise_error(ArgumentError, /unknown batch event :finished/)

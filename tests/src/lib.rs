@@ -194,6 +194,23 @@ pub fn ledger(redis: &RedisServer) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A Ruby-host worker: `rustq-worker -r <app>` (an app under `tests/ruby/`) with `args`.
+pub fn ruby_host_worker(redis: &RedisServer, app: &str, args: &[&str]) -> TestWorker {
+    let root = repo_root();
+    let lib = root.join("lib");
+    let exe = root.join("exe/rustq-worker");
+    let app = root.join("tests/ruby").join(app);
+    let mut all = vec![
+        "-I",
+        lib.to_str().expect("UTF-8 path"),
+        exe.to_str().expect("UTF-8 path"),
+        "-r",
+        app.to_str().expect("UTF-8 path"),
+    ];
+    all.extend_from_slice(args);
+    TestWorker::start("ruby", redis, &all)
+}
+
 /// Writes a config file into the Redis dir and returns its path.
 pub fn config_file(redis: &RedisServer, yaml: &str) -> String {
     let path = redis.dir().join("rustq.yml");

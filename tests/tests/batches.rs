@@ -1,12 +1,13 @@
-//! Batches on a real Redis, run by standalone workers SIGKILLed mid-run: each job counted once,
-//! each callback enqueued once (callbacks run by a Rust handler, recorded in `callbacks`).
+//! Batches on a real Redis, run by standalone and Ruby-host workers, one SIGKILLed mid-run: each
+//! job counted once, each callback enqueued once and run once (callbacks run by a Rust handler
+//! or by the gem's Rustq::Batch::Callback, both recorded in the ledger list `callbacks`).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use rustq_core::batch::{self, BatchJob, Definition, Stage};
 use rustq_core::{generate_jid, Client, RedisConfig};
-use rustq_interop::{config_file, wait_until, RedisServer, TestWorker};
+use rustq_interop::{config_file, ruby_host_worker, wait_until, RedisServer, TestWorker};
 use serde_json::{json, Value};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_rustq-test-worker");
@@ -82,26 +83,27 @@ fn retries_due_now(redis: &RedisServer) {
 
 #[test]
 fn callbacks_fire_once_and_counts_are_exact_while_workers_are_sigkilled() {
+    const JOBS: usize = 10_000;
     let redis = RedisServer::start();
     // "good": 1 % fail once and succeed on retry. "doomed": 0.1 % die (`retry: 0`: straight to
     // the dead set), and one more fails with `retry: false` (discarded: a failure, not a death).
-    let good: Vec<(&str, Value, Value)> = (0..2000)
+    let good: Vec<(&str, Value, Value)> = (0..JOBS)
         .map(|i| {
             if i % 100 == 0 {
                 ("FailOnceJob", json!([i]), json!(true))
             } else {
-                ("SlowJob", json!([2]), json!(true))
+                ("SlowJob", json!([5]), json!(true))
             }
         })
         .collect();
-    let doomed: Vec<(&str, Value, Value)> = (0..2000)
+    let doomed: Vec<(&str, Value, Value)> = (0..JOBS)
         .map(|i| {
             if i % 1000 == 0 {
                 ("FailJob", json!([i]), json!(0))
             } else if i == 1 {
                 ("FailJob", json!([i]), json!(false))
             } else {
-                ("SlowJob", json!([2]), json!(true))
+                ("SlowJob", json!([5]), json!(true))
             }
         })
         .collect();
@@ -118,10 +120,17 @@ fn callbacks_fire_once_and_counts_are_exact_while_workers_are_sigkilled() {
     });
     assert_eq!(
         (status.total, status.pending, status.failures),
-        (2000, 2000, 0)
+        (JOBS as u64, JOBS as u64, 0)
     );
 
+    // 2 standalone workers, one of them SIGKILLed three times, and a Ruby-host worker.
     let steady = worker(&redis);
+    let config = config_file(&redis, FAST);
+    let ruby = ruby_host_worker(
+        &redis,
+        "batch_app.rb",
+        &["-C", &config, "-c", "10", "-t", "2"],
+    );
     let mut victim = worker(&redis);
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(700));
@@ -136,9 +145,10 @@ fn callbacks_fire_once_and_counts_are_exact_while_workers_are_sigkilled() {
     });
     assert!(
         done,
-        "callbacks: {:?}\n{}",
+        "callbacks: {:?}\n{}\n--- ruby host ---\n{}",
         callbacks(&redis),
-        steady.log_text()
+        steady.log_text(),
+        ruby.log_text()
     );
     // Nothing more fires later.
     std::thread::sleep(Duration::from_secs(2));
@@ -160,13 +170,18 @@ fn callbacks_fire_once_and_counts_are_exact_while_workers_are_sigkilled() {
             batch::status(&mut conn, "doomed").await.unwrap(),
         )
     });
-    assert_eq!((good.total, good.pending, good.failures), (2000, 0, 0));
+    assert_eq!(
+        (good.total, good.pending, good.failures),
+        (JOBS as u64, 0, 0)
+    );
     assert_eq!(
         (doomed.total, doomed.pending, doomed.failures),
-        (2000, 0, 3),
-        "two died, one failed with retry: false"
+        (JOBS as u64, 0, 11),
+        "ten died, one failed with retry: false"
     );
-    assert_eq!(redis.cli(&["SCARD", "rustq:batch:{doomed}:dead"]), "2");
+    assert_eq!(redis.cli(&["SCARD", "rustq:batch:{doomed}:dead"]), "10");
+    let ruby_ran: u64 = redis.cli(&["GET", "ruby_ran"]).trim().parse().unwrap_or(0);
+    assert!(ruby_ran > 0, "the Ruby host ran jobs of the batches too");
     for field in ["complete_at", "success_at"] {
         assert!(good.fields.contains_key(field), "{field}");
     }
@@ -218,6 +233,7 @@ fn a_complete_batch_takes_no_more_jobs() {
             Stage::Add,
             &[job],
             0.0,
+            rustq_core::WireVersion::V7,
         )
         .await
     });
@@ -336,5 +352,85 @@ fn a_parent_batch_succeeds_after_its_childs_callbacks_ran() {
         (status.total, status.pending, status.failures),
         (7, 0, 0),
         "its 5 jobs and the child's 2 callbacks"
+    );
+}
+
+#[test]
+fn an_empty_batch_and_a_parent_whose_children_finished_before_it_closed_complete() {
+    let redis = RedisServer::start();
+    let rt = runtime();
+    let client = rt
+        .block_on(Client::connect(&RedisConfig::new(redis.url())))
+        .unwrap();
+    let both = |name: &str| json!({"complete": [[format!("Report#{name}"), {}]], "success": [[format!("Report#{name}"), {}]]});
+    let definition = |bid: &str, parent: Option<&str>| Definition {
+        bid: bid.into(),
+        callbacks: both(bid),
+        parent_bid: parent.map(str::to_string),
+        ..Definition::default()
+    };
+    let _worker = worker(&redis);
+    // A block that pushed nothing: complete and success at once, as Sidekiq Pro does.
+    rt.block_on(client.push_batch(&definition("empty", None), Stage::Create, Vec::new()))
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || events(&redis, "empty")
+            == ["complete", "success"]),
+        "callbacks: {:?}",
+        callbacks(&redis)
+    );
+    // A parent held open while its children — one with jobs, run to the end meanwhile, one
+    // empty — finish, then closed with no jobs of its own: it completes as it closes.
+    let dad = definition("dad", None);
+    rt.block_on(client.push_batch(&dad, Stage::Open, Vec::new()))
+        .unwrap();
+    let job = json!({"class": "SlowJob", "args": [1]})
+        .as_object()
+        .unwrap()
+        .clone();
+    rt.block_on(client.push_batch(
+        &definition("son", Some("dad")),
+        Stage::Create,
+        vec![job.clone(), job],
+    ))
+    .unwrap();
+    rt.block_on(client.push_batch(
+        &definition("nobody", Some("dad")),
+        Stage::Create,
+        Vec::new(),
+    ))
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(20), || events(
+        &redis, "son"
+    ) == [
+        "complete", "success"
+    ] && events(
+        &redis, "nobody"
+    ) == [
+        "complete", "success"
+    ]));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(events(&redis, "dad").is_empty(), "the parent is still open");
+    assert_eq!(
+        redis.cli(&["SMEMBERS", "rustq:batch:{dad}:pending"]),
+        "open"
+    );
+    rt.block_on(client.push_batch(&dad, Stage::Close, Vec::new()))
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || events(&redis, "dad")
+            == ["complete", "success"]),
+        "callbacks: {:?}",
+        callbacks(&redis)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(events(&redis, "dad"), ["complete", "success"], "once each");
+    let status = rt
+        .block_on(batch::status(&mut client.connection(), "dad"))
+        .unwrap();
+    assert_eq!(
+        (status.total, status.pending, status.failures),
+        (4, 0, 0),
+        "the children's 4 callbacks"
     );
 }

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustq_core::{Client, Error, RedisConfig};
-use rustq_interop::{config_file, wait_until, RedisServer, TestWorker};
-use rustq_testing::repo_root;
+use rustq_interop::{config_file, ruby_host_worker, wait_until, RedisServer, TestWorker};
 use serde_json::{json, Value};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_rustq-test-worker");
@@ -29,26 +28,10 @@ fn standalone(redis: &RedisServer, threads: &str) -> TestWorker {
 
 fn ruby_host(redis: &RedisServer, threads: &str) -> TestWorker {
     let config = config_file(redis, FAST);
-    let root = repo_root();
-    let lib = root.join("lib");
-    let exe = root.join("exe/rustq-worker");
-    let app = root.join("tests/ruby/limits_app.rb");
-    TestWorker::start(
-        "ruby",
+    ruby_host_worker(
         redis,
-        &[
-            "-I",
-            lib.to_str().unwrap(),
-            exe.to_str().unwrap(),
-            "-r",
-            app.to_str().unwrap(),
-            "-C",
-            &config,
-            "-c",
-            threads,
-            "-t",
-            "2",
-        ],
+        "limits_app.rb",
+        &["-C", &config, "-c", threads, "-t", "2"],
     )
 }
 

@@ -131,19 +131,25 @@ pub struct Definition {
 
 const ADD_JOBS: &str = r#"
 -- KEYS[1] the batch, KEYS[2] its jids, KEYS[3] its pending jids, KEYS[4] the set of batches,
--- KEYS[5] `queues`, KEYS[6] `schedule`, KEYS[7] its parent's pending jids (its own when it has
--- no parent), then per queue used: the queue's list.
+-- KEYS[5] `queues`, KEYS[6] `schedule`, KEYS[7] its parent's pending jids, KEYS[8] its parent's
+-- jids, KEYS[9] its parent's failed jids (7-9: its own when it has no parent), KEYS[10] its
+-- failed jids, KEYS[11] its callback queue's list, then per queue used: the queue's list.
 -- A child batch is pending in its parent (as `bid:<bid>`) from its creation until it completes.
 -- ARGV: bid, now, expiry (s), the stage ('create': a new batch with its jobs; 'open': a new
 -- batch whose jobs come later, held open meanwhile by the member 'open' in its pending set;
 -- 'add': more jobs for an existing batch; 'close': its last jobs, the 'open' member removed), its
--- member in its parent's pending set, its definition
--- as field/value pairs count then pairs, then per job: jid, queue index in KEYS (or 0 for
--- `schedule`), queue name, at ('' to enqueue now), payload.
+-- member in its parent's pending set, its definition as field/value pairs count then pairs, its
+-- callback queue, its complete callbacks (count, then jid and payload each), its success
+-- callbacks (the same), then per job: jid, queue index in KEYS (or 0 for `schedule`), queue
+-- name, at ('' to enqueue now), payload.
+-- A batch left with nothing pending when it is created or closed (its block pushed nothing, or
+-- its children completed before it closed) completes here: the engine completes a batch only
+-- at a job's outcome.
 -- Returns 1, or 0 when the batch is complete (or, not being created, does not exist).
 local bid, now, expiry = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local stage = ARGV[4]
 local creating = stage == 'create' or stage == 'open'
+local has_parent = KEYS[7] ~= KEYS[3]
 if redis.call('HEXISTS', KEYS[1], 'complete_at') == 1 then return 0 end
 if not creating and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local fields = tonumber(ARGV[6])
@@ -153,12 +159,16 @@ if creating then
     redis.call('HSETNX', KEYS[1], ARGV[at + 2 * i], ARGV[at + 2 * i + 1])
   end
   redis.call('ZADD', KEYS[4], now, bid)
-  if KEYS[7] ~= KEYS[3] then
+  if has_parent then
     redis.call('SADD', KEYS[7], ARGV[5])
     redis.call('EXPIRE', KEYS[7], expiry)
   end
 end
 at = at + 2 * fields
+local callback_queue = ARGV[at]
+local on_complete = at + 1
+local on_success = on_complete + 1 + 2 * tonumber(ARGV[on_complete])
+at = on_success + 1 + 2 * tonumber(ARGV[on_success])
 if stage == 'open' then redis.call('SADD', KEYS[3], 'open') end
 while at <= #ARGV do
   local jid, index, queue, when, payload = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
@@ -173,6 +183,31 @@ while at <= #ARGV do
   at = at + 5
 end
 if stage == 'close' then redis.call('SREM', KEYS[3], 'open') end
+-- Stamps `field` once and enqueues the callbacks listed from ARGV[from]; a child's callback jobs
+-- belong to its parent, which cannot complete in this step (its own block, or the job making
+-- this child, still holds it).
+local function finish(field, from)
+  if redis.call('HSETNX', KEYS[1], field, now) == 0 then return false end
+  for i = 1, tonumber(ARGV[from]) do
+    local jid, payload = ARGV[from + 2 * i - 1], ARGV[from + 2 * i]
+    redis.call('SADD', KEYS[5], callback_queue)
+    redis.call('LPUSH', KEYS[11], payload)
+    if has_parent then
+      redis.call('SADD', KEYS[7], jid)
+      redis.call('SADD', KEYS[8], jid)
+    end
+  end
+  return true
+end
+if (stage == 'close' or stage == 'create') and redis.call('SCARD', KEYS[3]) == 0 then
+  if finish('complete_at', on_complete) and has_parent then
+    redis.call('SREM', KEYS[7], ARGV[5])
+    if redis.call('SCARD', KEYS[10]) > 0 then redis.call('SADD', KEYS[9], ARGV[5]) end
+  end
+  if redis.call('SCARD', KEYS[10]) == 0 and finish('success_at', on_success) and has_parent then
+    redis.call('SREM', KEYS[9], ARGV[5])
+  end
+end
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], expiry) end
 return 1
 "#;
@@ -228,8 +263,11 @@ pub async fn add_jobs(
     stage: Stage,
     jobs: &[BatchJob],
     now: f64,
+    wire: crate::WireVersion,
 ) -> Result<(), BatchError> {
     let bid = &definition.bid;
+    let parent = definition.parent_bid.as_deref().unwrap_or(bid);
+    let callback_queue = definition.callback_queue.as_deref().unwrap_or("default");
     let mut invocation = ADD_JOBS_SCRIPT.prepare_invoke();
     invocation
         .key(batch_key(bid))
@@ -238,10 +276,11 @@ pub async fn add_jobs(
         .key(BATCHES)
         .key(keys::QUEUES)
         .key(keys::SCHEDULE)
-        .key(match &definition.parent_bid {
-            Some(parent) => pending_key(parent),
-            None => pending_key(bid),
-        });
+        .key(pending_key(parent))
+        .key(jids_key(parent))
+        .key(failed_key(parent))
+        .key(failed_key(bid))
+        .key(keys::queue(callback_queue));
     let mut queues: Vec<&str> = Vec::new();
     for job in jobs {
         if job.at.is_none() && !queues.contains(&job.queue.as_str()) {
@@ -253,13 +292,7 @@ pub async fn add_jobs(
         ("bid", bid.clone()),
         ("created_at", crate::wire::format_float(now)),
         ("callbacks", definition.callbacks.to_string()),
-        (
-            "callback_queue",
-            definition
-                .callback_queue
-                .clone()
-                .unwrap_or_else(|| "default".into()),
-        ),
+        ("callback_queue", callback_queue.to_string()),
     ];
     if let Some(d) = &definition.description {
         fields.push(("description", d.clone()));
@@ -277,10 +310,28 @@ pub async fn add_jobs(
     for (k, v) in &fields {
         invocation.arg(*k).arg(v);
     }
+    // The callbacks a batch left with nothing pending runs at once (see the script).
+    invocation.arg(callback_queue);
+    for event in [Event::Complete, Event::Success] {
+        let targets = callbacks_of(&definition.callbacks, event);
+        invocation.arg(targets.len());
+        for (target, options) in &targets {
+            let jid = crate::generate_jid();
+            let callback = Callback {
+                event,
+                bid,
+                target,
+                options,
+                queue: callback_queue,
+                in_batch: definition.parent_bid.as_deref(),
+            };
+            invocation.arg(&jid).arg(callback.payload(&jid, now, wire));
+        }
+    }
     for job in jobs {
         let index = match job.at {
             Some(_) => 0,
-            None => 8 + queues.iter().position(|q| *q == job.queue).unwrap_or(0),
+            None => 12 + queues.iter().position(|q| *q == job.queue).unwrap_or(0),
         };
         invocation
             .arg(&job.jid)
@@ -336,7 +387,15 @@ impl crate::Client {
                 });
             }
         }
-        add_jobs(&mut self.connection(), definition, stage, &jobs, now).await?;
+        add_jobs(
+            &mut self.connection(),
+            definition,
+            stage,
+            &jobs,
+            now,
+            self.options().wire,
+        )
+        .await?;
         Ok(jobs.into_iter().map(|job| job.jid).collect())
     }
 }
@@ -393,6 +452,22 @@ pub async fn members(conn: &mut Conn, key: &str) -> Result<Vec<String>, BatchErr
 /// A child batch's member in its parent's pending set, until the child completes.
 pub fn child_member(bid: &str) -> String {
     format!("bid:{bid}")
+}
+
+/// The callbacks of `event` in a batch's `callbacks` field: `(target, options)` each.
+pub fn callbacks_of(callbacks: &Value, event: Event) -> Vec<(String, Value)> {
+    callbacks
+        .get(event.as_str())
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|entry| {
+                    let target = entry.get(0)?.as_str()?.to_string();
+                    Some((target, entry.get(1).cloned().unwrap_or(Value::Null)))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A callback job for `event` of batch `bid`.

@@ -68,19 +68,7 @@ impl BatchCounts {
         let parsed: Value = serde_json::from_str(callbacks.as_deref().unwrap_or("{}")).ok()?;
         let mut by_event = HashMap::new();
         for event in [Event::Complete, Event::Success, Event::Death] {
-            let list = parsed
-                .get(event.as_str())
-                .and_then(Value::as_array)
-                .map(|list| {
-                    list.iter()
-                        .filter_map(|entry| {
-                            let target = entry.get(0)?.as_str()?.to_string();
-                            Some((target, entry.get(1).cloned().unwrap_or(Value::Null)))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            by_event.insert(event.as_str(), list);
+            by_event.insert(event.as_str(), batch::callbacks_of(&parsed, event));
         }
         let known = Callbacks {
             queue: queue.unwrap_or_else(|| "default".into()),
@@ -334,4 +322,62 @@ impl BatchCounts {
         }
         writes.push(Write::new("SREM").key(&pending).arg(jid));
     }
+}
+
+/// What a process outside the engine saw a batch's job do: a Sidekiq process running it with
+/// the gem's batch middleware (`Rustq::Batch::SidekiqMiddleware`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ran {
+    /// It succeeded (or middleware skipped it: Sidekiq counts that as done).
+    Succeeded,
+    /// It raised; Sidekiq retries it or not, as it decides.
+    Failed,
+    /// It died: Sidekiq buried it (its death handlers ran).
+    Died,
+}
+
+/// Counts batch job `job`, run by a process outside the engine, with the very writes an
+/// engine outcome makes — set memberships, events stamped once, callback jobs enqueued — in one
+/// atomic step. Sidekiq took the job off its queue when it fetched it, so no list holds it:
+/// the step runs its writes unconditionally, which membership makes safe to repeat. Returns
+/// false when the job has no batch.
+pub async fn count_ran(
+    conn: &Conn,
+    wire: WireVersion,
+    job: &Job,
+    ran: Ran,
+) -> redis::RedisResult<bool> {
+    let Some(bid) = bid_of(job) else {
+        return Ok(false);
+    };
+    let counts = BatchCounts::new(Arc::new(OnceLock::from(conn.clone())), wire);
+    if counts.read_line(bid).await.is_none() {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "cannot read the batch's callbacks",
+        )));
+    }
+    let action = match ran {
+        Ran::Succeeded | Ran::Failed => Action::Acknowledge,
+        Ran::Died => Action::Dead {
+            payload: String::new(),
+        },
+    };
+    let outcome = Outcome {
+        job,
+        queue: job.queue().unwrap_or("default"),
+        action: &action,
+        passed: true,
+        failed: ran != Ran::Succeeded,
+    };
+    let mut writes = Vec::new();
+    counts.on_outcome(&outcome, &mut writes);
+    let now = wire::now_secs();
+    let mut step = crate::outcome::Batch::new(now, crate::dead_set::DeadSetLimits::default());
+    step.add_unheld(job.to_json().as_bytes(), &writes);
+    let written = step
+        .write(&crate::outcome::script(), &mut conn.clone())
+        .await?;
+    written.log_refused("batch count");
+    Ok(true)
 }

@@ -393,6 +393,9 @@ impl Registered {
     }
 }
 
+/// Handlers by a name other than a job's class (a batch callback's target class).
+pub(crate) type TargetHandlers = Arc<std::sync::Mutex<HashMap<String, Arc<dyn Handler>>>>;
+
 /// Handlers by job class name (`"Billing::ChargeJob"`).
 ///
 /// ```
@@ -413,6 +416,9 @@ impl Registered {
 pub struct Registry {
     handlers: HashMap<String, Registered>,
     fallback: Option<Registered>,
+    /// Rust handlers of batch callbacks, by target class (`Registry::on_batch`), shared with
+    /// the one handler of callback jobs that dispatches to them.
+    batch_callbacks: TargetHandlers,
 }
 
 impl Registry {
@@ -480,6 +486,10 @@ impl Registry {
             handler: Arc::new(handler),
             options: HandlerOptions::default(),
         })
+    }
+
+    pub(crate) fn batch_callbacks(&self) -> TargetHandlers {
+        self.batch_callbacks.clone()
     }
 
     /// The handler registered for exactly `class`.

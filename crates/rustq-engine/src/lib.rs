@@ -36,6 +36,7 @@ pub mod work;
 
 pub mod ack;
 pub mod batch;
+pub mod batch_callback;
 pub mod check_point;
 pub mod concurrency;
 pub mod dead_set;
@@ -74,6 +75,7 @@ pub mod otlp;
 pub mod systemd;
 pub mod trace;
 
+pub use batch_callback::BatchCall;
 pub use check_point::{CheckFuture, CheckPoint, Outcome, Verdict};
 pub use control::{Control, Signal};
 pub use failure::{Backoff, Failure, FailureKind, JobResult};

@@ -20,7 +20,7 @@ use crate::work::{Action, Deferral, Write};
 
 const WRITE_OUTCOMES: &str = r#"
 -- KEYS: every key of the batch. ARGV[1] = number of jobs, then per job: the index in KEYS of
--- the list holding it, the job as held there, how many commands carry it where it goes (its
+-- the list holding it (0: no list holds it, a job a Sidekiq process ran), the job as held there, how many commands carry it where it goes (its
 -- effect), how many a check point adds (its writes), then each command: how many commands after
 -- it it gates (0: none) and the reply it expects for them to run, its number of parts, then per
 -- part a kind ('k': a key, by index in KEYS; 'j': the job as held; 'a': the value itself) and a
@@ -60,7 +60,9 @@ for _ = 1, tonumber(ARGV[1]) do
   local effects, writes = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
   at = at + 4
   local ok
-  if effects == 0 then
+  if list == nil then
+    ok = true
+  elseif effects == 0 then
     ok = redis.call('LREM', list, -1, job) > 0
   else
     ok = redis.call('LPOS', list, job, 'RANK', -1) ~= false
@@ -223,6 +225,20 @@ impl Batch {
         for parts in commands {
             self.push_command(parts, None);
         }
+        for (parts, write) in gated.into_iter().zip(writes) {
+            self.push_command(parts, write.gated());
+        }
+    }
+
+    /// The writes of a job no list holds — one that a Sidekiq process fetched and ran (with the
+    /// gem's batch middleware) — run unconditionally, gates aside, in the batch's step.
+    pub fn add_unheld(&mut self, job: &[u8], writes: &[Write]) {
+        let gated: Vec<Parts> = writes.iter().map(|write| self.parts(write)).collect();
+        self.jobs += 1;
+        self.body.push(b"0".to_vec());
+        self.body.push(job.to_vec());
+        self.body.push(b"0".to_vec());
+        self.body.push(writes.len().to_string().into_bytes());
         for (parts, write) in gated.into_iter().zip(writes) {
             self.push_command(parts, write.gated());
         }

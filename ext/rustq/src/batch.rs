@@ -4,6 +4,7 @@
 use magnus::{Error, Ruby};
 use redis::AsyncCommands;
 use rustq_core::batch::{self, BatchError, BatchJob, Definition, Stage};
+use rustq_engine::batch::Ran;
 use serde_json::Value;
 
 use crate::{client, errors};
@@ -23,14 +24,12 @@ fn batch_error(ruby: &Ruby, error: BatchError) -> Error {
 
 fn run<T, F, Fut>(ruby: &Ruby, work: F) -> Result<T, Error>
 where
-    F: FnOnce(rustq_core::Conn) -> Fut,
+    F: FnOnce(rustq_core::Conn, rustq_core::WireVersion) -> Fut,
     Fut: std::future::Future<Output = Result<T, BatchError>>,
 {
-    let outcome =
-        client::session(ruby)?.run(
-            ruby,
-            |client| async move { Ok(work(client.connection()).await) },
-        )?;
+    let outcome = client::session(ruby)?.run(ruby, |client| async move {
+        Ok(work(client.connection(), client.options().wire).await)
+    })?;
     outcome.map_err(|e| batch_error(ruby, e))
 }
 
@@ -71,14 +70,14 @@ pub fn add(ruby: &Ruby, definition: String, stage: String, jobs: String) -> Resu
         })
         .collect();
     let now = rustq_core::wire::now_secs();
-    run(ruby, |mut conn| async move {
-        batch::add_jobs(&mut conn, &definition, stage, &jobs, now).await
+    run(ruby, |mut conn, wire| async move {
+        batch::add_jobs(&mut conn, &definition, stage, &jobs, now, wire).await
     })
 }
 
 /// `batch_status(bid) → JSON` (`rustq_core::batch::Status`).
 pub fn status(ruby: &Ruby, bid: String) -> Result<String, Error> {
-    let status = run(ruby, |mut conn| async move {
+    let status = run(ruby, |mut conn, _| async move {
         batch::status(&mut conn, &bid).await
     })?;
     Ok(serde_json::to_string(&status).expect("a status serializes"))
@@ -91,21 +90,21 @@ pub fn members(ruby: &Ruby, bid: String, which: String) -> Result<Vec<String>, E
         "dead" => batch::dead_key(&bid),
         _ => batch::jids_key(&bid),
     };
-    run(ruby, |mut conn| async move {
+    run(ruby, |mut conn, _| async move {
         batch::members(&mut conn, &key).await
     })
 }
 
 /// `batch_all → [bid, …]`, newest first.
 pub fn all(ruby: &Ruby) -> Result<Vec<String>, Error> {
-    run(ruby, |mut conn| async move {
+    run(ruby, |mut conn, _| async move {
         Ok(conn.zrevrange(batch::BATCHES, 0, -1).await?)
     })
 }
 
 /// `batch_invalidate(bid)`: jobs of the batch that have not started are to be skipped.
 pub fn invalidate(ruby: &Ruby, bid: String) -> Result<(), Error> {
-    run(ruby, |mut conn| async move {
+    run(ruby, |mut conn, _| async move {
         Ok(conn
             .hset(batch::batch_key(&bid), "invalidated", "1")
             .await?)
@@ -114,7 +113,24 @@ pub fn invalidate(ruby: &Ruby, bid: String) -> Result<(), Error> {
 
 /// `batch_invalidated?(bid)`
 pub fn invalidated(ruby: &Ruby, bid: String) -> Result<bool, Error> {
-    run(ruby, |mut conn| async move {
+    run(ruby, |mut conn, _| async move {
         Ok(conn.hexists(batch::batch_key(&bid), "invalidated").await?)
+    })
+}
+
+/// `batch_count(payload_json, "succeeded" | "failed" | "died") → true | false`: counts a batch
+/// job a Sidekiq process ran (`Rustq::Batch::SidekiqMiddleware`), as the engine counts its own
+/// (`rustq_engine::batch::count_ran`); false when the job has no batch.
+pub fn count(ruby: &Ruby, payload: String, ran: String) -> Result<bool, Error> {
+    let ran = match ran.as_str() {
+        "succeeded" => Ran::Succeeded,
+        "failed" => Ran::Failed,
+        "died" => Ran::Died,
+        other => return Err(errors::internal(ruby, &format!("batch_count: {other:?}"))),
+    };
+    let job = rustq_engine::work::parse(payload.as_bytes())
+        .map_err(|e| errors::internal(ruby, &format!("batch_count: {e}")))?;
+    run(ruby, |conn, wire| async move {
+        Ok(rustq_engine::batch::count_ran(&conn, wire, &job, ran).await?)
     })
 }

@@ -62,6 +62,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     native.define_singleton_method("batch_all", function!(batch::all, 0))?;
     native.define_singleton_method("batch_invalidate", function!(batch::invalidate, 1))?;
     native.define_singleton_method("batch_invalidated?", function!(batch::invalidated, 1))?;
+    native.define_singleton_method("batch_count", function!(batch::count, 2))?;
     native.define_singleton_method("cron_save", function!(cron::save, 2))?;
     native.define_singleton_method("cron_find", function!(cron::find, 2))?;
     native.define_singleton_method("cron_all", function!(cron::all, 1))?;

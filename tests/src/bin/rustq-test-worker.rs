@@ -116,16 +116,21 @@ fn main() -> ExitCode {
             });
         }
     }
-    // Batches' callbacks, run by a Rust handler: each recorded in `callbacks`.
-    registry.handle("Rustq::Batch::Callback", |ctx: JobContext| async move {
-        let entry = json!({"jid": ctx.jid(), "args": ctx.args()});
-        redis::cmd("RPUSH")
-            .arg("callbacks")
-            .arg(entry.to_string())
-            .query_async::<()>(&mut ledger_conn().await?.clone())
-            .await?;
-        Ok(())
-    });
+    // Batches' callbacks to "Report" or "Report#method", run by a Rust handler: each recorded in
+    // `callbacks`, as the job's arguments.
+    registry.on_batch(
+        "Report",
+        |ctx: JobContext, call: rustq_engine::BatchCall| async move {
+            let args = json!([call.event.as_str(), call.bid, call.target, call.options]);
+            let entry = json!({"jid": ctx.jid(), "args": args, "method": call.method});
+            redis::cmd("RPUSH")
+                .arg("callbacks")
+                .arg(entry.to_string())
+                .query_async::<()>(&mut ledger_conn().await?.clone())
+                .await?;
+            Ok(())
+        },
+    );
     registry.handle("FailJob", |ctx: JobContext| async move {
         record(&ctx).await?;
         Err(Failure::retry("RuntimeError", "boom"))
