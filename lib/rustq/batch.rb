@@ -67,7 +67,7 @@ module Rustq
       )
       SidekiqPushes.hook
       opened = !@existing
-      Native.batch_add(definition, "open", "[]") if opened
+      Native.batch_add(definition, "open", []) if opened
       @existing = true
       stack.push([self, []])
       begin
@@ -76,8 +76,8 @@ module Rustq
       ensure
         stack.pop
       end
-      Native.batch_add(definition, opened ? "close" : "add", JSON.generate(collected))
-      collected.map { |job| job["jid"] }
+      Native.batch_add(definition, opened ? "close" : "add", collected)
+      collected.map(&:first)
     end
 
     def status = Status.new(bid)
@@ -95,17 +95,12 @@ module Rustq
       # Keeps pushed jobs for the batch being built (Client.raw_push inside `jobs`).
       def collect(item, bulk)
         batch, collected = Thread.current[:rustq_batches].last
-        payloads = case bulk
-                   when :payloads then item.flat_map { |payload| Native.prepare(payload, false) }
-                   else Native.prepare(item, bulk)
-                   end
-        payloads.map do |json|
-          job = JSON.parse(json)
-          job["bid"] = batch.bid
-          at = job.delete("at")
-          collected << {"jid" => job["jid"], "queue" => job["queue"], "at" => at, "payload" => JSON.generate(job)}
-          job["jid"]
-        end
+        kept = case bulk
+               when :payloads then item.flat_map { |payload| Native.batch_prepare(payload, false, batch.bid) }
+               else Native.batch_prepare(item, bulk, batch.bid)
+               end
+        collected.concat(kept)
+        kept.map(&:first)
       end
     end
 

@@ -170,18 +170,36 @@ local on_complete = at + 1
 local on_success = on_complete + 1 + 2 * tonumber(ARGV[on_complete])
 at = on_success + 1 + 2 * tonumber(ARGV[on_success])
 if stage == 'open' then redis.call('SADD', KEYS[3], 'open') end
+-- Jobs are written a slice at a time, one command per set or list a slice touches.
+local members, pushes, names, scheduled = {}, {}, {}, {}
+local function flush()
+  if #members > 0 then
+    redis.call('SADD', KEYS[2], unpack(members))
+    redis.call('SADD', KEYS[3], unpack(members))
+  end
+  for index, payloads in pairs(pushes) do
+    redis.call('SADD', KEYS[5], names[index])
+    redis.call('LPUSH', KEYS[index], unpack(payloads))
+  end
+  if #scheduled > 0 then redis.call('ZADD', KEYS[6], unpack(scheduled)) end
+  members, pushes, scheduled = {}, {}, {}
+end
 while at <= #ARGV do
   local jid, index, queue, when, payload = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
-  redis.call('SADD', KEYS[2], jid)
-  redis.call('SADD', KEYS[3], jid)
+  members[#members + 1] = jid
   if when == '' then
-    redis.call('SADD', KEYS[5], queue)
-    redis.call('LPUSH', KEYS[index], payload)
+    names[index] = queue
+    local payloads = pushes[index] or {}
+    pushes[index] = payloads
+    payloads[#payloads + 1] = payload
   else
-    redis.call('ZADD', KEYS[6], when, payload)
+    scheduled[#scheduled + 1] = when
+    scheduled[#scheduled + 1] = payload
   end
+  if #members == 1000 then flush() end
   at = at + 5
 end
+flush()
 if stage == 'close' then redis.call('SREM', KEYS[3], 'open') end
 -- Stamps `field` once and enqueues the callbacks listed from ARGV[from]; a child's callback jobs
 -- belong to its parent, which cannot complete in this step (its own block, or the job making

@@ -272,26 +272,35 @@ impl CheckPoint for BatchCounts {
             Action::Acknowledge if outcome.failed => {
                 writes.push(Write::new("SADD").key(&failed).arg(jid));
                 writes.push(Write::new("SREM").key(&pending).arg(jid));
-                writes.extend(self.when_done(bid, &callbacks, now, false, 0));
             }
             Action::Acknowledge => {
                 writes.push(Write::new("SREM").key(&pending).arg(jid));
-                writes.push(Write::new("SREM").key(&failed).arg(jid));
-                writes.extend(self.when_done(bid, &callbacks, now, true, 0));
+                // Only a job that failed before (and so was retried) can be in `failed`.
+                if outcome.job.get("retry_count").is_some() {
+                    writes.push(Write::new("SREM").key(&failed).arg(jid));
+                }
             }
             Action::Retry { .. } => {
                 writes.push(Write::new("SADD").key(&failed).arg(jid));
                 writes.push(Write::new("SREM").key(&pending).arg(jid));
-                writes.extend(self.when_done(bid, &callbacks, now, false, 0));
             }
             _ => {
                 writes.push(Write::new("SADD").key(&failed).arg(jid));
                 writes.push(Write::new("SADD").key(batch::dead_key(bid)).arg(jid));
                 writes.push(Write::new("SREM").key(&pending).arg(jid));
                 writes.extend(self.event(bid, Event::Death, &callbacks, now, 0));
-                writes.extend(self.when_done(bid, &callbacks, now, false, 0));
             }
         }
+        // Whether the batch is now complete (and has succeeded) reads only what the step's jobs
+        // wrote: asked once per step and batch, after them all, however many of its jobs the
+        // step writes. Success is gated on nothing having failed, so one check serves every
+        // outcome.
+        let tag = format!("batch-done:{bid}");
+        writes.extend(
+            self.when_done(bid, &callbacks, now, true, 0)
+                .into_iter()
+                .map(|write| write.once_per_step(tag.as_str())),
+        );
     }
 }
 

@@ -24,8 +24,8 @@ const WRITE_OUTCOMES: &str = r#"
 -- effect), how many a check point adds (its writes), then each command: how many commands after
 -- it it gates (0: none) and the reply it expects for them to run, its number of parts, then per
 -- part a kind ('k': a key, by index in KEYS; 'j': the job as held; 'a': the value itself) and a
--- value. Last, the commands run once after every job (the dead set's trim), in
--- the same form.
+-- value. Last, the commands run once after every job (the dead set's trim, checks run once
+-- per step), in the same form, gates included.
 -- A job still in its list has its effect run first; only if that succeeds does it leave the
 -- list, and then its writes run. A command Redis refuses (a wrong-typed key) leaves its job where
 -- it was, never lost, and is reported, without failing the other jobs of the batch.
@@ -86,7 +86,16 @@ for _ = 1, tonumber(ARGV[1]) do
 end
 local after = tonumber(ARGV[at])
 at = at + 1
-for _ = 1, after do run(command(nil), '') end
+local skip = 0
+for _ = 1, after do
+  local parts, gates, expects = command(nil)
+  if skip > 0 then
+    skip = skip - 1
+  else
+    local taken, reply = run(parts, '')
+    if gates > 0 and (not taken or reply ~= expects) then skip = gates end
+  end
+end
 local reply = {applied}
 for _, v in ipairs(refused) do reply[#reply + 1] = v end
 return reply
@@ -104,8 +113,13 @@ pub struct Batch {
     /// Jobs written through the script.
     jobs: usize,
     body: Vec<Vec<u8>>,
-    /// Commands run once after every job: the dead set's trim, once a job is buried.
-    tail: Vec<Parts>,
+    /// Commands run once after every job: the dead set's trim, once a job is buried, and writes
+    /// to run once per step ([`Write::once_per_step`]), with their gates.
+    tail: Vec<(Parts, Option<(String, usize)>)>,
+    /// Whether the dead set's trim is in the tail.
+    trimmed: bool,
+    /// Tags of the once-per-step blocks in the tail.
+    once: std::collections::HashSet<String>,
     now: f64,
     dead: DeadSetLimits,
 }
@@ -136,6 +150,8 @@ impl Batch {
             jobs: 0,
             body: Vec::new(),
             tail: Vec::new(),
+            trimmed: false,
+            once: std::collections::HashSet::new(),
             now,
             dead,
         }
@@ -157,6 +173,13 @@ impl Batch {
 
     /// `job`, held in `list`, leaves it; `effect` and `writes` follow, only if it was there.
     pub fn add(&mut self, list: &str, job: &[u8], effect: Effect<'_>, writes: &[Write]) {
+        let owned;
+        let writes = if writes.iter().any(|w| w.once().is_some()) {
+            owned = self.take_once(writes);
+            &owned[..]
+        } else {
+            writes
+        };
         let plain = matches!(effect, Effect::Action(Action::Acknowledge, _));
         if plain && writes.is_empty() {
             let at = self.key_index(list.as_bytes());
@@ -233,6 +256,8 @@ impl Batch {
     /// The writes of a job no list holds — one that a Sidekiq process fetched and ran (with the
     /// gem's batch middleware) — run unconditionally, gates aside, in the batch's step.
     pub fn add_unheld(&mut self, job: &[u8], writes: &[Write]) {
+        let writes = self.take_once(writes);
+        let writes = &writes[..];
         let gated: Vec<Parts> = writes.iter().map(|write| self.parts(write)).collect();
         self.jobs += 1;
         self.body.push(b"0".to_vec());
@@ -244,12 +269,41 @@ impl Batch {
         }
     }
 
+    /// Moves a job's once-per-step blocks to the tail (the first block of each tag; later ones
+    /// are dropped) and returns its own writes.
+    fn take_once(&mut self, writes: &[Write]) -> Vec<Write> {
+        let mut own = Vec::with_capacity(writes.len());
+        let mut at = 0;
+        while at < writes.len() {
+            let Some(tag) = writes[at].once() else {
+                own.push(writes[at].clone());
+                at += 1;
+                continue;
+            };
+            let end = at
+                + writes[at..]
+                    .iter()
+                    .take_while(|w| w.once() == Some(tag))
+                    .count();
+            if self.once.insert(tag.to_string()) {
+                for write in &writes[at..end] {
+                    let parts = self.parts(write);
+                    let gate = write.gated().map(|(reply, n)| (reply.to_string(), n));
+                    self.tail.push((parts, gate));
+                }
+            }
+            at = end;
+        }
+        own
+    }
+
     /// A dead-set entry, and the trim once per batch.
     fn bury(&mut self, commands: &mut Vec<Parts>, payload: &str) {
-        if self.tail.is_empty() {
+        if !self.trimmed {
+            self.trimmed = true;
             for write in dead_set::trim(self.now, self.dead) {
                 let parts = self.parts(&write);
-                self.tail.push(parts);
+                self.tail.push((parts, None));
             }
         }
         commands.push(self.parts(&dead_set::bury(payload, self.now)));
@@ -322,9 +376,11 @@ impl Batch {
                 invocation.arg(part.as_slice());
             }
             invocation.arg(self.tail.len());
-            for parts in &self.tail {
-                // Ungated.
-                invocation.arg(0).arg("");
+            for (parts, gate) in &self.tail {
+                match gate {
+                    Some((reply, gates)) => invocation.arg(*gates).arg(reply.as_str()),
+                    None => invocation.arg(0).arg(""),
+                };
                 invocation.arg(parts.len());
                 for (kind, value) in parts {
                     invocation.arg(&[*kind][..]).arg(value.as_slice());

@@ -99,6 +99,7 @@ pub enum Deferral {
 pub struct Write {
     parts: Vec<(bool, Vec<u8>)>,
     gate: Option<(String, usize)>,
+    once: Option<String>,
 }
 
 impl Write {
@@ -107,7 +108,23 @@ impl Write {
         Write {
             parts: vec![(false, name.as_bytes().to_vec())],
             gate: None,
+            once: None,
         }
+    }
+
+    /// Runs once per atomic step, after every job's own writes, whatever the jobs of the step
+    /// (the first of identical `tag`s wins; consecutive writes with one tag are one block, kept
+    /// or dropped whole, their gates intact). For a check that only reads what the jobs wrote and
+    /// changes nothing a second run would change again — "is the batch done?" — which would
+    /// otherwise run once per job.
+    pub fn once_per_step(mut self, tag: impl Into<String>) -> Write {
+        self.once = Some(tag.into());
+        self
+    }
+
+    /// The tag of a [`Write::once_per_step`] write.
+    pub fn once(&self) -> Option<&str> {
+        self.once.as_deref()
     }
 
     /// The next `following` writes of the same job run only if this one answers `reply` (an

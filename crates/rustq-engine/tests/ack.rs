@@ -228,3 +228,57 @@ async fn gated_writes_count_each_job_once_and_fire_a_follow_up_once() {
     );
     assert_eq!(redis.cli(&["GET", "rustq:test:seen"]), "4");
 }
+
+#[tokio::test]
+async fn once_per_step_writes_run_once_after_every_jobs_own_writes_with_their_gates() {
+    let redis = RedisServer::start();
+    let list = keys::inprogress(ME, "default");
+    let pending = "rustq:test:pending";
+    redis.cli(&["SADD", pending, "a", "b", "c"]);
+    let mut conn = RedisConfig::new(redis.url())
+        .connection_manager()
+        .await
+        .unwrap();
+    let script = outcome::script();
+    let finish = |jid: &str| {
+        let mut c = completion(jid, Action::Acknowledge);
+        c.writes = vec![
+            Write::new("SREM").key(pending).arg(jid),
+            // Asked once per step, after every job's SREM: fires only when the last is gone.
+            Write::new("INCR")
+                .key("rustq:test:checks")
+                .once_per_step("done?"),
+            Write::new("SCARD")
+                .key(pending)
+                .gate(0, 1)
+                .once_per_step("done?"),
+            Write::new("LPUSH")
+                .key("queue:callbacks")
+                .arg(format!("done after {jid}"))
+                .once_per_step("done?"),
+        ];
+        c
+    };
+    // "a" alone in a step: not done yet. "b" and "c" in one step: done, said once.
+    for step in [&["a"][..], &["b", "c"][..]] {
+        let mut batch = Batch::new(1_900_000_000.0, DeadSetLimits::default());
+        for jid in step {
+            redis.cli(&["LPUSH", &list, &job(jid)]);
+            ack::add(&mut batch, ME, &finish(jid));
+        }
+        assert_eq!(
+            batch.write(&script, &mut conn).await.unwrap().applied,
+            step.len() as u64
+        );
+    }
+    assert_eq!(
+        redis.cli(&["GET", "rustq:test:checks"]),
+        "2",
+        "once per step, not per job"
+    );
+    assert_eq!(
+        redis.cli(&["LRANGE", "queue:callbacks", "0", "-1"]),
+        "done after b",
+        "after both jobs of the step, once (the first job's block)"
+    );
+}

@@ -1,7 +1,7 @@
 //! `Rustq::Native.batch_*`: the Redis steps of `Rustq::Batch` (lib/rustq/batch.rb), each through
 //! `rustq_core::batch`, run with the GVL released. Definitions and jobs cross as JSON text.
 
-use magnus::{Error, Ruby};
+use magnus::{Error, RHash, Ruby};
 use redis::AsyncCommands;
 use rustq_core::batch::{self, BatchError, BatchJob, Definition, Stage};
 use rustq_engine::batch::Ran;
@@ -33,10 +33,40 @@ where
     outcome.map_err(|e| batch_error(ruby, e))
 }
 
-/// `batch_add(definition_json, stage, jobs_json)`: jobs of the batch at `stage` ("create",
-/// "open", "add" or "close"; see `rustq_core::batch::Stage`), in one step;
+/// A job kept for a batch until its `jobs` block ends: jid, queue, when (nil: now), payload.
+type Kept = (String, String, Option<f64>, String);
+
+/// `batch_prepare(item, bulk, bid) → [[jid, queue, at, payload_json], …]`: the jobs a push inside
+/// a batch's `jobs` block would write, with `"bid"`, kept in Ruby until the block ends (what
+/// `prepare` does for a push, without a JSON round trip through Ruby per job).
+pub fn prepare(ruby: &Ruby, item: RHash, bulk: bool, bid: String) -> Result<Vec<Kept>, Error> {
+    let session = client::session(ruby)?;
+    let prepared = crate::push::prepared(ruby, &session, item, bulk)?;
+    let options = &session.settings.options;
+    let now = options.clock.now();
+    Ok(prepared
+        .jobs()
+        .into_iter()
+        .map(|entry| {
+            let mut job = entry.job;
+            job.set(batch::BID, bid.as_str());
+            if entry.at.is_none() {
+                job.set_time("enqueued_at", now, options.wire);
+            }
+            (
+                job.jid().unwrap_or_default().to_string(),
+                job.queue().unwrap_or("default").to_string(),
+                entry.at,
+                job.to_json(),
+            )
+        })
+        .collect())
+}
+
+/// `batch_add(definition_json, stage, jobs)`: jobs of the batch (as `batch_prepare` gave them)
+/// at `stage` ("create", "open", "add" or "close"; see `rustq_core::batch::Stage`), in one step;
 /// Rustq::Batch::Immutable when it is complete.
-pub fn add(ruby: &Ruby, definition: String, stage: String, jobs: String) -> Result<(), Error> {
+pub fn add(ruby: &Ruby, definition: String, stage: String, jobs: Vec<Kept>) -> Result<(), Error> {
     let stage = match stage.as_str() {
         "create" => Stage::Create,
         "open" => Stage::Open,
@@ -59,14 +89,13 @@ pub fn add(ruby: &Ruby, definition: String, stage: String, jobs: String) -> Resu
         callbacks: d.get("callbacks").cloned().unwrap_or(Value::Null),
         parent_bid: text("parent_bid"),
     };
-    let jobs: Vec<Value> = serde_json::from_str(&jobs).map_err(bad)?;
     let jobs: Vec<BatchJob> = jobs
-        .iter()
-        .map(|job| BatchJob {
-            jid: job["jid"].as_str().unwrap_or_default().to_string(),
-            queue: job["queue"].as_str().unwrap_or("default").to_string(),
-            at: job["at"].as_f64(),
-            payload: job["payload"].as_str().unwrap_or_default().to_string(),
+        .into_iter()
+        .map(|(jid, queue, at, payload)| BatchJob {
+            jid,
+            queue,
+            at,
+            payload,
         })
         .collect();
     let now = rustq_core::wire::now_secs();

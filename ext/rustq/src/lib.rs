@@ -57,6 +57,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     native.define_singleton_method("limiter_window", function!(limiter::window, 4))?;
     native.define_singleton_method("limits_list", function!(limiter::list, 0))?;
     native.define_singleton_method("batch_add", function!(batch::add, 3))?;
+    native.define_singleton_method("batch_prepare", function!(batch::prepare, 3))?;
     native.define_singleton_method("batch_status", function!(batch::status, 1))?;
     native.define_singleton_method("batch_members", function!(batch::members, 2))?;
     native.define_singleton_method("batch_all", function!(batch::all, 0))?;

@@ -11,7 +11,7 @@ use crate::client::{self, Session};
 use crate::{convert, errors};
 
 /// Converts and prepares a push; refuses it (writing nothing) with Sidekiq's message.
-fn prepared(
+pub(crate) fn prepared(
     ruby: &Ruby,
     session: &Session,
     item: RHash,
