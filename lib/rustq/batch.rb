@@ -170,7 +170,11 @@ module Rustq
     include Enumerable
 
     def each(&block)
-      Native.batch_all.each { |bid| block.call(Batch::Status.new(bid)) }
+      Native.batch_all.each do |bid|
+        block.call(Batch::Status.new(bid))
+      rescue Batch::NoSuchBatch
+        next # expired since it was listed
+      end
     end
 
     def size = Native.batch_all.size

@@ -211,10 +211,16 @@ pub fn ruby_host_worker(redis: &RedisServer, app: &str, args: &[&str]) -> TestWo
     TestWorker::start("ruby", redis, &all)
 }
 
-/// Writes a config file into the Redis dir and returns its path.
+/// Writes a config file into the Redis dir and returns its path. Written aside and renamed into
+/// place: a worker started a moment ago may be reading the same path, and must never see it
+/// truncated (it would start with the defaults: another queue).
 pub fn config_file(redis: &RedisServer, yaml: &str) -> String {
+    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let path = redis.dir().join("rustq.yml");
-    std::fs::write(&path, yaml).expect("write config");
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let aside = redis.dir().join(format!("rustq.yml.{n}"));
+    std::fs::write(&aside, yaml).expect("write config");
+    std::fs::rename(&aside, &path).expect("move config into place");
     path.display().to_string()
 }
 

@@ -180,6 +180,13 @@ fn callbacks_fire_once_and_counts_are_exact_while_workers_are_sigkilled() {
         "ten died, one failed with retry: false"
     );
     assert_eq!(redis.cli(&["SCARD", "rustq:batch:{doomed}:dead"]), "10");
+    for key in ["rustq:batch:{doomed}:failed", "rustq:batch:{doomed}:dead"] {
+        let ttl: i64 = redis.cli(&["TTL", key]).trim().parse().unwrap();
+        assert!(
+            ttl > 29 * 24 * 3600,
+            "{key} kept 30 days, then gone: TTL {ttl}"
+        );
+    }
     let ruby_ran: u64 = redis.cli(&["GET", "ruby_ran"]).trim().parse().unwrap_or(0);
     assert!(ruby_ran > 0, "the Ruby host ran jobs of the batches too");
     for field in ["complete_at", "success_at"] {
@@ -432,5 +439,38 @@ fn an_empty_batch_and_a_parent_whose_children_finished_before_it_closed_complete
         (status.total, status.pending, status.failures),
         (4, 0, 0),
         "the children's 4 callbacks"
+    );
+}
+
+#[test]
+fn a_batch_older_than_its_keys_leaves_the_list_of_batches() {
+    let redis = RedisServer::start();
+    let rt = runtime();
+    let client = rt
+        .block_on(Client::connect(&RedisConfig::new(redis.url())))
+        .unwrap();
+    let now = rustq_core::wire::now_secs();
+    for (bid, at) in [
+        ("old", now - batch::EXPIRY_SECS as f64 - 60.0),
+        ("new", now),
+    ] {
+        let definition = Definition {
+            bid: bid.into(),
+            ..Definition::default()
+        };
+        rt.block_on(batch::add_jobs(
+            &mut client.connection(),
+            &definition,
+            Stage::Open,
+            &[],
+            at,
+            rustq_core::WireVersion::V7,
+        ))
+        .unwrap();
+    }
+    assert_eq!(
+        redis.cli(&["ZRANGE", batch::BATCHES, "0", "-1"]),
+        "new",
+        "the old one's keys have expired by now"
     );
 }

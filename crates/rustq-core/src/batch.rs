@@ -159,6 +159,9 @@ if creating then
     redis.call('HSETNX', KEYS[1], ARGV[at + 2 * i], ARGV[at + 2 * i + 1])
   end
   redis.call('ZADD', KEYS[4], now, bid)
+  -- Batches whose keys have expired leave the list of batches.
+  local expired = '(' .. (tonumber(now) - expiry)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', expired)
   if has_parent then
     redis.call('SADD', KEYS[7], ARGV[5])
     redis.call('EXPIRE', KEYS[7], expiry)
@@ -220,7 +223,10 @@ end
 if (stage == 'close' or stage == 'create') and redis.call('SCARD', KEYS[3]) == 0 then
   if finish('complete_at', on_complete) and has_parent then
     redis.call('SREM', KEYS[7], ARGV[5])
-    if redis.call('SCARD', KEYS[10]) > 0 then redis.call('SADD', KEYS[9], ARGV[5]) end
+    if redis.call('SCARD', KEYS[10]) > 0 then
+      redis.call('SADD', KEYS[9], ARGV[5])
+      redis.call('EXPIRE', KEYS[9], expiry)
+    end
   end
   if redis.call('SCARD', KEYS[10]) == 0 and finish('success_at', on_success) and has_parent then
     redis.call('SREM', KEYS[9], ARGV[5])

@@ -150,11 +150,7 @@ impl BatchCounts {
                             .key(batch::pending_key(parent))
                             .arg(&member),
                     );
-                    gated.push(
-                        Write::new("SADD")
-                            .key(batch::failed_key(parent))
-                            .arg(&member),
-                    );
+                    gated.extend(keep(&batch::failed_key(parent), &member));
                     gated.push(Write::new("SCARD").key(batch::failed_key(bid)).gate(0, 1));
                     gated.push(
                         Write::new("SREM")
@@ -215,6 +211,15 @@ impl BatchCounts {
     }
 }
 
+/// `SADD set member`, and the set kept as long as the batch's other keys (it is made after
+/// them, by outcomes; 30 days, `rustq_core::batch::EXPIRY_SECS`).
+fn keep(set: &str, member: &str) -> [Write; 2] {
+    [
+        Write::new("SADD").key(set).arg(member),
+        Write::new("EXPIRE").key(set).arg(batch::EXPIRY_SECS),
+    ]
+}
+
 fn bid_of(job: &Job) -> Option<&str> {
     job.get(batch::BID)?.as_str().filter(|b| !b.is_empty())
 }
@@ -270,7 +275,7 @@ impl CheckPoint for BatchCounts {
         match outcome.action {
             // Failed with `retry: false`: done, as a failure (it never succeeds now).
             Action::Acknowledge if outcome.failed => {
-                writes.push(Write::new("SADD").key(&failed).arg(jid));
+                writes.extend(keep(&failed, jid));
                 writes.push(Write::new("SREM").key(&pending).arg(jid));
             }
             Action::Acknowledge => {
@@ -281,12 +286,12 @@ impl CheckPoint for BatchCounts {
                 }
             }
             Action::Retry { .. } => {
-                writes.push(Write::new("SADD").key(&failed).arg(jid));
+                writes.extend(keep(&failed, jid));
                 writes.push(Write::new("SREM").key(&pending).arg(jid));
             }
             _ => {
-                writes.push(Write::new("SADD").key(&failed).arg(jid));
-                writes.push(Write::new("SADD").key(batch::dead_key(bid)).arg(jid));
+                writes.extend(keep(&failed, jid));
+                writes.extend(keep(&batch::dead_key(bid), jid));
                 writes.push(Write::new("SREM").key(&pending).arg(jid));
                 writes.extend(self.event(bid, Event::Death, &callbacks, now, 0));
             }
@@ -322,11 +327,11 @@ impl BatchCounts {
                 writes.push(Write::new("SREM").key(&failed).arg(jid));
             }
             Action::Acknowledge | Action::Retry { .. } => {
-                writes.push(Write::new("SADD").key(&failed).arg(jid));
+                writes.extend(keep(&failed, jid));
             }
             _ => {
-                writes.push(Write::new("SADD").key(&failed).arg(jid));
-                writes.push(Write::new("SADD").key(batch::dead_key(bid)).arg(jid));
+                writes.extend(keep(&failed, jid));
+                writes.extend(keep(&batch::dead_key(bid), jid));
             }
         }
         writes.push(Write::new("SREM").key(&pending).arg(jid));
