@@ -157,7 +157,7 @@ impl BatchCounts {
                             .key(batch::failed_key(parent))
                             .arg(&member),
                     );
-                    gated.extend(self.when_done(parent, &parent_cbs, now, true, depth + 1));
+                    gated.extend(self.when_done(parent, &parent_cbs, now, depth + 1));
                 }
                 Event::Success => {
                     gated.push(
@@ -165,7 +165,7 @@ impl BatchCounts {
                             .key(batch::failed_key(parent))
                             .arg(&member),
                     );
-                    gated.extend(self.when_done(parent, &parent_cbs, now, true, depth + 1));
+                    gated.extend(self.when_done(parent, &parent_cbs, now, depth + 1));
                 }
                 Event::Death => {}
             }
@@ -179,27 +179,14 @@ impl BatchCounts {
         writes
     }
 
-    /// Complete once nothing is pending (and success, once nothing has failed either, when
-    /// `with_success`).
-    fn when_done(
-        &self,
-        bid: &str,
-        cbs: &Callbacks,
-        now: f64,
-        with_success: bool,
-        depth: usize,
-    ) -> Vec<Write> {
+    /// Complete once nothing is pending, and success once nothing has failed either.
+    fn when_done(&self, bid: &str, cbs: &Callbacks, now: f64, depth: usize) -> Vec<Write> {
         let complete = self.event(bid, Event::Complete, cbs, now, depth);
-        let success = if with_success {
-            let block = self.event(bid, Event::Success, cbs, now, depth);
-            let mut gated = vec![Write::new("SCARD")
-                .key(batch::failed_key(bid))
-                .gate(0, block.len())];
-            gated.extend(block);
-            gated
-        } else {
-            Vec::new()
-        };
+        let block = self.event(bid, Event::Success, cbs, now, depth);
+        let mut success = vec![Write::new("SCARD")
+            .key(batch::failed_key(bid))
+            .gate(0, block.len())];
+        success.extend(block);
         // Complete (stamped once) gates nothing of success: success may come later, when a
         // failed job succeeds on retry after the batch was complete.
         let mut writes = vec![Write::new("SCARD")
@@ -266,35 +253,15 @@ impl CheckPoint for BatchCounts {
             return;
         }
         let Some(callbacks) = self.callbacks(bid) else {
+            // Its sets change as they must; its events are stamped by the next job's outcome
+            // that sees them.
             tracing::warn!(bid, jid, "a batch's callbacks were not read before its job's outcome; counting it without them");
-            return self.count_without_callbacks(bid, jid, outcome.action, outcome.failed, writes);
+            return count(outcome, bid, jid, writes);
         };
         let now = wire::now_secs();
-        let pending = batch::pending_key(bid);
-        let failed = batch::failed_key(bid);
-        match outcome.action {
-            // Failed with `retry: false`: done, as a failure (it never succeeds now).
-            Action::Acknowledge if outcome.failed => {
-                writes.extend(keep(&failed, jid));
-                writes.push(Write::new("SREM").key(&pending).arg(jid));
-            }
-            Action::Acknowledge => {
-                writes.push(Write::new("SREM").key(&pending).arg(jid));
-                // Only a job that failed before (and so was retried) can be in `failed`.
-                if outcome.job.get("retry_count").is_some() {
-                    writes.push(Write::new("SREM").key(&failed).arg(jid));
-                }
-            }
-            Action::Retry { .. } => {
-                writes.extend(keep(&failed, jid));
-                writes.push(Write::new("SREM").key(&pending).arg(jid));
-            }
-            _ => {
-                writes.extend(keep(&failed, jid));
-                writes.extend(keep(&batch::dead_key(bid), jid));
-                writes.push(Write::new("SREM").key(&pending).arg(jid));
-                writes.extend(self.event(bid, Event::Death, &callbacks, now, 0));
-            }
+        count(outcome, bid, jid, writes);
+        if matches!(outcome.action, Action::Dead { .. }) {
+            writes.extend(self.event(bid, Event::Death, &callbacks, now, 0));
         }
         // Whether the batch is now complete (and has succeeded) reads only what the step's jobs
         // wrote: asked once per step and batch, after them all, however many of its jobs the
@@ -302,40 +269,31 @@ impl CheckPoint for BatchCounts {
         // outcome.
         let tag = format!("batch-done:{bid}");
         writes.extend(
-            self.when_done(bid, &callbacks, now, true, 0)
+            self.when_done(bid, &callbacks, now, 0)
                 .into_iter()
                 .map(|write| write.once_per_step(tag.as_str())),
         );
     }
 }
 
-impl BatchCounts {
-    /// Counts a job whose batch could not be read (Redis was away at its start): its sets change
-    /// as they must; its events are stamped by the next job's outcome that sees them.
-    fn count_without_callbacks(
-        &self,
-        bid: &str,
-        jid: &str,
-        action: &Action,
-        failed_run: bool,
-        writes: &mut Vec<Write>,
-    ) {
-        let pending = batch::pending_key(bid);
-        let failed = batch::failed_key(bid);
-        match action {
-            Action::Acknowledge if !failed_run => {
+/// A counted job's memberships: out of `pending`; into `failed` when it failed (`retry: false`
+/// too: it never succeeds now) and `dead` when it died, or out of `failed` when it succeeded.
+fn count(outcome: &Outcome<'_>, bid: &str, jid: &str, writes: &mut Vec<Write>) {
+    let failed = batch::failed_key(bid);
+    match outcome.action {
+        Action::Acknowledge if !outcome.failed => {
+            // Only a job that failed before (and so was retried) can be in `failed`.
+            if outcome.job.get("retry_count").is_some() {
                 writes.push(Write::new("SREM").key(&failed).arg(jid));
             }
-            Action::Acknowledge | Action::Retry { .. } => {
-                writes.extend(keep(&failed, jid));
-            }
-            _ => {
-                writes.extend(keep(&failed, jid));
-                writes.extend(keep(&batch::dead_key(bid), jid));
-            }
         }
-        writes.push(Write::new("SREM").key(&pending).arg(jid));
+        Action::Dead { .. } => {
+            writes.extend(keep(&failed, jid));
+            writes.extend(keep(&batch::dead_key(bid), jid));
+        }
+        _ => writes.extend(keep(&failed, jid)),
     }
+    writes.push(Write::new("SREM").key(batch::pending_key(bid)).arg(jid));
 }
 
 /// What a process outside the engine saw a batch's job do: a Sidekiq process running it with

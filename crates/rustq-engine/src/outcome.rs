@@ -237,13 +237,18 @@ impl Batch {
                 commands.push(parts);
             }
         }
-        let effects = commands.len();
-        let gated: Vec<Parts> = writes.iter().map(|write| self.parts(write)).collect();
         let list = self.key(list.as_bytes());
+        self.push_job(list, job, commands, writes);
+    }
+
+    /// One job in the script's form: its list (index in `KEYS`, 0 for none), itself, its
+    /// effect's commands, then its writes with their gates.
+    fn push_job(&mut self, list: Vec<u8>, job: &[u8], commands: Vec<Parts>, writes: &[Write]) {
+        let gated: Vec<Parts> = writes.iter().map(|write| self.parts(write)).collect();
         self.jobs += 1;
         self.body.push(list);
         self.body.push(job.to_vec());
-        self.body.push(effects.to_string().into_bytes());
+        self.body.push(commands.len().to_string().into_bytes());
         self.body.push(writes.len().to_string().into_bytes());
         for parts in commands {
             self.push_command(parts, None);
@@ -257,16 +262,7 @@ impl Batch {
     /// gem's batch middleware) — run unconditionally, gates aside, in the batch's step.
     pub fn add_unheld(&mut self, job: &[u8], writes: &[Write]) {
         let writes = self.take_once(writes);
-        let writes = &writes[..];
-        let gated: Vec<Parts> = writes.iter().map(|write| self.parts(write)).collect();
-        self.jobs += 1;
-        self.body.push(b"0".to_vec());
-        self.body.push(job.to_vec());
-        self.body.push(b"0".to_vec());
-        self.body.push(writes.len().to_string().into_bytes());
-        for (parts, write) in gated.into_iter().zip(writes) {
-            self.push_command(parts, write.gated());
-        }
+        self.push_job(b"0".to_vec(), job, Vec::new(), &writes);
     }
 
     /// Moves a job's once-per-step blocks to the tail (the first block of each tag; later ones
