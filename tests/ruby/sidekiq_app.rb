@@ -5,14 +5,7 @@ Redis.sadd_returns_boolean = false if Redis.respond_to?(:sadd_returns_boolean=)
 require "sidekiq"
 require "json"
 
-Sidekiq.configure_server do |config|
-  # Poll the schedule every second instead of every 5 s, so scheduled-job tests stay short.
-  if config.respond_to?(:options)
-    config.options[:poll_interval_average] = 1 # 6.x
-  else
-    config[:poll_interval_average] = 1
-  end
-end
+require_relative "sidekiq_fast_poll"
 
 module Interop
   def self.record(jid, klass, args)
